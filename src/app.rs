@@ -1,0 +1,61 @@
+//! The one state type every handler and background task shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+
+pub type AppState = Arc<App>;
+
+pub struct App {
+    pub config: Config,
+    pub db: Db,
+    pub queue: Arc<dyn Queue>,
+    pub metrics: Metrics,
+    pub health: Health,
+}
+
+/// What readiness is made of; written by the health monitor and by the shutdown path.
+#[derive(Debug, Default)]
+pub struct Health {
+    shutting_down: AtomicBool,
+    database_up: AtomicBool,
+    migrated: AtomicBool,
+}
+
+impl Health {
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+    pub fn database_up(&self) -> bool {
+        self.database_up.load(Ordering::Relaxed)
+    }
+    pub fn set_database_up(&self, up: bool) {
+        self.database_up.store(up, Ordering::Relaxed);
+    }
+    /// The database carries this binary's schema, so orders may be written.
+    pub fn migrated(&self) -> bool {
+        self.migrated.load(Ordering::Relaxed)
+    }
+    pub fn set_migrated(&self) {
+        self.migrated.store(true, Ordering::Relaxed);
+    }
+}
+
+impl App {
+    /// Orders can be written: the database answers and has our schema.
+    pub fn can_write_orders(&self) -> bool {
+        self.health.database_up() && self.health.migrated()
+    }
+
+    /// Ready for traffic: not stopping, and a cart can go somewhere.
+    pub fn is_ready(&self) -> bool {
+        !self.health.shutting_down() && (self.queue.is_healthy() || self.can_write_orders())
+    }
+}

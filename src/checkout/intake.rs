@@ -1,0 +1,84 @@
+//! Taking a checkout in: onto the queue when it takes the cart, otherwise straight into
+//! the database as an order (DESIGN §1). Either way, at most one order per cart_id.
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{Cart, message};
+use crate::app::App;
+use crate::orders::{self, Placement, Source};
+
+/// Where an accepted cart went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    Queued,
+    /// The queue could not take it, so the order was written directly.
+    Ordered(Uuid),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("cart {cart_id} was already ordered with a different payload (order {order_id})")]
+    Conflict { cart_id: Uuid, order_id: Uuid },
+    #[error("neither the queue nor the database can take the cart")]
+    Unavailable,
+}
+
+pub async fn submit(app: &App, cart: &Cart) -> Result<Accepted, IntakeError> {
+    let message = message::encode(cart, Utc::now());
+    let address = &app.config.cart_address;
+    match tokio::time::timeout(app.config.send_timeout, app.queue.send(address, message)).await {
+        Ok(Ok(())) => {
+            app.metrics.checkout("queued");
+            return Ok(Accepted::Queued);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(cart_id = %cart.cart_id, error = %e, "queue refused the cart; writing the order directly");
+        }
+        Err(_) => {
+            tracing::warn!(cart_id = %cart.cart_id, timeout = ?app.config.send_timeout, "queue did not confirm in time; writing the order directly");
+        }
+    }
+    let result = write_directly(app, cart).await;
+    app.metrics.checkout(match &result {
+        Ok(_) => "direct",
+        Err(IntakeError::Conflict { .. }) => "conflict",
+        Err(IntakeError::Unavailable) => "unavailable",
+    });
+    result
+}
+
+async fn write_directly(app: &App, cart: &Cart) -> Result<Accepted, IntakeError> {
+    if !app.can_write_orders() {
+        tracing::error!(cart_id = %cart.cart_id, "database down or its schema not ready; cannot write the order directly");
+        return Err(IntakeError::Unavailable);
+    }
+    let write = async {
+        let mut tx = app.db.begin().await?;
+        let placement = orders::place(&mut tx, cart, &cart.payload_hash(), Source::Direct).await?;
+        if let Placement::Conflict(order_id) = placement {
+            let detail =
+                format!("order {order_id} exists for this cart_id with a different payload");
+            orders::record_rejection(&mut tx, cart.cart_id.as_uuid(), "conflict", &detail).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(placement)
+    };
+    match tokio::time::timeout(app.config.request_timeout / 2, write).await {
+        Ok(Ok(Placement::Created(order_id) | Placement::Duplicate(order_id))) => {
+            Ok(Accepted::Ordered(order_id))
+        }
+        Ok(Ok(Placement::Conflict(order_id))) => Err(IntakeError::Conflict {
+            cart_id: cart.cart_id.as_uuid(),
+            order_id,
+        }),
+        Ok(Err(e)) => {
+            tracing::error!(cart_id = %cart.cart_id, error = %e, "direct order write failed");
+            Err(IntakeError::Unavailable)
+        }
+        Err(_) => {
+            tracing::error!(cart_id = %cart.cart_id, "direct order write timed out");
+            Err(IntakeError::Unavailable)
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! One consumer step: a batch of cart messages → orders in one transaction, and for each
+//! delivery the settlement to apply once that transaction has committed.
+//!
+//! Every message that is to be dead-lettered is first recorded in `dead_letters` (and, when
+//! it names a cart, in `rejected_checkouts`) inside the same transaction, so nothing is
+//! rejected on the queue without a committed record.
+
+use std::time::Duration;
+
+use crate::app::App;
+use crate::checkout::message::{self, Decoded};
+use crate::db;
+use crate::deadletters;
+use crate::orders::{self, Placement, Source};
+use crate::queue::{DeadLetterReason, Delivery, Settlement};
+
+/// How long a message stays back when the database could not take it.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// What a step did, to settle after the commit.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub settlements: Vec<(u64, Settlement)>,
+    /// The database could not be reached: the caller should back off.
+    pub database_down: bool,
+}
+
+/// The fate of one message inside a committed transaction.
+#[derive(Debug)]
+enum Outcome {
+    Created,
+    Duplicate,
+    Rejected(DeadLetterReason, String),
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Rejected(DeadLetterReason::Conflict, _) => "conflict",
+            Outcome::Rejected(DeadLetterReason::UnknownSchema, _) => "unknown_schema",
+            Outcome::Rejected(DeadLetterReason::MaxAttempts, _) => "max_attempts",
+            Outcome::Rejected(DeadLetterReason::Invalid, _) => "invalid",
+        }
+    }
+
+    fn settlement(self) -> Settlement {
+        match self {
+            Outcome::Created | Outcome::Duplicate => Settlement::Accept,
+            Outcome::Rejected(reason, detail) => Settlement::Reject { reason, detail },
+        }
+    }
+}
+
+/// Why a conversion transaction failed.
+#[derive(Debug)]
+enum Failure {
+    /// No connection or transaction could be had: the database is away, whatever the
+    /// error code says (a refusing server reports e.g. SQLSTATE 55000 while connecting).
+    Unreachable(sqlx::Error),
+    Statement(sqlx::Error),
+}
+
+impl Failure {
+    fn is_transient(&self) -> bool {
+        match self {
+            Failure::Unreachable(_) => true,
+            Failure::Statement(e) => db::is_transient(e),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Unreachable(e) | Failure::Statement(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Failure::Statement(e)
+    }
+}
+
+struct Item<'a> {
+    delivery: &'a Delivery,
+    decoded: Decoded,
+}
+
+impl Item<'_> {
+    fn message_id(&self) -> &str {
+        &self.delivery.message.message_id
+    }
+}
+
+pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
+    let items: Vec<Item> = deliveries
+        .iter()
+        .map(|delivery| Item {
+            delivery,
+            decoded: message::decode(&delivery.message),
+        })
+        .collect();
+
+    let mut report = Report::default();
+    match convert(app, &items).await {
+        Ok(outcomes) => {
+            for (item, outcome) in items.iter().zip(outcomes) {
+                settle_with(app, &mut report, item, outcome);
+            }
+        }
+        Err(e) if e.is_transient() || items.len() == 1 => {
+            for item in &items {
+                failed(app, &mut report, item, &e).await;
+            }
+        }
+        Err(e) => {
+            // Something in the batch is wrong for the database; find it by going one by one
+            // so that the good carts still become orders.
+            tracing::warn!(error = %e, batch = items.len(), "batch failed; retrying its messages one by one");
+            for item in &items {
+                match convert(app, std::slice::from_ref(item)).await {
+                    Ok(mut outcomes) => settle_with(app, &mut report, item, outcomes.remove(0)),
+                    Err(e) => failed(app, &mut report, item, &e).await,
+                }
+            }
+        }
+    }
+    report
+}
+
+fn settle_with(app: &App, report: &mut Report, item: &Item<'_>, outcome: Outcome) {
+    if let Outcome::Rejected(reason, detail) = &outcome {
+        tracing::warn!(message_id = item.message_id(), %reason, detail, "cart message dead-lettered");
+    }
+    app.metrics.consumed(outcome.label(), 1);
+    report
+        .settlements
+        .push((item.delivery.tag, outcome.settlement()));
+}
+
+/// A message whose transaction failed: back to the queue, without counting an attempt when
+/// the database is down; counted otherwise, and dead-lettered on its last attempt.
+async fn failed(app: &App, report: &mut Report, item: &Item<'_>, e: &Failure) {
+    if e.is_transient() {
+        report.database_down = true;
+        app.metrics.consumed("released", 1);
+        report.settlements.push((
+            item.delivery.tag,
+            Settlement::Release { delay: RETRY_DELAY },
+        ));
+        return;
+    }
+    tracing::error!(message_id = item.message_id(), error = %e, "cart message failed");
+    let detail = format!("database refused the order: {e}");
+    let attempts = item.delivery.attempts + 1;
+    if attempts >= app.config.max_attempts {
+        let detail = format!("failed {attempts} times; last: {detail}");
+        let outcome = Outcome::Rejected(DeadLetterReason::MaxAttempts, detail);
+        match record_rejections(
+            app,
+            std::slice::from_ref(item),
+            std::slice::from_ref(&outcome),
+        )
+        .await
+        {
+            Ok(()) => return settle_with(app, report, item, outcome),
+            Err(e) => {
+                tracing::error!(message_id = item.message_id(), error = %e, "cannot record the dead letter; keeping the message")
+            }
+        }
+    }
+    app.metrics.consumed("failed", 1);
+    report.settlements.push((
+        item.delivery.tag,
+        Settlement::Fail {
+            delay: RETRY_DELAY,
+            detail,
+        },
+    ));
+}
+
+/// Converts the items in one transaction, recording rejections in it.
+async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure> {
+    let mut tx = app.db.begin().await.map_err(Failure::Unreachable)?;
+    let mut outcomes = Vec::with_capacity(items.len());
+    for item in items {
+        let outcome = match &item.decoded {
+            Decoded::Cart(cart) => {
+                match orders::place(&mut tx, cart, &cart.payload_hash(), Source::Queue).await? {
+                    Placement::Created(_) => Outcome::Created,
+                    Placement::Duplicate(_) => Outcome::Duplicate,
+                    Placement::Conflict(order_id) => Outcome::Rejected(
+                        DeadLetterReason::Conflict,
+                        format!(
+                            "order {order_id} exists for this cart_id with a different payload"
+                        ),
+                    ),
+                }
+            }
+            Decoded::UnknownSchema(detail) => {
+                Outcome::Rejected(DeadLetterReason::UnknownSchema, detail.clone())
+            }
+            Decoded::Invalid(detail) => {
+                Outcome::Rejected(DeadLetterReason::Invalid, detail.clone())
+            }
+        };
+        if let Outcome::Rejected(reason, detail) = &outcome {
+            record_rejection(app, &mut tx, item, *reason, detail).await?;
+        }
+        outcomes.push(outcome);
+    }
+    // A failed commit may or may not have landed; either way redelivery is safe.
+    tx.commit().await.map_err(Failure::Unreachable)?;
+    Ok(outcomes)
+}
+
+async fn record_rejections(
+    app: &App,
+    items: &[Item<'_>],
+    outcomes: &[Outcome],
+) -> Result<(), sqlx::Error> {
+    let mut tx = app.db.begin().await?;
+    for (item, outcome) in items.iter().zip(outcomes) {
+        if let Outcome::Rejected(reason, detail) = outcome {
+            record_rejection(app, &mut tx, item, *reason, detail).await?;
+        }
+    }
+    tx.commit().await
+}
+
+async fn record_rejection(
+    app: &App,
+    tx: &mut db::Tx,
+    item: &Item<'_>,
+    reason: DeadLetterReason,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    let delivery = item.delivery;
+    deadletters::record(
+        tx,
+        &app.config.cart_address,
+        &delivery.message,
+        reason,
+        detail,
+        delivery.attempts,
+    )
+    .await?;
+    if let Ok(cart_id) = uuid::Uuid::try_parse(item.message_id()) {
+        orders::record_rejection(tx, cart_id, reason.as_str(), detail).await?;
+    }
+    Ok(())
+}

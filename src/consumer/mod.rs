@@ -1,0 +1,91 @@
+//! The cart → order consumer: receive a batch, convert it in one transaction, settle each
+//! delivery after the commit. On shutdown the batch in hand finishes and the receiver
+//! gives back anything it still holds.
+
+pub mod convert;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::queue::{QueueError, Receiver};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub async fn run(app: AppState, stop: CancellationToken) {
+    if !app.config.consumer_enabled {
+        tracing::info!("consumer off on this instance (CARTBUS_CONSUMER=off)");
+        return;
+    }
+    let mut backoff = MIN_BACKOFF;
+    while !stop.is_cancelled() {
+        if !app.can_write_orders() {
+            pause(&stop, Duration::from_millis(500)).await;
+            continue;
+        }
+        let receiver = match app.queue.receiver(&app.config.cart_address).await {
+            Ok(receiver) => receiver,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the cart queue receiver");
+                pause(&stop, backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        tracing::info!(address = %app.config.cart_address, queue = app.queue.kind(), "consumer started");
+        match consume(&app, receiver, &stop).await {
+            Ok(()) => backoff = MIN_BACKOFF,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "consumer lost its receiver");
+                pause(&stop, backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    tracing::info!("consumer stopped");
+}
+
+/// Consumes until `stop` or a queue error; always closes the receiver.
+async fn consume(
+    app: &AppState,
+    mut receiver: Box<dyn Receiver>,
+    stop: &CancellationToken,
+) -> Result<(), QueueError> {
+    let mut backoff = MIN_BACKOFF;
+    let result = loop {
+        let deliveries = match receiver.receive(app.config.consumer_batch, stop).await {
+            Ok(deliveries) if deliveries.is_empty() => break Ok(()),
+            Ok(deliveries) => deliveries,
+            Err(e) => break Err(e),
+        };
+        let report = convert::step(app, &deliveries).await;
+        crate::fault::freeze_if_hit("consumer-before-settle").await;
+        if let Err(e) = receiver.settle(report.settlements).await {
+            break Err(e);
+        }
+        if report.database_down {
+            tracing::warn!(retry_in = ?backoff, "database unavailable; consumer backing off");
+            pause(stop, backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        } else {
+            backoff = MIN_BACKOFF;
+        }
+        if stop.is_cancelled() {
+            break Ok(());
+        }
+    };
+    if let Err(e) = receiver.close().await {
+        tracing::warn!(error = %e, "could not give back unsettled deliveries; their leases will expire");
+    }
+    result
+}
+
+/// Sleeps for `duration` unless `stop` comes first.
+async fn pause(stop: &CancellationToken, duration: Duration) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(duration) => {}
+    }
+}

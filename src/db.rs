@@ -1,0 +1,204 @@
+//! The orders database: SQLite (default, one machine) or PostgreSQL (production).
+//!
+//! Queries are written once and compiled for both backends with [`on_db!`] and [`on_tx!`],
+//! which expand into a `match` with the same body in each arm; where the SQL dialects
+//! differ, the caller matches on the backend itself.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Postgres, Sqlite, Transaction};
+
+use crate::config::{Config, DatabaseKind};
+
+pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Runs `$body` with `$c` bound to the pool of whichever backend `$db` is.
+#[macro_export]
+macro_rules! on_db {
+    ($db:expr, |$c:ident| $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres($c) => $body,
+            $crate::db::Db::Sqlite($c) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$c` bound to the connection of whichever backend `$tx` is.
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, |$c:ident| $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Postgres($c) => {
+                let $c: &mut sqlx::PgConnection = &mut *$c;
+                $body
+            }
+            $crate::db::Tx::Sqlite($c) => {
+                let $c: &mut sqlx::SqliteConnection = &mut *$c;
+                $body
+            }
+        }
+    };
+}
+
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+pub enum Tx {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+impl Db {
+    /// Creates the pool without connecting: the service starts (and queues carts) even
+    /// while the database is down. The first use connects.
+    pub fn connect_lazy(config: &Config) -> Result<Db, sqlx::Error> {
+        let url = config.database_url.expose_secret();
+        let acquire_timeout = Duration::from_secs(3);
+        match config.database_kind {
+            DatabaseKind::Postgres => {
+                let options = PgConnectOptions::from_str(url)?.application_name("cartbus");
+                Ok(Db::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(config.database_max_connections)
+                        .acquire_timeout(acquire_timeout)
+                        .connect_lazy_with(options),
+                ))
+            }
+            DatabaseKind::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // Orders must be at least as durable as the queue's accept that follows.
+                    .synchronous(SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10));
+                if let Some(dir) = options.get_filename().parent()
+                    && !dir.as_os_str().is_empty()
+                    && let Err(e) = std::fs::create_dir_all(dir)
+                {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot create the database directory");
+                }
+                Ok(Db::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(config.database_max_connections)
+                        .acquire_timeout(acquire_timeout)
+                        .connect_lazy_with(options),
+                ))
+            }
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies the migrations this binary carries.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self {
+            Db::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await,
+            Db::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+        }
+    }
+
+    /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`)
+    /// so that it waits for other writers instead of failing when it upgrades later.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        match self {
+            Db::Postgres(pool) => Ok(Tx::Postgres(pool.begin().await?)),
+            Db::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        on_db!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(drop))
+    }
+
+    pub async fn close(&self) {
+        on_db!(self, |pool| pool.close().await)
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Postgres(tx) => tx.commit().await,
+            Tx::Sqlite(tx) => tx.commit().await,
+        }
+    }
+}
+
+/// Runs the migrations for `url` and returns; `cartbus migrate`.
+pub async fn migrate_url(url: &SecretString, kind: &DatabaseKind) -> anyhow::Result<()> {
+    let url = url.expose_secret();
+    match kind {
+        DatabaseKind::Postgres => {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(PgConnectOptions::from_str(url)?)
+                .await?;
+            POSTGRES_MIGRATOR.run(&pool).await?;
+            pool.close().await;
+        }
+        DatabaseKind::Sqlite => {
+            let options = SqliteConnectOptions::from_str(url)?.create_if_missing(true);
+            if let Some(dir) = options
+                .get_filename()
+                .parent()
+                .filter(|d| d != &Path::new(""))
+            {
+                std::fs::create_dir_all(dir)?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.journal_mode(SqliteJournalMode::Wal))
+                .await?;
+            SQLITE_MIGRATOR.run(&pool).await?;
+            pool.close().await;
+        }
+    }
+    Ok(())
+}
+
+/// Whether an error means "the database is not reachable or not answering" (retry later)
+/// rather than "this statement is wrong for this data".
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: connection (08), resources (53), operator intervention (57),
+            // serialization/deadlock (40). SQLite: BUSY (5), LOCKED (6), FULL (13),
+            // IOERR (10), CANTOPEN (14), READONLY (8).
+            ["08", "53", "57", "40"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || matches!(
+                    code.as_ref(),
+                    "5" | "6" | "8" | "10" | "13" | "14" | "261" | "517"
+                )
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,20 @@
+//! Fail points for the fault tests. They exist only in builds with the `fail` crate's
+//! `failpoints` feature (which `cargo test` turns on); elsewhere [`hit`] is always false.
+
+/// True when fail point `name` is configured with the `return` action, e.g.
+/// `FAILPOINTS=consumer-before-settle=return`.
+pub fn hit(name: &str) -> bool {
+    // Without the feature the macro below is empty and would leave `name` unused.
+    let _ = name;
+    fail::fail_point!(name, |_| true);
+    false
+}
+
+/// Freezes the calling task (not its thread) when fail point `name` is hit, as if the
+/// process died right here; the test then kills the process.
+pub async fn freeze_if_hit(name: &str) {
+    if hit(name) {
+        tracing::warn!(fail_point = name, "fail point hit: freezing this task");
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,301 @@
+//! `POST /v1/checkouts` and `GET /v1/checkouts/{cart_id}` (DESIGN §3).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::extract::{JsonBody, StorefrontAuth};
+use super::problem::{ApiError, Problem};
+use crate::app::AppState;
+use crate::checkout::intake::{self, Accepted, IntakeError};
+use crate::checkout::{Cart, CartId};
+use crate::orders::{self, CheckoutState};
+use crate::queue::Lookup;
+
+/// The request body of `POST /v1/checkouts` (documentation only: bodies are parsed by
+/// `Cart::parse`, which reports every bad field).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CheckoutRequest {
+    /// UUID chosen by the storefront; the idempotency key.
+    #[schema(example = "6f1c0c1e-5d7b-4a53-9b1a-2f6a3d9f0c11")]
+    cart_id: Uuid,
+    customer: CustomerRequest,
+    shipping_address: AddressRequest,
+    /// ISO 4217 currency code.
+    #[schema(example = "GBP")]
+    currency: String,
+    /// 1 to 500 lines.
+    #[schema(min_items = 1, max_items = 500)]
+    lines: Vec<LineRequest>,
+    /// Σ quantity × unit_price, in minor units.
+    #[schema(example = 3998, minimum = 0)]
+    total: i64,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CustomerRequest {
+    #[schema(max_length = 100, example = "cust-42")]
+    id: Option<String>,
+    #[schema(min_length = 1, max_length = 200, example = "Ada Lovelace")]
+    name: String,
+    #[schema(max_length = 254, example = "ada@example.com")]
+    email: String,
+    #[schema(max_length = 32, example = "+44 20 7946 0000")]
+    phone: Option<String>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct AddressRequest {
+    #[schema(min_length = 1, max_length = 200, example = "12 Analytical St")]
+    line1: String,
+    #[schema(max_length = 200)]
+    line2: Option<String>,
+    #[schema(min_length = 1, max_length = 100, example = "London")]
+    city: String,
+    #[schema(max_length = 100, example = "LND")]
+    region: Option<String>,
+    #[schema(max_length = 20, example = "EC1A 1AA")]
+    postal_code: Option<String>,
+    /// ISO 3166-1 alpha-2 country code.
+    #[schema(example = "GB")]
+    country: String,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct LineRequest {
+    #[schema(min_length = 1, max_length = 64, example = "BOOK-001")]
+    sku: String,
+    #[schema(min_length = 1, max_length = 200, example = "Notes on the Engine")]
+    name: String,
+    #[schema(minimum = 1, maximum = 10000, example = 2)]
+    quantity: i64,
+    /// Minor units.
+    #[schema(minimum = 0, example = 1999)]
+    unit_price: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CheckoutQueued {
+    pub checkout_id: Uuid,
+    #[schema(example = "queued")]
+    pub status: &'static str,
+    #[schema(example = "/v1/checkouts/6f1c0c1e-5d7b-4a53-9b1a-2f6a3d9f0c11")]
+    pub status_url: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CheckoutOrdered {
+    pub checkout_id: Uuid,
+    #[schema(example = "ordered")]
+    pub status: &'static str,
+    pub order_id: Uuid,
+    pub order_url: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckoutStatusKind {
+    Pending,
+    Ordered,
+    Rejected,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CheckoutStatus {
+    pub checkout_id: Uuid,
+    pub status: CheckoutStatusKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_url: Option<String>,
+    /// Why it was rejected: `conflict`, `invalid`, `unknown-schema`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Take a cart in.
+///
+/// Queues the cart and answers `202` once the queue has durably taken it. If the queue
+/// cannot, the order is written directly and the answer is `201`. Posting the same cart
+/// again is safe: at most one order is ever created per `cart_id`.
+#[utoipa::path(
+    post, path = "/v1/checkouts", tag = "checkouts",
+    request_body(content = CheckoutRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "If sent, must equal cart_id")),
+    security((), ("storefront_key" = [])),
+    responses(
+        (status = 202, description = "Queued", body = CheckoutQueued,
+         headers(("Location" = String, description = "The checkout's status URL"))),
+        (status = 201, description = "Queue unavailable: order written directly", body = CheckoutOrdered,
+         headers(("Location" = String, description = "The order's URL"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong storefront key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Queue unavailable and this cart_id was ordered with a different payload", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than 256 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The cart breaks a rule; `errors` names each field", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Neither queue nor database can take the cart", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
+pub async fn create(
+    State(app): State<AppState>,
+    _auth: StorefrontAuth,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let cart = Cart::parse(&body).map_err(|errors| {
+        app.metrics.checkout("invalid");
+        ApiError::Validation(errors)
+    })?;
+    if let Some(key) = headers.get("idempotency-key") {
+        let matches = key
+            .to_str()
+            .ok()
+            .and_then(|k| CartId::parse(k).ok())
+            .is_some_and(|k| k == cart.cart_id);
+        if !matches {
+            app.metrics.checkout("invalid");
+            return Err(ApiError::field(
+                "/cart_id",
+                "must equal the Idempotency-Key header",
+            ));
+        }
+    }
+    let checkout_id = cart.cart_id.as_uuid();
+    match intake::submit(&app, &cart).await {
+        Ok(Accepted::Queued) => {
+            let status_url = format!("/v1/checkouts/{checkout_id}");
+            Ok(created_at(
+                StatusCode::ACCEPTED,
+                &status_url.clone(),
+                Json(CheckoutQueued {
+                    checkout_id,
+                    status: "queued",
+                    status_url,
+                }),
+            ))
+        }
+        Ok(Accepted::Ordered(order_id)) => {
+            let order_url = format!("/v1/orders/{order_id}");
+            Ok(created_at(
+                StatusCode::CREATED,
+                &order_url.clone(),
+                Json(CheckoutOrdered {
+                    checkout_id,
+                    status: "ordered",
+                    order_id,
+                    order_url,
+                }),
+            ))
+        }
+        Err(e @ IntakeError::Conflict { .. }) => Err(ApiError::Conflict(e.to_string())),
+        Err(IntakeError::Unavailable) => Err(ApiError::Unavailable {
+            detail: "the cart could be neither queued nor written; nothing was stored, retry later"
+                .into(),
+            retry_after: app.config.retry_after,
+        }),
+    }
+}
+
+fn created_at(status: StatusCode, location: &str, body: impl IntoResponse) -> Response {
+    let mut response = (status, body).into_response();
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Where a checkout stands: `pending` until an order (or a recorded rejection) exists.
+#[utoipa::path(
+    get, path = "/v1/checkouts/{cart_id}", tag = "checkouts",
+    params(("cart_id" = String, Path, description = "The cart's UUID")),
+    responses(
+        (status = 200, body = CheckoutStatus),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Never accepted", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Neither database nor queue can answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn status(
+    State(app): State<AppState>,
+    Path(cart_id): Path<String>,
+) -> Result<Json<CheckoutStatus>, ApiError> {
+    let cart_id =
+        CartId::parse(&cart_id).map_err(|e| ApiError::bad_request(format!("cart_id {e}")))?;
+    // Database, then queue, then database again: the consumer commits the order before
+    // it removes the message, so a cart absent from the queue is visible in the database.
+    if let Ok(Some(state)) = orders::checkout_state(&app.db, cart_id).await {
+        return Ok(Json(from_state(cart_id, state)));
+    }
+    let lookup = app
+        .queue
+        .lookup(&app.config.cart_address, &cart_id.to_string())
+        .await;
+    match lookup {
+        Ok(Lookup::Waiting) | Ok(Lookup::Unknown) => Ok(Json(pending(cart_id))),
+        Ok(Lookup::DeadLettered { reason }) => Ok(Json(CheckoutStatus {
+            reason: Some(reason),
+            status: CheckoutStatusKind::Rejected,
+            ..pending(cart_id)
+        })),
+        Ok(Lookup::Absent) | Err(_) => match database_state(&app, cart_id).await? {
+            Some(state) => Ok(Json(from_state(cart_id, state))),
+            None if lookup.is_ok() => Err(ApiError::NotFound(format!("no checkout {cart_id}"))),
+            None => Err(ApiError::Unavailable {
+                detail: "the queue cannot be asked about this checkout right now".into(),
+                retry_after: app.config.retry_after,
+            }),
+        },
+    }
+}
+
+async fn database_state(
+    app: &AppState,
+    cart_id: CartId,
+) -> Result<Option<CheckoutState>, ApiError> {
+    orders::checkout_state(&app.db, cart_id).await.map_err(|e| {
+        tracing::warn!(error = %e, "checkout status: database unavailable");
+        ApiError::Unavailable {
+            detail: "the orders database is unavailable".into(),
+            retry_after: app.config.retry_after,
+        }
+    })
+}
+
+fn pending(cart_id: CartId) -> CheckoutStatus {
+    CheckoutStatus {
+        checkout_id: cart_id.as_uuid(),
+        status: CheckoutStatusKind::Pending,
+        order_id: None,
+        order_url: None,
+        reason: None,
+        detail: None,
+    }
+}
+
+fn from_state(cart_id: CartId, state: CheckoutState) -> CheckoutStatus {
+    match state {
+        CheckoutState::Ordered(order_id) => CheckoutStatus {
+            status: CheckoutStatusKind::Ordered,
+            order_id: Some(order_id),
+            order_url: Some(format!("/v1/orders/{order_id}")),
+            ..pending(cart_id)
+        },
+        CheckoutState::Rejected { reason, detail } => CheckoutStatus {
+            status: CheckoutStatusKind::Rejected,
+            reason: Some(reason),
+            detail: Some(detail),
+            ..pending(cart_id)
+        },
+    }
+}

@@ -1,0 +1,178 @@
+//! The HTTP layer's one error type, rendered as RFC 9457 problem details.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::checkout::FieldError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem detail.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Identifies the kind of problem.
+    #[serde(rename = "type")]
+    #[schema(example = "/problems/invalid-cart")]
+    pub kind: String,
+    #[schema(example = "The cart breaks the rules")]
+    pub title: String,
+    #[schema(example = 422)]
+    pub status: u16,
+    pub detail: String,
+    /// For validation problems: each bad field, by JSON pointer into the request body.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(nullable = false)]
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{detail}")]
+    BadRequest {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    #[error("missing or wrong credentials")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request breaks {} rule(s)", .0.len())]
+    Validation(Vec<FieldError>),
+    #[error("{detail}")]
+    Unavailable {
+        detail: String,
+        retry_after: Duration,
+    },
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(detail: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn field(pointer: &str, detail: impl Into<String>) -> ApiError {
+        ApiError::Validation(vec![FieldError {
+            pointer: pointer.into(),
+            detail: detail.into(),
+        }])
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind_and_title(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::BadRequest { .. } => ("/problems/bad-request", "The request cannot be read"),
+            ApiError::Unauthorized => ("/problems/unauthorized", "Missing or wrong credentials"),
+            ApiError::NotFound(_) => ("/problems/not-found", "Not found"),
+            ApiError::Conflict(_) => ("/problems/conflict", "Conflicts with an earlier request"),
+            ApiError::PayloadTooLarge { .. } => {
+                ("/problems/payload-too-large", "Request body too large")
+            }
+            ApiError::UnsupportedMediaType(_) => {
+                ("/problems/unsupported-media-type", "Unsupported media type")
+            }
+            ApiError::Validation(_) => ("/problems/invalid-cart", "The request breaks the rules"),
+            ApiError::Unavailable { .. } => ("/problems/unavailable", "Temporarily unavailable"),
+            ApiError::Internal(_) => ("/problems/internal", "Internal error"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+/// A problem response for a bare status code (used for errors raised outside handlers).
+pub fn problem_response(status: StatusCode, detail: &str) -> Response {
+    let problem = Problem {
+        kind: "about:blank".into(),
+        title: status.canonical_reason().unwrap_or("Error").into(),
+        status: status.as_u16(),
+        detail: detail.into(),
+        errors: Vec::new(),
+    };
+    render(status, &problem)
+}
+
+fn render(status: StatusCode, problem: &Problem) -> Response {
+    let body = serde_json::to_vec(problem).expect("a problem always serialises");
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+        body,
+    )
+        .into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(e) = &self {
+            // The chain goes to the log, never to the client.
+            tracing::error!(error = ?e, "request failed");
+        }
+        let (kind, title) = self.kind_and_title();
+        let detail = match &self {
+            ApiError::Validation(errors) => match errors.as_slice() {
+                [one] => format!("{}: {}", one.pointer, one.detail),
+                _ => self.to_string(),
+            },
+            _ => self.to_string(),
+        };
+        let errors = match &self {
+            ApiError::Validation(errors) | ApiError::BadRequest { errors, .. } => errors.clone(),
+            _ => Vec::new(),
+        };
+        let problem = Problem {
+            kind: kind.into(),
+            title: title.into(),
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let mut response = render(status, &problem);
+        match &self {
+            ApiError::Unavailable { retry_after, .. } => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+            }
+            ApiError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,178 @@
+//! cartbus: a queue-buffered checkout service. See DESIGN.md for the contract.
+
+pub mod app;
+pub mod checkout;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod deadletters;
+mod fault;
+mod health;
+pub mod http;
+pub mod metrics;
+pub mod orders;
+pub mod queue;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{App, AppState, Health};
+use crate::config::{Config, QueueConfig};
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::queue::embedded::EmbeddedOptions;
+use crate::queue::{AmqpOptions, AmqpQueue, EmbeddedQueue, Queue, UnavailableQueue};
+
+/// How often an idle embedded-queue consumer looks for carts sent by other processes.
+const EMBEDDED_POLL: Duration = Duration::from_millis(100);
+
+/// A built, bound, not yet running cartbus.
+pub struct Application {
+    listener: TcpListener,
+    app: AppState,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Opens the database and queue and binds the listener. Neither the database nor the
+    /// queue has to be up: the service starts and serves whichever works.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let db = Db::connect_lazy(&config).context("DATABASE_URL is not a usable database URL")?;
+        let queue = open_queue(&config, &db).await;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (CARTBUS_LISTEN)", config.listen))?;
+        let app = Arc::new(App {
+            config,
+            db,
+            queue,
+            metrics: Metrics::new(),
+            health: Health::default(),
+        });
+        health::prepare_database(&app).await;
+        Ok(Application {
+            listener,
+            app,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Cancel it to stop the service gracefully (what SIGTERM does).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn state(&self) -> AppState {
+        self.app.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then: readiness false, wait
+    /// `CARTBUS_SHUTDOWN_DELAY_SECONDS` for load balancers to notice, stop accepting, finish
+    /// in-flight requests and the consumer's batch in hand, give back the rest.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            app,
+            shutdown,
+        } = self;
+        let workers_stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(consumer::run(app.clone(), workers_stop.clone()));
+        tasks.spawn(health::monitor(app.clone(), workers_stop.clone()));
+
+        let drain = {
+            let app = app.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                app.health.begin_shutdown();
+                tracing::info!(delay = ?app.config.shutdown_delay, "shutting down: not ready any more");
+                tokio::time::sleep(app.config.shutdown_delay).await;
+            }
+        };
+        let server = axum::serve(listener, http::router(app.clone()))
+            .with_graceful_shutdown(drain)
+            .into_future();
+        tokio::pin!(server);
+        let served = tokio::select! {
+            result = &mut server => result,
+            _ = shutdown.cancelled() => {
+                workers_stop.cancel();
+                let grace = app.config.shutdown_delay + app.config.shutdown_timeout;
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("in-flight requests did not finish in time; closing them");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        workers_stop.cancel();
+        tasks.close();
+        if tokio::time::timeout(app.config.shutdown_timeout, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "background work did not finish in time; unsettled deliveries return when their leases expire"
+            );
+        }
+        app.queue.shutdown().await;
+        app.db.close().await;
+        tracing::info!("stopped");
+        served.context("HTTP server failed")
+    }
+}
+
+async fn open_queue(config: &Config, db: &Db) -> Arc<dyn Queue> {
+    match &config.queue {
+        QueueConfig::Embedded { path } => {
+            let options = EmbeddedOptions {
+                owner: config.instance.clone(),
+                lease: config.lease,
+                max_attempts: config.max_attempts,
+                poll_interval: EMBEDDED_POLL,
+            };
+            match EmbeddedQueue::open(path, options).await {
+                Ok(queue) => Arc::new(queue),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "embedded queue unavailable; checkouts will be written directly as orders");
+                    Arc::new(UnavailableQueue {
+                        kind: "embedded",
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        QueueConfig::Amqp(broker) => {
+            tracing::info!(endpoint = %broker.endpoint(), address = %config.cart_address, "using an AMQP 1.0 broker");
+            Arc::new(AmqpQueue::start(
+                AmqpOptions {
+                    broker: broker.clone(),
+                    instance: config.instance.clone(),
+                    cart_address: config.cart_address.clone(),
+                    send_timeout: config.send_timeout,
+                },
+                db.clone(),
+            ))
+        }
+    }
+}

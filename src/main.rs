@@ -1,0 +1,101 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cartbus::Application;
+use cartbus::config::Config;
+
+#[derive(Parser)]
+#[command(name = "cartbus", version, about = "Queue-buffered checkout service")]
+struct Cli {
+    /// TOML file with settings; environment variables override it.
+    #[arg(long, global = true, env = "CARTBUS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        let document = cartbus::http::openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serialises");
+        println!("{document}");
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("cartbus: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    cartbus::telemetry::init(&config.log, config.log_json);
+    // Fail points do nothing unless built for tests (see Cargo.toml).
+    let _fail_points = fail::FailScenario::setup();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cartbus: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Migrate) => {
+                cartbus::db::migrate_url(&config.database_url, &config.database_kind).await?;
+                tracing::info!(database = ?config.database_kind, "migrations applied");
+                Ok(())
+            }
+            _ => serve(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("cartbus: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let application = Application::build(config).await?;
+    let shutdown = application.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        shutdown.cancel();
+    });
+    tracing::info!(address = %application.local_addr(), "cartbus listening");
+    application.run_until_stopped().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the service");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

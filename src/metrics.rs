@@ -1,0 +1,106 @@
+//! Prometheus metrics, one registry per app (no globals, so tests can run apps side by side).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Checkouts by outcome: queued, direct, duplicate, conflict, invalid, unavailable.
+    pub checkouts: Family<Outcome, Counter>,
+    /// Consumed messages by outcome: created, duplicate, conflict, invalid,
+    /// unknown_schema, released, failed.
+    pub consumer: Family<Outcome, Counter>,
+    pub http_requests: Family<HttpLabels, Histogram>,
+    pub queue_depth: Gauge,
+    pub queue_oldest_age: Gauge<f64, AtomicU64>,
+    pub ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("cartbus");
+        let checkouts = Family::<Outcome, Counter>::default();
+        registry.register("checkouts", "Checkouts by outcome", checkouts.clone());
+        let consumer = Family::<Outcome, Counter>::default();
+        registry.register(
+            "consumer_messages",
+            "Cart messages handled by the consumer, by outcome",
+            consumer.clone(),
+        );
+        let http_requests = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            http_requests.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth_messages",
+            "Cart messages waiting in the queue (sampled at scrape)",
+            queue_depth.clone(),
+        );
+        let queue_oldest_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "queue_oldest_age_seconds",
+            "Age of the oldest waiting cart message (sampled at scrape)",
+            queue_oldest_age.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when the instance is ready for traffic",
+            ready.clone(),
+        );
+        Metrics {
+            registry,
+            checkouts,
+            consumer,
+            http_requests,
+            queue_depth,
+            queue_oldest_age,
+            ready,
+        }
+    }
+
+    pub fn checkout(&self, outcome: &'static str) {
+        self.checkouts.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub fn consumed(&self, outcome: &'static str, n: u64) {
+        self.consumer.get_or_create(&Outcome { outcome }).inc_by(n);
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,323 @@
+//! The publishing supervisor: one task owns the connection, its session and one sender
+//! link per address. Requests come in over a bounded channel; each is sent with
+//! `send_batchable` (the transfer goes out at once, the outcome is awaited later), so up
+//! to `window` sends are unsettled together and each request waits for its own outcome.
+//!
+//! A send in flight when the broker dies never resolves on its own (AMQP-NOTES.md), so
+//! every outcome is raced against a timeout and against the connection closing; when the
+//! connection goes, every waiting request is answered "unknown" at once and goes direct.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::link::SendError;
+use fe2o3_amqp::link::delivery::DeliveryFut;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::messaging::{Outcome, Target, TerminusDurability};
+use fe2o3_amqp::{Sender, Session};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{AmqpOptions, Backoff, CONTROL_TIMEOUT, connect, convert};
+use crate::queue::{Message, QueueError};
+
+/// This many sends in a row without an outcome in time means the broker hangs: drop the
+/// connection and reconnect rather than let every request wait out its timeout.
+const HUNG_AFTER_TIMEOUTS: u32 = 3;
+
+pub(super) struct Publish {
+    pub address: String,
+    pub message: Message,
+    pub reply: oneshot::Sender<Result<(), QueueError>>,
+}
+
+/// What the supervisor tells the rest of the service: readiness, metrics, fail-fast.
+#[derive(Debug, Default)]
+pub struct PublisherState {
+    connected: AtomicBool,
+    stopped: AtomicBool,
+    stopped_signal: Notify,
+    /// Connections opened successfully since start.
+    connects: AtomicU64,
+    /// Connections lost (or dropped as hung) since start.
+    losses: AtomicU64,
+}
+
+impl PublisherState {
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    pub fn losses(&self) -> u64 {
+        self.losses.load(Ordering::Relaxed)
+    }
+
+    pub(super) async fn wait_stopped(&self, limit: Duration) {
+        let stopped = async {
+            loop {
+                let notified = self.stopped_signal.notified();
+                if self.stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, stopped).await;
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Release);
+    }
+}
+
+type InFlight = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    oneshot::Sender<Result<(), QueueError>>,
+                    Result<Result<Outcome, SendError>, tokio::time::error::Elapsed>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// Why a connection's service ended.
+enum End {
+    Stopped,
+    Lost(String),
+}
+
+pub(super) async fn supervise(
+    options: Arc<AmqpOptions>,
+    mut requests: mpsc::Receiver<Publish>,
+    state: Arc<PublisherState>,
+    stop: CancellationToken,
+) {
+    let endpoint = options.broker.endpoint();
+    let mut backoff = Backoff::new();
+    while !stop.is_cancelled() {
+        match Publisher::open(&options).await {
+            Ok(mut publisher) => {
+                state.connects.fetch_add(1, Ordering::Relaxed);
+                state.set_connected(true);
+                backoff.reset();
+                tracing::info!(%endpoint, address = %options.cart_address, "broker connected");
+                let end = publisher.serve(&mut requests, &stop, &options).await;
+                state.set_connected(false);
+                publisher.close().await;
+                match end {
+                    End::Stopped => break,
+                    End::Lost(why) => {
+                        state.losses.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%endpoint, reason = %why, "broker connection lost; checkouts go direct until it is back");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "broker unreachable; checkouts go direct until it is back");
+            }
+        }
+        // Wait before the next probe, answering every send at once meanwhile.
+        let wait = tokio::time::sleep(backoff.next_wait());
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = &mut wait => break,
+                request = requests.recv() => match request {
+                    Some(request) => {
+                        let _ = request.reply.send(Err(QueueError::Unavailable("broker not connected".into())));
+                    }
+                    None => stop.cancel(),
+                },
+            }
+        }
+    }
+    state.set_connected(false);
+    state.stopped.store(true, Ordering::Release);
+    state.stopped_signal.notify_waiters();
+    tracing::debug!("broker publisher stopped");
+}
+
+struct Publisher {
+    connection: ConnectionHandle<()>,
+    session: SessionHandle<()>,
+    senders: HashMap<String, Sender>,
+    container_id: String,
+}
+
+impl Publisher {
+    async fn open(options: &AmqpOptions) -> Result<Publisher, QueueError> {
+        let container_id = format!("cartbus-{}-publisher", options.instance);
+        let mut connection = connect(&options.broker, &container_id).await?;
+        let session =
+            match tokio::time::timeout(CONTROL_TIMEOUT, Session::begin(&mut connection)).await {
+                Ok(Ok(session)) => session,
+                Ok(Err(e)) => {
+                    let _ = connection.close().await;
+                    return Err(QueueError::Unavailable(format!(
+                        "cannot begin a session: {e}"
+                    )));
+                }
+                Err(_) => {
+                    drop(connection);
+                    return Err(QueueError::Unavailable("session begin timed out".into()));
+                }
+            };
+        let mut publisher = Publisher {
+            connection,
+            session,
+            senders: HashMap::new(),
+            container_id,
+        };
+        // Attach the cart address now, so a wrong address shows at connect, not per cart.
+        if let Err(e) = publisher.sender(&options.cart_address).await {
+            publisher.close().await;
+            return Err(e);
+        }
+        Ok(publisher)
+    }
+
+    /// The sender link for `address`, attached on first use with a durable terminus (so
+    /// that a RabbitMQ 3.x auto-declared queue is durable, not gone after a restart).
+    async fn sender(&mut self, address: &str) -> Result<&mut Sender, QueueError> {
+        if !self.senders.contains_key(address) {
+            let link = Sender::builder()
+                .name(format!("{}:{address}", self.container_id))
+                .target(
+                    Target::builder()
+                        .address(address.to_string())
+                        .durable(TerminusDurability::Configuration)
+                        .build(),
+                )
+                .attach(&mut self.session);
+            let sender = tokio::time::timeout(CONTROL_TIMEOUT, link)
+                .await
+                .map_err(|_| QueueError::Unavailable(format!("attaching {address} timed out")))?
+                .map_err(|e| {
+                    QueueError::Unavailable(format!("cannot attach a sender to {address}: {e}"))
+                })?;
+            self.senders.insert(address.to_string(), sender);
+        }
+        self.senders
+            .get_mut(address)
+            .ok_or_else(|| QueueError::Unavailable("sender link missing".into()))
+    }
+
+    /// Serves requests until the connection is lost or `stop`.
+    async fn serve(
+        &mut self,
+        requests: &mut mpsc::Receiver<Publish>,
+        stop: &CancellationToken,
+        options: &AmqpOptions,
+    ) -> End {
+        let window = options.broker.window.max(1);
+        let timeout = options.send_timeout;
+        let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+        let mut timeouts_in_a_row = 0u32;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    // Let what is in flight finish briefly; after that it is "unknown".
+                    let _ = tokio::time::timeout(timeout, async {
+                        while let Some((reply, outcome)) = in_flight.next().await {
+                            let _ = reply.send(answer(outcome, timeout, &mut timeouts_in_a_row));
+                        }
+                    }).await;
+                    return End::Stopped;
+                }
+                closed = self.connection.on_close() => {
+                    return End::Lost(match closed {
+                        Ok(()) => "the broker closed the connection".into(),
+                        Err(e) => e.to_string(),
+                    });
+                }
+                Some((reply, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let _ = reply.send(answer(outcome, timeout, &mut timeouts_in_a_row));
+                    if timeouts_in_a_row >= HUNG_AFTER_TIMEOUTS {
+                        return End::Lost(format!("{timeouts_in_a_row} sends in a row got no outcome within {timeout:?}"));
+                    }
+                }
+                request = requests.recv(), if in_flight.len() < window => {
+                    let Some(Publish { address, message, reply }) = request else {
+                        return End::Stopped;
+                    };
+                    match self.start_send(&address, message, timeout).await {
+                        Ok(delivery) => in_flight.push(Box::pin(async move {
+                            (reply, tokio::time::timeout(timeout, delivery).await)
+                        })),
+                        Err(e) => {
+                            let why = e.to_string();
+                            let _ = reply.send(Err(e));
+                            // A failed attach ends the session, and a send that cannot
+                            // even go out means the link is gone: rebuild everything.
+                            return End::Lost(why);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts one transfer on the wire and returns the future of its outcome.
+    async fn start_send(
+        &mut self,
+        address: &str,
+        message: Message,
+        timeout: Duration,
+    ) -> Result<DeliveryFut<Result<Outcome, SendError>>, QueueError> {
+        let sender = self.sender(address).await?;
+        tokio::time::timeout(timeout, sender.send_batchable(convert::to_amqp(message)))
+            .await
+            .map_err(|_| {
+                QueueError::Unavailable(format!("no link credit or socket within {timeout:?}"))
+            })?
+            .map_err(|e| QueueError::Unavailable(format!("send failed: {e}")))
+    }
+
+    /// Detaches the links (not `close`: RabbitMQ 3.x answers that with IllegalState) and
+    /// closes the connection, each bounded: a dead broker must not hold up a restart.
+    async fn close(mut self) {
+        for (_, sender) in self.senders.drain() {
+            let _ = tokio::time::timeout(CONTROL_TIMEOUT, sender.detach()).await;
+        }
+        let _ = tokio::time::timeout(CONTROL_TIMEOUT, self.session.end()).await;
+        let _ = tokio::time::timeout(CONTROL_TIMEOUT, self.connection.close()).await;
+    }
+}
+
+/// A request's answer from its send's outcome; only `Accepted` means queued.
+fn answer(
+    outcome: Result<Result<Outcome, SendError>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+    timeouts_in_a_row: &mut u32,
+) -> Result<(), QueueError> {
+    match outcome {
+        Ok(Ok(Outcome::Accepted(_))) => {
+            *timeouts_in_a_row = 0;
+            Ok(())
+        }
+        Ok(Ok(other)) => {
+            *timeouts_in_a_row = 0;
+            Err(QueueError::Unavailable(format!(
+                "broker did not accept: {other:?}"
+            )))
+        }
+        Ok(Err(e)) => Err(QueueError::Unavailable(format!("send failed: {e}"))),
+        Err(_) => {
+            *timeouts_in_a_row += 1;
+            Err(QueueError::Unavailable(format!(
+                "no outcome within {timeout:?}"
+            )))
+        }
+    }
+}
