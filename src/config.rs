@@ -45,6 +45,8 @@ pub struct AmqpConfig {
     pub window: usize,
     /// Most deliveries the consumer holds (received, not yet settled).
     pub prefetch: u32,
+    /// PEM certificates trusted for `amqps://` besides the public roots (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AmqpConfig {
@@ -81,6 +83,13 @@ fn parse_amqp_url(raw: &str, limits: &BrokerLimits) -> Result<AmqpConfig, Config
     let password = url
         .password()
         .map(|p| SecretString::from(percent_decode(p)));
+    if username.is_none() && password.is_some() {
+        // It would silently log in anonymously (RabbitMQ 3.x then maps that to guest).
+        return Err(invalid(
+            SETTING,
+            "has a password but no user name (value not shown)",
+        ));
+    }
     let vhost = match url.path() {
         "" | "/" => None,
         path => Some(percent_decode(&path[1..])),
@@ -95,6 +104,7 @@ fn parse_amqp_url(raw: &str, limits: &BrokerLimits) -> Result<AmqpConfig, Config
         connect_timeout: limits.connect_timeout,
         window: limits.window,
         prefetch: limits.prefetch,
+        ca_file: limits.ca_file.clone(),
     })
 }
 
@@ -102,6 +112,7 @@ struct BrokerLimits {
     connect_timeout: Duration,
     window: usize,
     prefetch: u32,
+    ca_file: Option<PathBuf>,
 }
 
 fn percent_decode(s: &str) -> String {
@@ -184,6 +195,8 @@ struct Raw {
     consumer_prefetch: u32,
     amqp_window: u32,
     amqp_connect_timeout_ms: u64,
+    #[serde(deserialize_with = "lenient_opt_string")]
+    amqp_ca_file: Option<String>,
     max_attempts: u32,
     lease_seconds: u64,
     send_timeout_ms: u64,
@@ -215,6 +228,7 @@ impl Default for Raw {
             consumer_prefetch: 256,
             amqp_window: 256,
             amqp_connect_timeout_ms: 2000,
+            amqp_ca_file: None,
             max_attempts: 5,
             lease_seconds: 30,
             send_timeout_ms: 1000,
@@ -352,6 +366,19 @@ impl Raw {
                 1,
                 10_000,
             )?,
+            ca_file: match self.amqp_ca_file.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(path) => {
+                    let path = PathBuf::from(path);
+                    if !path.is_file() {
+                        return Err(invalid(
+                            "CARTBUS_AMQP_CA_FILE",
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                    Some(path)
+                }
+            },
         };
         let queue_url = self.queue_url.trim();
         let queue = if queue_url == "embedded" {
@@ -411,11 +438,13 @@ impl Raw {
             in_range("CARTBUS_CONSUMER_BATCH", self.consumer_batch, 1, 10_000)? as usize;
         let max_attempts = in_range("CARTBUS_MAX_ATTEMPTS", self.max_attempts, 1, 1000)?;
         let lease = seconds("CARTBUS_LEASE_SECONDS", self.lease_seconds, 1, 3600)?;
+        // Capped at 2 s: a checkout must answer (queued or direct) within about that long
+        // even when the queue hangs.
         let send_timeout = Duration::from_millis(in_range(
             "CARTBUS_SEND_TIMEOUT_MS",
             self.send_timeout_ms,
             10,
-            60_000,
+            2_000,
         )?);
         let retry_after = seconds(
             "CARTBUS_RETRY_AFTER_SECONDS",
@@ -603,6 +632,9 @@ mod tests {
             ("CARTBUS_QUEUE_URL", "kafka://x"),
             ("CARTBUS_QUEUE_URL", "amqp://"),
             ("CARTBUS_AMQP_WINDOW", "0"),
+            ("CARTBUS_QUEUE_URL", "amqp://:secret@broker"),
+            ("CARTBUS_AMQP_CA_FILE", "/nonexistent/ca.pem"),
+            ("CARTBUS_SEND_TIMEOUT_MS", "5000"),
             ("CARTBUS_ADMIN_TOKEN", "short"),
             ("CARTBUS_LOG_FORMAT", "xml"),
         ] {

@@ -28,7 +28,9 @@ use crate::config::{Config, QueueConfig};
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::queue::embedded::EmbeddedOptions;
-use crate::queue::{AmqpOptions, AmqpQueue, EmbeddedQueue, Queue, UnavailableQueue};
+use crate::queue::{
+    AmqpOptions, AmqpQueue, BrokerCounters, EmbeddedQueue, Queue, UnavailableQueue,
+};
 
 /// How often an idle embedded-queue consumer looks for carts sent by other processes.
 const EMBEDDED_POLL: Duration = Duration::from_millis(100);
@@ -45,7 +47,8 @@ impl Application {
     /// queue has to be up: the service starts and serves whichever works.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let db = Db::connect_lazy(&config).context("DATABASE_URL is not a usable database URL")?;
-        let queue = open_queue(&config, &db).await;
+        let metrics = Metrics::new();
+        let queue = open_queue(&config, &db, &metrics).await;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (CARTBUS_LISTEN)", config.listen))?;
@@ -53,7 +56,7 @@ impl Application {
             config,
             db,
             queue,
-            metrics: Metrics::new(),
+            metrics,
             health: Health::default(),
         });
         health::prepare_database(&app).await;
@@ -142,7 +145,7 @@ impl Application {
     }
 }
 
-async fn open_queue(config: &Config, db: &Db) -> Arc<dyn Queue> {
+async fn open_queue(config: &Config, db: &Db, metrics: &Metrics) -> Arc<dyn Queue> {
     match &config.queue {
         QueueConfig::Embedded { path } => {
             let options = EmbeddedOptions {
@@ -170,6 +173,10 @@ async fn open_queue(config: &Config, db: &Db) -> Arc<dyn Queue> {
                     instance: config.instance.clone(),
                     cart_address: config.cart_address.clone(),
                     send_timeout: config.send_timeout,
+                    counters: BrokerCounters {
+                        connects: metrics.queue_connects.clone(),
+                        losses: metrics.queue_connection_losses.clone(),
+                    },
                 },
                 db.clone(),
             ))

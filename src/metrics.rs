@@ -32,6 +32,11 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub queue_oldest_age: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
+    /// 1 while the queue takes carts (for a broker: while the publishing link is up).
+    pub queue_up: Gauge,
+    /// Broker connections opened and lost; a climbing loss count is a flapping broker.
+    pub queue_connects: Counter,
+    pub queue_connection_losses: Counter,
 }
 
 impl Default for Metrics {
@@ -77,8 +82,29 @@ impl Metrics {
             "1 when the instance is ready for traffic",
             ready.clone(),
         );
+        let queue_up = Gauge::default();
+        registry.register(
+            "queue_up",
+            "1 while the queue takes carts (a broker: while connected)",
+            queue_up.clone(),
+        );
+        let queue_connects = Counter::default();
+        registry.register(
+            "queue_connections",
+            "Broker connections opened",
+            queue_connects.clone(),
+        );
+        let queue_connection_losses = Counter::default();
+        registry.register(
+            "queue_connection_losses",
+            "Broker connections lost or dropped as hung",
+            queue_connection_losses.clone(),
+        );
         Metrics {
             registry,
+            queue_up,
+            queue_connects,
+            queue_connection_losses,
             checkouts,
             consumer,
             http_requests,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::broker;
-use common::{Backend, Settings, TestApp, eventually, order_counts};
+use common::{Backend, TestApp, eventually, order_counts};
 use tokio::sync::Mutex;
 
 static BROKER: Mutex<()> = Mutex::const_new(());
@@ -31,19 +31,6 @@ impl Drop for Outage {
     }
 }
 
-async fn orders_backend(test: &str) -> Backend {
-    match common::postgres_admin_url(test) {
-        Some(admin) => Backend::Postgres(common::fresh_postgres(&admin).await),
-        None => Backend::Sqlite,
-    }
-}
-
-fn on_broker(dir: &std::path::Path, backend: &Backend, url: &str, queue: &str) -> Settings {
-    Settings::new(dir, backend)
-        .set("CARTBUS_QUEUE_URL", url)
-        .set("CARTBUS_CART_ADDRESS", format!("/queue/{queue}"))
-}
-
 /// One answered checkout: cart id, status, how long it took, and when it was sent.
 struct Answer {
     cart_id: String,
@@ -57,10 +44,10 @@ async fn the_broker_stopping_under_load_fails_no_request_and_loses_no_cart() {
     const TEST: &str = "the_broker_stopping_under_load_fails_no_request_and_loses_no_cart";
     let Some(url) = broker::url(TEST) else { return };
     let _turn = BROKER.lock().await;
-    let backend = orders_backend(TEST).await;
+    let backend = broker::orders_backend(TEST).await;
     let queue = broker::fresh_queue();
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = Arc::new(TestApp::spawn(&on_broker(dir.path(), &backend, &url, &queue)).await);
+    let app = Arc::new(TestApp::spawn(&broker::settings(dir.path(), &backend, &url, &queue)).await);
     broker::wait_connected(&app.state).await;
 
     // Eight storefront clients posting carts back to back until told to stop.
@@ -171,7 +158,7 @@ async fn a_backlog_survives_a_broker_restart() {
     let _turn = BROKER.lock().await;
     let queue = broker::fresh_queue();
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = on_broker(dir.path(), &Backend::Sqlite, &url, &queue);
+    let settings = broker::settings(dir.path(), &Backend::Sqlite, &url, &queue);
     let producer = TestApp::spawn(&settings.set("CARTBUS_CONSUMER", "off")).await;
     broker::wait_connected(&producer.state).await;
     for _ in 0..200 {
@@ -192,7 +179,7 @@ async fn a_backlog_survives_a_broker_restart() {
     })
     .await;
 
-    let settings = on_broker(dir.path(), &Backend::Sqlite, &url, &queue);
+    let settings = broker::settings(dir.path(), &Backend::Sqlite, &url, &queue);
     let consumer = TestApp::spawn(&settings).await;
     eventually("200 orders", || async {
         (common::count_orders(&consumer.state).await >= 200 && broker::depth(&queue) == Some(0))

@@ -12,7 +12,8 @@ use crate::app::AppState;
 use crate::queue::{QueueError, Receiver};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Capped low enough that a consumer is back within seconds of its broker or database.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub async fn run(app: AppState, stop: CancellationToken) {
     if !app.config.consumer_enabled {
@@ -35,7 +36,7 @@ pub async fn run(app: AppState, stop: CancellationToken) {
             }
         };
         tracing::info!(address = %app.config.cart_address, queue = app.queue.kind(), "consumer started");
-        match consume(&app, receiver, &stop).await {
+        match consume(&app, receiver, &stop, &mut backoff).await {
             Ok(()) => backoff = MIN_BACKOFF,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "consumer lost its receiver");
@@ -48,10 +49,13 @@ pub async fn run(app: AppState, stop: CancellationToken) {
 }
 
 /// Consumes until `stop` or a queue error; always closes the receiver.
+/// `reconnect_backoff` is reset once a batch has been settled: a receiver that worked
+/// for a while and then broke is not a reason to wait long before the next one.
 async fn consume(
     app: &AppState,
     mut receiver: Box<dyn Receiver>,
     stop: &CancellationToken,
+    reconnect_backoff: &mut Duration,
 ) -> Result<(), QueueError> {
     let mut backoff = MIN_BACKOFF;
     let result = loop {
@@ -65,6 +69,7 @@ async fn consume(
         if let Err(e) = receiver.settle(report.settlements).await {
             break Err(e);
         }
+        *reconnect_backoff = MIN_BACKOFF;
         if report.database_down {
             tracing::warn!(retry_in = ?backoff, "database unavailable; consumer backing off");
             pause(stop, backoff).await;

@@ -78,6 +78,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         app.metrics.queue_oldest_age.set(age);
     }
     app.metrics.ready.set(i64::from(app.is_ready()));
+    app.metrics.queue_up.set(i64::from(app.queue.is_healthy()));
     (
         [(
             header::CONTENT_TYPE,

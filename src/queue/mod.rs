@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub use amqp::{AmqpOptions, AmqpQueue};
+pub use amqp::{AmqpOptions, AmqpQueue, BrokerCounters};
 pub use embedded::EmbeddedQueue;
 
 /// A typed application property, as AMQP 1.0 carries them.

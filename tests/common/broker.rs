@@ -5,15 +5,30 @@
 use std::process::Command;
 
 use cartbus::app::AppState;
+use cartbus::queue::amqp::durable_target;
 use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Header, Message, MessageId, Outcome, Properties, Target,
-    TerminusDurability,
+    ApplicationProperties, Header, Message, MessageId, Outcome, Properties,
 };
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
 use fe2o3_amqp::{Connection, Sender, Session};
 use uuid::Uuid;
 
-use super::{services_required, skipped};
+use super::{Backend, Settings, services_required, skipped};
+
+/// Settings for an instance on `queue` of the test broker, orders on `backend`.
+pub fn settings(dir: &std::path::Path, backend: &Backend, url: &str, queue: &str) -> Settings {
+    Settings::new(dir, backend)
+        .set("CARTBUS_QUEUE_URL", url)
+        .set("CARTBUS_CART_ADDRESS", format!("/queue/{queue}"))
+}
+
+/// PostgreSQL when the test machine has it (the production pairing), else SQLite.
+pub async fn orders_backend(test: &str) -> Backend {
+    match super::postgres_admin_url(test) {
+        Some(admin) => Backend::Postgres(super::fresh_postgres(&admin).await),
+        None => Backend::Sqlite,
+    }
+}
 
 /// The broker URL, or `None` (test skipped, said loudly) when it is not configured.
 pub fn url(test: &str) -> Option<String> {
@@ -133,12 +148,7 @@ pub async fn publish(url: &str, address: &str, messages: &[Raw<'_>]) {
     let mut session = Session::begin(&mut connection).await.expect("session");
     let mut sender = Sender::builder()
         .name(format!("tests-{}", Uuid::new_v4().simple()))
-        .target(
-            Target::builder()
-                .address(address.to_string())
-                .durable(TerminusDurability::Configuration)
-                .build(),
-        )
+        .target(durable_target(address))
         .attach(&mut session)
         .await
         .expect("attach sender");
@@ -185,4 +195,31 @@ pub async fn wait_connected(state: &AppState) {
         state.queue.is_healthy().then_some(())
     })
     .await;
+}
+
+/// Runs one of the python-qpid-proton scripts in `tests/interop`, feeding `stdin`; returns
+/// its stdout and fails the test with its stderr if it fails.
+pub async fn interop(python: &str, script: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncWriteExt;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(script);
+    let mut child = tokio::process::Command::new(python)
+        .arg(path)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).await.expect("write stdin");
+    drop(input);
+    let output = child.wait_with_output().await.expect("python ran");
+    assert!(
+        output.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
 }

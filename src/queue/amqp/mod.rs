@@ -16,24 +16,50 @@ mod convert;
 mod publisher;
 mod receiver;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fe2o3_amqp::Connection;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::types::messaging::{Source, Target, TerminusDurability};
+use fe2o3_amqp::{Connection, Sender, Session};
+use prometheus_client::metrics::counter::Counter;
 use secrecy::ExposeSecret;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AmqpConfig;
 use crate::db::Db;
 use crate::queue::{Lookup, Message, Queue, QueueError, QueueStats, Receiver};
 
+pub use convert::to_amqp;
 pub use publisher::PublisherState;
+
+/// A target whose queue RabbitMQ 3.x declares durable on attach (`/queue/NAME`); with the
+/// default terminus the auto-declared queue is non-durable and gone after a restart.
+pub fn durable_target(address: &str) -> Target {
+    Target::builder()
+        .address(address.to_string())
+        .durable(TerminusDurability::Configuration)
+        .build()
+}
+
+/// The receiving side of [`durable_target`]: attaching with another durability to an
+/// existing queue fails with precondition-failed.
+pub fn durable_source(address: &str) -> Source {
+    Source::builder()
+        .address(address.to_string())
+        .durable(TerminusDurability::Configuration)
+        .build()
+}
 
 /// How long the peer may stay silent before the connection counts as dead; fe2o3 sends
 /// heartbeats at half the peer's value.
@@ -51,6 +77,14 @@ pub struct AmqpOptions {
     pub cart_address: String,
     /// A send with no outcome after this long counts as failed (the request goes direct).
     pub send_timeout: Duration,
+    pub counters: BrokerCounters,
+}
+
+/// Where the supervisor counts connections opened and lost (shared with /metrics).
+#[derive(Clone, Debug, Default)]
+pub struct BrokerCounters {
+    pub connects: Counter,
+    pub losses: Counter,
 }
 
 pub struct AmqpQueue {
@@ -67,7 +101,7 @@ impl AmqpQueue {
     /// sends fail at once (so checkouts go direct) and the supervisor keeps reconnecting.
     pub fn start(options: AmqpOptions, db: Db) -> AmqpQueue {
         let options = Arc::new(options);
-        let state = Arc::new(PublisherState::default());
+        let state = Arc::new(PublisherState::new(&options.counters));
         let stop = CancellationToken::new();
         let (requests, incoming) = mpsc::channel(options.broker.window.max(1));
         tokio::spawn(publisher::supervise(
@@ -149,8 +183,40 @@ impl Queue for AmqpQueue {
 
     async fn shutdown(&self) {
         self.stop.cancel();
-        self.state.wait_stopped(CONTROL_TIMEOUT).await;
+        // In-flight sends get `send_timeout` to finish, then detach, end and close.
+        let limit = self.options.send_timeout + CONTROL_TIMEOUT * 3;
+        self.state.wait_stopped(limit).await;
     }
+}
+
+/// Declares `address` by attaching a sender with a durable terminus (on RabbitMQ 3.x a
+/// `/queue/NAME` address then creates a durable queue), for `cartbus broker setup`.
+pub async fn declare(broker: &AmqpConfig, instance: &str, address: &str) -> Result<(), QueueError> {
+    let container_id = format!("cartbus-{instance}-setup");
+    let mut connection = connect(broker, &container_id).await?;
+    let declared = async {
+        let mut session = Session::begin(&mut connection)
+            .await
+            .map_err(|e| QueueError::Unavailable(format!("cannot begin a session: {e}")))?;
+        let sender = Sender::builder()
+            .name(format!("{container_id}:{address}"))
+            .target(durable_target(address))
+            .attach(&mut session)
+            .await
+            .map_err(|e| QueueError::Unavailable(format!("cannot attach to {address}: {e}")))?;
+        let _ = sender.detach().await;
+        let _ = session.end().await;
+        Ok(())
+    };
+    let result = tokio::time::timeout(CONTROL_TIMEOUT, declared)
+        .await
+        .unwrap_or_else(|_| {
+            Err(QueueError::Unavailable(format!(
+                "declaring {address} timed out"
+            )))
+        });
+    let _ = tokio::time::timeout(CONTROL_TIMEOUT, connection.close()).await;
+    result
 }
 
 /// Opens a connection the way AMQP-NOTES.md says it must be done: our own TCP connect
@@ -196,9 +262,21 @@ async fn connect(
         .domain(broker.host.as_str())
         .hostname(hostname)
         .idle_time_out(IDLE_TIMEOUT_MS)
-        .sasl_profile(profile);
-    tokio::time::timeout(broker.connect_timeout, builder.open_with_stream(stream))
+        .sasl_profile(profile)
+        // TLS first, as brokers' amqps ports (5671, Azure Service Bus) expect; fe2o3's
+        // default sends an AMQP TLS header in the clear, which they drop.
+        .alt_tls_establishment(true);
+    let opened = if broker.tls {
+        let connector = tls_connector(broker.ca_file.as_deref()).map_err(&unavailable)?;
+        tokio::time::timeout(
+            broker.connect_timeout,
+            builder.rustls_connector(connector).open_with_stream(stream),
+        )
         .await
+    } else {
+        tokio::time::timeout(broker.connect_timeout, builder.open_with_stream(stream)).await
+    };
+    opened
         .map_err(|_| {
             unavailable(format!(
                 "no AMQP open within {:?} (broker hung or not AMQP 1.0)",
@@ -208,6 +286,27 @@ async fn connect(
         // fe2o3's open errors name the failure (SASL outcome, TLS, protocol), never the
         // credentials themselves.
         .map_err(|e| unavailable(format!("AMQP open failed: {e}")))
+}
+
+/// Public roots plus, when configured, the operator's own CA bundle.
+fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, String> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certificates = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("CARTBUS_AMQP_CA_FILE {}: {e}", path.display()))?;
+        for certificate in certificates {
+            let certificate =
+                certificate.map_err(|e| format!("CARTBUS_AMQP_CA_FILE {}: {e}", path.display()))?;
+            roots
+                .add(certificate)
+                .map_err(|e| format!("CARTBUS_AMQP_CA_FILE {}: {e}", path.display()))?;
+        }
+    }
+    let config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// Exponential backoff with full jitter, for reconnects.

@@ -9,25 +9,32 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::SendError;
 use fe2o3_amqp::link::delivery::DeliveryFut;
 use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::messaging::{Outcome, Target, TerminusDurability};
+use fe2o3_amqp::types::messaging::Outcome;
 use fe2o3_amqp::{Sender, Session};
+use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{AmqpOptions, Backoff, CONTROL_TIMEOUT, connect, convert};
+use prometheus_client::metrics::counter::Counter;
+
+use super::{
+    AmqpOptions, Backoff, BrokerCounters, CONTROL_TIMEOUT, connect, convert, durable_target,
+};
 use crate::queue::{Message, QueueError};
 
 /// This many sends in a row without an outcome in time means the broker hangs: drop the
 /// connection and reconnect rather than let every request wait out its timeout.
 const HUNG_AFTER_TIMEOUTS: u32 = 3;
+/// How long closing a lost connection may take before it is simply dropped.
+const LOST_CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub(super) struct Publish {
     pub address: String,
@@ -36,28 +43,36 @@ pub(super) struct Publish {
 }
 
 /// What the supervisor tells the rest of the service: readiness, metrics, fail-fast.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PublisherState {
     connected: AtomicBool,
     stopped: AtomicBool,
     stopped_signal: Notify,
-    /// Connections opened successfully since start.
-    connects: AtomicU64,
-    /// Connections lost (or dropped as hung) since start.
-    losses: AtomicU64,
+    connects: Counter,
+    losses: Counter,
 }
 
 impl PublisherState {
+    pub(super) fn new(counters: &BrokerCounters) -> PublisherState {
+        PublisherState {
+            connected: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            stopped_signal: Notify::new(),
+            connects: counters.connects.clone(),
+            losses: counters.losses.clone(),
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
 
     pub fn connects(&self) -> u64 {
-        self.connects.load(Ordering::Relaxed)
+        self.connects.get()
     }
 
     pub fn losses(&self) -> u64 {
-        self.losses.load(Ordering::Relaxed)
+        self.losses.get()
     }
 
     pub(super) async fn wait_stopped(&self, limit: Duration) {
@@ -106,17 +121,17 @@ pub(super) async fn supervise(
     while !stop.is_cancelled() {
         match Publisher::open(&options).await {
             Ok(mut publisher) => {
-                state.connects.fetch_add(1, Ordering::Relaxed);
+                state.connects.inc();
                 state.set_connected(true);
                 backoff.reset();
                 tracing::info!(%endpoint, address = %options.cart_address, "broker connected");
                 let end = publisher.serve(&mut requests, &stop, &options).await;
                 state.set_connected(false);
-                publisher.close().await;
+                publisher.close(matches!(end, End::Stopped)).await;
                 match end {
                     End::Stopped => break,
                     End::Lost(why) => {
-                        state.losses.fetch_add(1, Ordering::Relaxed);
+                        state.losses.inc();
                         tracing::warn!(%endpoint, reason = %why, "broker connection lost; checkouts go direct until it is back");
                     }
                 }
@@ -180,7 +195,7 @@ impl Publisher {
         };
         // Attach the cart address now, so a wrong address shows at connect, not per cart.
         if let Err(e) = publisher.sender(&options.cart_address).await {
-            publisher.close().await;
+            publisher.close(false).await;
             return Err(e);
         }
         Ok(publisher)
@@ -192,12 +207,7 @@ impl Publisher {
         if !self.senders.contains_key(address) {
             let link = Sender::builder()
                 .name(format!("{}:{address}", self.container_id))
-                .target(
-                    Target::builder()
-                        .address(address.to_string())
-                        .durable(TerminusDurability::Configuration)
-                        .build(),
-                )
+                .target(durable_target(address))
                 .attach(&mut self.session);
             let sender = tokio::time::timeout(CONTROL_TIMEOUT, link)
                 .await
@@ -235,22 +245,28 @@ impl Publisher {
                     }).await;
                     return End::Stopped;
                 }
-                closed = self.connection.on_close() => {
-                    return End::Lost(match closed {
-                        Ok(()) => "the broker closed the connection".into(),
-                        Err(e) => e.to_string(),
-                    });
-                }
+                // Outcomes that are in go out before a connection close is looked at.
                 Some((reply, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                     let _ = reply.send(answer(outcome, timeout, &mut timeouts_in_a_row));
                     if timeouts_in_a_row >= HUNG_AFTER_TIMEOUTS {
                         return End::Lost(format!("{timeouts_in_a_row} sends in a row got no outcome within {timeout:?}"));
                     }
                 }
+                closed = self.connection.on_close() => {
+                    answer_ready(&mut in_flight, timeout);
+                    return End::Lost(match closed {
+                        Ok(()) => "the broker closed the connection".into(),
+                        Err(e) => e.to_string(),
+                    });
+                }
                 request = requests.recv(), if in_flight.len() < window => {
                     let Some(Publish { address, message, reply }) = request else {
                         return End::Stopped;
                     };
+                    if reply.is_closed() {
+                        // Its request already gave up and wrote the order directly.
+                        continue;
+                    }
                     match self.start_send(&address, message, timeout).await {
                         Ok(delivery) => in_flight.push(Box::pin(async move {
                             (reply, tokio::time::timeout(timeout, delivery).await)
@@ -258,6 +274,7 @@ impl Publisher {
                         Err(e) => {
                             let why = e.to_string();
                             let _ = reply.send(Err(e));
+                            answer_ready(&mut in_flight, timeout);
                             // A failed attach ends the session, and a send that cannot
                             // even go out means the link is gone: rebuild everything.
                             return End::Lost(why);
@@ -284,14 +301,31 @@ impl Publisher {
             .map_err(|e| QueueError::Unavailable(format!("send failed: {e}")))
     }
 
-    /// Detaches the links (not `close`: RabbitMQ 3.x answers that with IllegalState) and
-    /// closes the connection, each bounded: a dead broker must not hold up a restart.
-    async fn close(mut self) {
-        for (_, sender) in self.senders.drain() {
-            let _ = tokio::time::timeout(CONTROL_TIMEOUT, sender.detach()).await;
+    /// On a clean stop, detaches the links (not `close`: RabbitMQ 3.x answers that with
+    /// IllegalState) and ends the session first; after a loss, only closes the connection,
+    /// briefly, so that reconnecting is not held up by a broker that does not answer.
+    async fn close(mut self, clean: bool) {
+        if clean {
+            for (_, sender) in self.senders.drain() {
+                let _ = tokio::time::timeout(CONTROL_TIMEOUT, sender.detach()).await;
+            }
+            let _ = tokio::time::timeout(CONTROL_TIMEOUT, self.session.end()).await;
         }
-        let _ = tokio::time::timeout(CONTROL_TIMEOUT, self.session.end()).await;
-        let _ = tokio::time::timeout(CONTROL_TIMEOUT, self.connection.close()).await;
+        let limit = if clean {
+            CONTROL_TIMEOUT
+        } else {
+            LOST_CLOSE_TIMEOUT
+        };
+        let _ = tokio::time::timeout(limit, self.connection.close()).await;
+    }
+}
+
+/// Answers the requests whose outcome is already in, before the rest are dropped (their
+/// requests then hear "connection lost" and go direct).
+fn answer_ready(in_flight: &mut FuturesUnordered<InFlight>, timeout: Duration) {
+    let mut ignored = 0;
+    while let Some(Some((reply, outcome))) = in_flight.next().now_or_never() {
+        let _ = reply.send(answer(outcome, timeout, &mut ignored));
     }
 }
 

@@ -6,22 +6,24 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::Utc;
 use fe2o3_amqp::connection::ConnectionHandle;
-use fe2o3_amqp::link::delivery::DeliveryInfo;
+use fe2o3_amqp::link::RecvError;
+use fe2o3_amqp::link::delivery::{Delivery as AmqpDelivery, DeliveryInfo};
 use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::definitions::{Error as AmqpError, ErrorCondition};
-use fe2o3_amqp::types::messaging::{Body, Source, TerminusDurability};
+use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::{Receiver as LinkReceiver, Session};
 use futures::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{AmqpOptions, CONTROL_TIMEOUT, attempts, connect, convert};
+use super::{AmqpOptions, CONTROL_TIMEOUT, attempts, connect, convert, durable_source};
 use crate::db::Db;
-use crate::queue::{Delivery, QueueError, Receiver, Settlement};
+use crate::queue::{Delivery, Message, QueueError, Receiver, Settlement};
 
 struct Held {
     info: DeliveryInfo,
@@ -41,6 +43,8 @@ pub(super) struct AmqpReceiver {
     /// Released-with-delay deliveries: kept (and so not redelivered) until their time.
     delayed: Vec<(Instant, u64)>,
     next_tag: u64,
+    /// A failure met while filling a batch, reported by the next `receive`.
+    failed: Option<QueueError>,
 }
 
 impl AmqpReceiver {
@@ -58,12 +62,7 @@ impl AmqpReceiver {
                 .map_err(|e| QueueError::Unavailable(format!("cannot begin a session: {e}")))?;
             let link = LinkReceiver::builder()
                 .name(format!("{container_id}:{address}"))
-                .source(
-                    Source::builder()
-                        .address(address.to_string())
-                        .durable(TerminusDurability::Configuration)
-                        .build(),
-                )
+                .source(durable_source(address))
                 .credit_mode(CreditMode::Manual)
                 .attach(&mut session)
                 .await
@@ -92,14 +91,18 @@ impl AmqpReceiver {
             held: HashMap::new(),
             delayed: Vec::new(),
             next_tag: 0,
+            failed: None,
         })
     }
 
-    /// Grants credit so that held + on-their-way stays at most `prefetch`. Topped up at
-    /// half, so the broker is not asked one message at a time.
+    /// Grants credit so that held + on-their-way stays at most `prefetch`, and only once
+    /// the last grant is used up. RabbitMQ answers each grant with its own delivery count,
+    /// which fe2o3 adopts at once; granting again while transfers sit unread would count
+    /// those twice, let the broker send more than fe2o3 allows (`TransferLimitExceeded`)
+    /// and strand them unacknowledged. One round trip per `prefetch` messages is the price.
     async fn top_up(&mut self) -> Result<(), QueueError> {
         let room = self.prefetch.saturating_sub(self.held.len() as u32);
-        if room > 0 && self.link.credit() <= room / 2 {
+        if room > 0 && self.link.credit() == 0 {
             self.link
                 .set_credit(room)
                 .await
@@ -108,9 +111,40 @@ impl AmqpReceiver {
         Ok(())
     }
 
-    fn take(&mut self, delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>) -> Delivery {
-        let (info, message) = delivery.into_parts();
-        let message = convert::from_amqp(message);
+    /// A received delivery, or `None` when the link is gone. A message fe2o3 cannot decode
+    /// (say, a list in its application properties) is still a delivery: handed out with
+    /// the decode error as its body, the consumer dead-letters it as invalid, recorded,
+    /// instead of it blocking the queue or sitting unacknowledged.
+    fn accept_received(
+        &mut self,
+        received: Result<AmqpDelivery<Body<Value>>, RecvError>,
+    ) -> Result<Delivery, QueueError> {
+        match received {
+            Ok(delivery) => {
+                let (info, message) = delivery.into_parts();
+                Ok(self.take(info, convert::from_amqp(message)))
+            }
+            Err(RecvError::MessageDecode(e)) => {
+                tracing::warn!(error = %e.source, "undecodable message; it will be dead-lettered");
+                let message = Message {
+                    message_id: String::new(),
+                    content_type: String::new(),
+                    properties: Default::default(),
+                    body: Bytes::from(format!("undecodable AMQP message: {}", e.source)),
+                };
+                Ok(self.take(e.info, message))
+            }
+            Err(RecvError::TransferLimitExceeded) => {
+                tracing::error!(
+                    "the broker sent more than the credit granted; reconnecting to get the excess redelivered"
+                );
+                Err(lost("transfer limit exceeded"))
+            }
+            Err(e) => Err(lost(e)),
+        }
+    }
+
+    fn take(&mut self, info: DeliveryInfo, message: Message) -> Delivery {
         let tag = self.next_tag;
         self.next_tag += 1;
         self.held.insert(
@@ -179,6 +213,9 @@ impl Receiver for AmqpReceiver {
         max: usize,
         stop: &CancellationToken,
     ) -> Result<Vec<Delivery>, QueueError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let first = loop {
             self.release_due().await?;
             self.top_up().await?;
@@ -187,16 +224,23 @@ impl Receiver for AmqpReceiver {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(Vec::new()),
                 _ = tokio::time::sleep_until(next_due.unwrap_or(far)) => continue,
-                received = self.link.recv::<Body<Value>>() => break received.map_err(lost)?,
+                received = self.link.recv::<Body<Value>>() => break received,
             }
         };
-        let mut batch = vec![self.take(first)];
+        let mut batch = vec![self.accept_received(first)?];
         // Take what has already arrived, without waiting for more (recv is cancel-safe).
         while batch.len() < max {
-            match self.link.recv::<Body<Value>>().now_or_never() {
-                Some(Ok(delivery)) => batch.push(self.take(delivery)),
-                // Hand out what we have; the next receive reports the loss.
-                Some(Err(_)) | None => break,
+            let Some(received) = self.link.recv::<Body<Value>>().now_or_never() else {
+                break;
+            };
+            match self.accept_received(received) {
+                Ok(delivery) => batch.push(delivery),
+                // Hand out what we have; the next receive reports the failure, so the
+                // consumer reconnects, which gives everything unsettled back.
+                Err(e) => {
+                    self.failed = Some(e);
+                    break;
+                }
             }
         }
         self.count_attempts(&mut batch).await;
