@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
@@ -16,6 +17,7 @@ pub struct App {
     pub queue: Arc<dyn Queue>,
     pub metrics: Metrics,
     pub health: Health,
+    pub control: Control,
 }
 
 /// What readiness is made of; written by the health monitor and by the shutdown path.
@@ -49,9 +51,10 @@ impl Health {
 }
 
 impl App {
-    /// Orders can be written: the database answers and has our schema.
+    /// Orders can be written: the database answers, has our schema, and no newer version
+    /// has migrated it past what this binary knows (fenced).
     pub fn can_write_orders(&self) -> bool {
-        self.health.database_up() && self.health.migrated()
+        self.health.database_up() && self.health.migrated() && !self.control.is_fenced()
     }
 
     /// Ready for traffic: not stopping, and a cart can go somewhere.

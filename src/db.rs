@@ -4,21 +4,57 @@
 //! which expand into a `match` with the same body in each arm; where the SQL dialects
 //! differ, the caller matches on the backend itself.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Postgres, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Postgres, SqlSafeStr, Sqlite, Transaction};
 
 use crate::config::{Config, DatabaseKind};
 
-pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+pub static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// This binary's migrations, in a migrator that tolerates newer ones already applied: a
+/// newer version may have migrated the database during a deploy, and this instance must
+/// then carry on fenced (DESIGN §6), not crash.
+pub fn migrator(kind: &DatabaseKind) -> Migrator {
+    let base = match kind {
+        DatabaseKind::Postgres => &POSTGRES_MIGRATOR,
+        DatabaseKind::Sqlite => &SQLITE_MIGRATOR,
+    };
+    let mut migrations = base.migrations.to_vec();
+    // Test-only (fail points exist only in test builds): play a newer version that
+    // carries one more migration, for the slot-swap drill.
+    if crate::fault::hit("newer-schema") {
+        migrations.push(Migration::new(
+            9_000,
+            "drill: a newer version's migration".into(),
+            MigrationType::Simple,
+            AssertSqlSafe("CREATE TABLE drill_newer_version (id INTEGER PRIMARY KEY)")
+                .into_sql_str(),
+            false,
+        ));
+    }
+    // The fields are sqlx's (0.9, pinned): there is no public constructor from a list.
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ignore_missing: true,
+        ..Migrator::DEFAULT
+    }
+}
+
+/// The newest migration this binary knows.
+pub fn known_schema_version(kind: &DatabaseKind) -> i64 {
+    migrator(kind).iter().map(|m| m.version).max().unwrap_or(0)
+}
 
 /// Runs `$body` with `$c` bound to the pool of whichever backend `$db` is.
 #[macro_export]
@@ -106,12 +142,30 @@ impl Db {
         }
     }
 
+    pub fn database_kind(&self) -> DatabaseKind {
+        match self {
+            Db::Postgres(_) => DatabaseKind::Postgres,
+            Db::Sqlite(_) => DatabaseKind::Sqlite,
+        }
+    }
+
     /// Applies the migrations this binary carries.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        let migrator = migrator(&self.database_kind());
         match self {
-            Db::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await,
-            Db::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+            Db::Postgres(pool) => migrator.run(pool).await,
+            Db::Sqlite(pool) => migrator.run(pool).await,
         }
+    }
+
+    /// The newest migration applied to the database (by any version of cartbus).
+    pub async fn applied_schema_version(&self) -> Result<i64, sqlx::Error> {
+        on_db!(self, |pool| sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE"
+        )
+        .fetch_one(pool)
+        .await
+        .map(|v| v.unwrap_or(0)))
     }
 
     /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`)
@@ -153,7 +207,7 @@ pub async fn migrate_url(url: &SecretString, kind: &DatabaseKind) -> anyhow::Res
                 .max_connections(1)
                 .connect_with(PgConnectOptions::from_str(url)?)
                 .await?;
-            POSTGRES_MIGRATOR.run(&pool).await?;
+            migrator(kind).run(&pool).await?;
             pool.close().await;
         }
         DatabaseKind::Sqlite => {
@@ -169,7 +223,7 @@ pub async fn migrate_url(url: &SecretString, kind: &DatabaseKind) -> anyhow::Res
                 .max_connections(1)
                 .connect_with(options.journal_mode(SqliteJournalMode::Wal))
                 .await?;
-            SQLITE_MIGRATOR.run(&pool).await?;
+            migrator(kind).run(&pool).await?;
             pool.close().await;
         }
     }

@@ -4,6 +4,7 @@ pub mod app;
 pub mod checkout;
 pub mod config;
 pub mod consumer;
+pub mod control;
 pub mod db;
 pub mod deadletters;
 mod fault;
@@ -25,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{App, AppState, Health};
 use crate::config::{Config, QueueConfig};
+use crate::control::Control;
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::queue::embedded::EmbeddedOptions;
@@ -48,6 +50,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let db = Db::connect_lazy(&config).context("DATABASE_URL is not a usable database URL")?;
         let metrics = Metrics::new();
+        let config_kind = config.database_kind.clone();
         let queue = open_queue(&config, &db, &metrics).await;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -58,7 +61,13 @@ impl Application {
             queue,
             metrics,
             health: Health::default(),
+            control: Control::new(db::known_schema_version(&config_kind)),
         });
+        if app.config.admin_token.is_none() {
+            tracing::warn!(
+                "admin API off (/v1/admin/* answers 404): set CARTBUS_ADMIN_TOKEN (16+ characters) to pause and resume consumers"
+            );
+        }
         health::prepare_database(&app).await;
         Ok(Application {
             listener,
@@ -99,6 +108,7 @@ impl Application {
         let tasks = TaskTracker::new();
         tasks.spawn(consumer::run(app.clone(), workers_stop.clone()));
         tasks.spawn(health::monitor(app.clone(), workers_stop.clone()));
+        tasks.spawn(control::watch(app.clone(), workers_stop.clone()));
 
         let drain = {
             let app = app.clone();

@@ -37,6 +37,12 @@ pub struct Metrics {
     /// Broker connections opened and lost; a climbing loss count is a flapping broker.
     pub queue_connects: Counter,
     pub queue_connection_losses: Counter,
+    /// The drain switch as this instance lives it.
+    pub consumer_running: Gauge,
+    pub consumer_in_flight: Gauge,
+    pub intake_per_second: Gauge<f64, AtomicU64>,
+    pub drain_per_second: Gauge<f64, AtomicU64>,
+    pub catch_up_eta_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -100,8 +106,43 @@ impl Metrics {
             "Broker connections lost or dropped as hung",
             queue_connection_losses.clone(),
         );
+        let consumer_running = Gauge::default();
+        registry.register(
+            "consumer_running",
+            "1 while this instance consumes (the drain switch lets it and it is the active version)",
+            consumer_running.clone(),
+        );
+        let consumer_in_flight = Gauge::default();
+        registry.register(
+            "consumer_in_flight",
+            "Deliveries this instance holds and has not settled",
+            consumer_in_flight.clone(),
+        );
+        let intake_per_second = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "intake_per_second",
+            "Carts queued per second, all instances, last 15 s",
+            intake_per_second.clone(),
+        );
+        let drain_per_second = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "drain_per_second",
+            "Cart messages settled per second, all instances, last 15 s",
+            drain_per_second.clone(),
+        );
+        let catch_up_eta_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "catch_up_eta_seconds",
+            "Seconds until the queue is empty at current rates (NaN when not shrinking)",
+            catch_up_eta_seconds.clone(),
+        );
         Metrics {
             registry,
+            consumer_running,
+            consumer_in_flight,
+            intake_per_second,
+            drain_per_second,
+            catch_up_eta_seconds,
             queue_up,
             queue_connects,
             queue_connection_losses,

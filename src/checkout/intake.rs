@@ -30,6 +30,7 @@ pub async fn submit(app: &App, cart: &Cart) -> Result<Accepted, IntakeError> {
     match tokio::time::timeout(app.config.send_timeout, app.queue.send(address, message)).await {
         Ok(Ok(())) => {
             app.metrics.checkout("queued");
+            app.control.count_accepted();
             return Ok(Accepted::Queued);
         }
         Ok(Err(e)) => {

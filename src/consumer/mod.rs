@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
+use crate::control::Mode;
 use crate::queue::{QueueError, Receiver};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -17,13 +18,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub async fn run(app: AppState, stop: CancellationToken) {
     if !app.config.consumer_enabled {
-        tracing::info!("consumer off on this instance (CARTBUS_CONSUMER=off)");
+        tracing::info!("consumer off on this instance (CARTBUS_CONSUMER=off): passive");
         return;
     }
+    let mut modes = app.control.subscribe();
     let mut backoff = MIN_BACKOFF;
     while !stop.is_cancelled() {
-        if !app.can_write_orders() {
-            pause(&stop, Duration::from_millis(500)).await;
+        // Consume only while the drain switch lets this instance, and orders can be written.
+        let mode = *modes.borrow_and_update();
+        if mode != Mode::Consume || !app.can_write_orders() {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = modes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
             continue;
         }
         let receiver = match app.queue.receiver(&app.config.cart_address).await {
@@ -36,8 +44,27 @@ pub async fn run(app: AppState, stop: CancellationToken) {
             }
         };
         tracing::info!(address = %app.config.cart_address, queue = app.queue.kind(), "consumer started");
-        match consume(&app, receiver, &stop, &mut backoff).await {
-            Ok(()) => backoff = MIN_BACKOFF,
+        // This session ends on shutdown or as soon as the switch says stop consuming.
+        let session = stop.child_token();
+        let switch_watch = {
+            let session = session.clone();
+            let mut modes = app.control.subscribe();
+            tokio::spawn(async move {
+                let _ = modes.wait_for(|m| *m != Mode::Consume).await;
+                session.cancel();
+            })
+        };
+        app.control.set_consuming(true);
+        let result = consume(&app, receiver, &session, &mut backoff).await;
+        app.control.set_consuming(false);
+        // Report the new state now rather than at the next heartbeat: `drained` waits on it.
+        app.control.nudge();
+        switch_watch.abort();
+        match result {
+            Ok(()) if !stop.is_cancelled() => {
+                tracing::info!(mode = ?app.control.mode(), "consumer paused: in-flight work settled, held deliveries given back");
+            }
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "consumer lost its receiver");
                 pause(&stop, backoff).await;
@@ -48,7 +75,6 @@ pub async fn run(app: AppState, stop: CancellationToken) {
     tracing::info!("consumer stopped");
 }
 
-/// Consumes until `stop` or a queue error; always closes the receiver.
 /// `reconnect_backoff` is reset once a batch has been settled: a receiver that worked
 /// for a while and then broke is not a reason to wait long before the next one.
 async fn consume(
@@ -64,9 +90,13 @@ async fn consume(
             Ok(deliveries) => deliveries,
             Err(e) => break Err(e),
         };
+        app.control.begin_batch(deliveries.len());
         let report = convert::step(app, &deliveries).await;
         crate::fault::freeze_if_hit("consumer-before-settle").await;
-        if let Err(e) = receiver.settle(report.settlements).await {
+        let settled = receiver.settle(report.settlements).await;
+        app.control
+            .end_batch(if settled.is_ok() { deliveries.len() } else { 0 });
+        if let Err(e) = settled {
             break Err(e);
         }
         *reconnect_backoff = MIN_BACKOFF;

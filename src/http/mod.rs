@@ -1,5 +1,6 @@
 //! The HTTP API: routes (documented with utoipa), middleware, and error rendering.
 
+mod admin;
 mod checkouts;
 pub mod extract;
 mod ops;
@@ -42,6 +43,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "checkouts", description = "Taking carts in"),
         (name = "orders", description = "Purchase orders"),
         (name = "operations", description = "Health, metrics, this document"),
+        (name = "admin", description = "The drain switch (bearer CARTBUS_ADMIN_TOKEN)"),
     )
 )]
 struct ApiDoc;
@@ -62,6 +64,15 @@ impl Modify for SecuritySchemes {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("CARTBUS_ADMIN_TOKEN; without it the admin API is off"))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -74,6 +85,10 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::ready))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .routes(routes!(admin::consumer))
+        .routes(routes!(admin::pause))
+        .routes(routes!(admin::resume))
+        .routes(routes!(admin::history))
 }
 
 /// The OpenAPI document, generated from the handlers.

@@ -67,7 +67,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         app.queue.stats(&app.config.cart_address),
     )
     .await;
-    if let Ok(Ok(stats)) = stats {
+    if let Ok(Ok(stats)) = &stats {
         app.metrics
             .queue_depth
             .set(i64::try_from(stats.depth).unwrap_or(i64::MAX));
@@ -79,6 +79,22 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     }
     app.metrics.ready.set(i64::from(app.is_ready()));
     app.metrics.queue_up.set(i64::from(app.queue.is_healthy()));
+    let control = &app.control;
+    app.metrics
+        .consumer_running
+        .set(i64::from(control.state() == crate::control::State::Running));
+    app.metrics
+        .consumer_in_flight
+        .set(control.in_flight() as i64);
+    let (intake, drain) = control.rates();
+    app.metrics.intake_per_second.set(intake);
+    app.metrics.drain_per_second.set(drain);
+    let eta = match &stats {
+        Ok(Ok(stats)) if stats.depth == 0 => 0.0,
+        Ok(Ok(stats)) if drain > intake => stats.depth as f64 / (drain - intake),
+        _ => f64::NAN,
+    };
+    app.metrics.catch_up_eta_seconds.set(eta);
     (
         [(
             header::CONTENT_TYPE,

@@ -15,7 +15,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub struct Problem {
     /// Identifies the kind of problem.
     #[serde(rename = "type")]
-    #[schema(example = "/problems/invalid-cart")]
+    #[schema(example = "/problems/invalid-request")]
     pub kind: String,
     #[schema(example = "The cart breaks the rules")]
     pub title: String,
@@ -97,7 +97,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 ("/problems/unsupported-media-type", "Unsupported media type")
             }
-            ApiError::Validation(_) => ("/problems/invalid-cart", "The request breaks the rules"),
+            ApiError::Validation(_) => {
+                ("/problems/invalid-request", "The request breaks the rules")
+            }
             ApiError::Unavailable { .. } => ("/problems/unavailable", "Temporarily unavailable"),
             ApiError::Internal(_) => ("/problems/internal", "Internal error"),
         }

@@ -49,6 +49,12 @@ pub fn skipped(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED (part of) {test}: {why}");
 }
 
+/// A measurement worth seeing in the test output (not captured by libtest).
+pub fn note(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "NOTE: {what}");
+}
+
 /// Creates an empty database for one test and returns its URL.
 pub async fn fresh_postgres(admin_url: &str) -> String {
     use sqlx::Connection;
