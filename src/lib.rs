@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod checkout;
+pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod control;

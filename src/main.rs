@@ -24,6 +24,8 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document.
     Openapi,
+    /// The drain switch of running instances: status, pause, resume (via the admin API).
+    Consumer(cartbus::cli::ConsumerArgs),
     /// Work with the broker named by CARTBUS_QUEUE_URL.
     Broker {
         #[command(subcommand)]
@@ -50,6 +52,16 @@ fn main() -> ExitCode {
             .expect("the OpenAPI document serialises");
         println!("{document}");
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Consumer(args)) = cli.command {
+        // A client of a running service: it needs none of the service's settings.
+        return match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(cartbus::cli::consumer(args)),
+            Err(e) => {
+                eprintln!("cartbus: cannot start the async runtime: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,

@@ -703,3 +703,80 @@ async fn a_hung_broker_costs_each_checkout_at_most_the_bound_then_none() {
     app.stop().await.expect("clean stop");
     broker::delete(&queue);
 }
+
+#[tokio::test]
+async fn a_pause_on_a_broker_gives_back_what_was_prefetched() {
+    const TEST: &str = "a_pause_on_a_broker_gives_back_what_was_prefetched";
+    let Some(url) = broker::url(TEST) else { return };
+    let backend = broker::orders_backend(TEST).await;
+    let queue = broker::fresh_queue();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "broker-pause-test-token-0123";
+    let settings = broker::settings(dir.path(), &backend, &url, &queue)
+        .set("CARTBUS_ADMIN_TOKEN", token)
+        .set("CARTBUS_CONSUMER_PREFETCH", "100");
+    let app = TestApp::spawn(&settings).await;
+    broker::wait_connected(&app.state).await;
+    let admin = |path: &'static str, body: Value| {
+        let request = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(token)
+            .json(&body);
+        async move {
+            let response = request.send().await.expect("admin call");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, _) = admin("/v1/admin/consumer/pause", json!({ "wait_seconds": 10 })).await;
+    assert_eq!(status, 200);
+    let carts: Vec<Value> = (0..1000).map(|_| common::cart()).collect();
+    let statuses: Vec<u16> = futures::stream::iter(&carts)
+        .map(|cart| async { app.post_cart(cart).await.status().as_u16() })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 202));
+    assert_eq!(broker::depth(&queue), Some(1000));
+
+    let (status, _) = admin("/v1/admin/consumer/resume", json!({})).await;
+    assert_eq!(status, 200);
+    eventually("the consumer busy", || async {
+        (common::count_orders(&app.state).await > 0).then_some(())
+    })
+    .await;
+    let (status, drained) = admin("/v1/admin/consumer/pause", json!({ "wait_seconds": 30 })).await;
+    assert_eq!(
+        (status, &drained["drained"]),
+        (200, &json!(true)),
+        "{drained}"
+    );
+    let orders = common::count_orders(&app.state).await;
+    let waiting = broker::depth(&queue).unwrap_or(0) as i64;
+    assert_eq!(
+        broker::unacknowledged(&queue),
+        Some(0),
+        "nothing held by the paused consumer"
+    );
+    assert!(waiting > 0, "paused mid-backlog ({orders} orders)");
+    assert_eq!(
+        orders + waiting,
+        1000,
+        "every cart an order or still queued"
+    );
+
+    let (status, _) = admin("/v1/admin/consumer/resume", json!({})).await;
+    assert_eq!(status, 200);
+    eventually("every cart ordered", || async {
+        (common::count_orders(&app.state).await >= 1000 && broker::depth(&queue) == Some(0))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(order_counts(&backend, dir.path()).await, (1000, 1000));
+    app.stop().await.expect("clean stop");
+    broker::delete(&queue);
+}

@@ -674,3 +674,89 @@ async fn bad_admin_bodies_are_422_naming_the_field() {
     assert_eq!(history, json!([]));
     app.stop().await.expect("clean stop");
 }
+
+/// Runs `cartbus consumer …` against `base`; returns exit code, stdout, stderr.
+async fn cli(base: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartbus"))
+        .arg("consumer")
+        .args(args)
+        .env_clear()
+        .env("CARTBUS_ADMIN_URL", base)
+        .env("CARTBUS_ADMIN_TOKEN", token)
+        .output()
+        .await
+        .expect("run cartbus consumer");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_pauses_resumes_and_exits_with_codes_a_deploy_script_can_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = with_admin(Settings::new(dir.path(), &Backend::Sqlite));
+    let http = client();
+    let process = Process::start(&settings, &[]);
+
+    let (code, out, err) = cli(
+        &process.base,
+        TOKEN,
+        &["pause", "--reason", "cli drill", "--wait", "30"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("drained: true") && out.contains("cli drill"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&process.base, TOKEN, &["--json", "status"]).await;
+    assert_eq!(code, 0);
+    let status: Value = serde_json::from_str(&out).expect("--json prints the status");
+    assert_eq!(status["desired"], "paused");
+    let (code, out, _) = cli(&process.base, TOKEN, &["resume"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("switch: running"), "{out}");
+
+    let (code, _, err) = cli(&process.base, "not-the-token-at-all", &["status"]).await;
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = cli(&process.base, TOKEN, &["pause", "--until", "soon"]).await;
+    assert_eq!((code, err.contains("/until")), (6, true), "{err}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nowhere = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let (code, _, _) = cli(&nowhere, TOKEN, &["status"]).await;
+    assert_eq!(code, 1);
+    drop(process);
+
+    let off = Process::start(&Settings::new(dir.path(), &Backend::Sqlite), &[]);
+    let (code, _, err) = cli(&off.base, TOKEN, &["status"]).await;
+    assert_eq!(code, 5, "{err}");
+    drop(off);
+
+    // An instance stuck mid-batch (frozen after its commit): the wait ends undrained.
+    let stuck = Process::start(
+        &settings,
+        &[("FAILPOINTS", "consumer-before-settle=return")],
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            post_cart(&http, &stuck.base, &common::cart())
+                .await
+                .status(),
+            202
+        );
+    }
+    eventually("the consumer stuck with work in hand", || async {
+        let (_, status) = admin_get(&http, &stuck.base, "/v1/admin/consumer").await;
+        (instance(&status, "test")["in_flight"].as_i64() > Some(0)).then_some(())
+    })
+    .await;
+    let (code, _, err) = cli(&stuck.base, TOKEN, &["pause", "--wait", "2"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("not drained") && err.contains("in flight"),
+        "{err}"
+    );
+}

@@ -98,6 +98,21 @@ pub fn depth(queue: &str) -> Option<u64> {
     .and_then(|(_, n)| n.trim().parse().ok())
 }
 
+/// Messages of `queue` delivered to a consumer and not yet settled.
+pub fn unacknowledged(queue: &str) -> Option<u64> {
+    rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages_unacknowledged",
+    ])
+    .lines()
+    .filter_map(|line| line.split_once('\t'))
+    .find(|(name, _)| name.trim() == queue)
+    .and_then(|(_, n)| n.trim().parse().ok())
+}
+
 /// Declares a durable classic queue, as an operator who pre-declares would.
 pub fn declare(queue: &str) {
     let expr = format!(

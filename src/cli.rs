@@ -1,0 +1,293 @@
+//! `cartbus consumer status|pause|resume`: the drain switch from a terminal or a deploy
+//! script, through a running instance's admin API. Exit codes a script can use:
+//! 0 done (for `pause --wait`: drained), 3 not drained when the wait ended, 4 wrong or
+//! missing token, 5 admin API off on that instance, 6 bad request, 1 anything else
+//! (unreachable, server error).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Args, Debug)]
+pub struct ConsumerArgs {
+    /// Base URL of any cartbus instance (the load balancer will do).
+    #[arg(
+        long,
+        env = "CARTBUS_ADMIN_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// The admin token (CARTBUS_ADMIN_TOKEN of the service).
+    #[arg(long, env = "CARTBUS_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Print the service's JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: ConsumerCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConsumerCommand {
+    /// The switch, every live instance and the backlog.
+    Status,
+    /// Pause consuming on every instance.
+    Pause {
+        /// Why (kept in the history).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Lift the pause by itself at this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Wait up to this many seconds for every instance to report drained, showing
+        /// progress; exit 3 if it does not.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+    },
+    /// Resume consuming; only VERSION consumes (default: the answering instance's).
+    Resume {
+        #[arg(long)]
+        version: Option<String>,
+    },
+}
+
+const NOT_DRAINED: u8 = 3;
+const UNAUTHORIZED: u8 = 4;
+const ADMIN_OFF: u8 = 5;
+const BAD_REQUEST: u8 = 6;
+
+pub async fn consumer(args: ConsumerArgs) -> ExitCode {
+    match run(&args).await {
+        Ok(code) => code,
+        Err(Failure(code, message)) => {
+            eprintln!("cartbus consumer: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+struct Failure(u8, String);
+
+async fn run(args: &ConsumerArgs) -> Result<ExitCode, Failure> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Failure(1, format!("cannot build an HTTP client: {e}")))?;
+    let admin = Admin { client, args };
+    match &args.command {
+        ConsumerCommand::Status => {
+            let status = admin.get("/v1/admin/consumer").await?;
+            admin.show(&status);
+            Ok(ExitCode::SUCCESS)
+        }
+        ConsumerCommand::Resume { version } => {
+            let body = match version {
+                Some(v) => json!({ "version": v }),
+                None => json!({}),
+            };
+            let status = admin.post("/v1/admin/consumer/resume", body).await?;
+            admin.show(&status);
+            Ok(ExitCode::SUCCESS)
+        }
+        ConsumerCommand::Pause {
+            reason,
+            until,
+            wait,
+        } => {
+            let mut body = json!({});
+            if let Some(reason) = reason {
+                body["reason"] = json!(reason);
+            }
+            if let Some(until) = until {
+                body["until"] = json!(until);
+            }
+            let mut status = admin.post("/v1/admin/consumer/pause", body).await?;
+            if let Some(wait) = wait {
+                let deadline = Instant::now() + Duration::from_secs(*wait);
+                let mut last = String::new();
+                while status["drained"] != true && Instant::now() < deadline {
+                    let line = progress(&status);
+                    if line != last && !args.json {
+                        eprintln!("{line}");
+                        last = line;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    status = admin.get("/v1/admin/consumer").await?;
+                }
+            }
+            admin.show(&status);
+            if wait.is_some() && status["drained"] != true {
+                return Err(Failure(
+                    NOT_DRAINED,
+                    format!(
+                        "paused, but not drained after {}s: {}",
+                        wait.unwrap_or_default(),
+                        progress(&status)
+                    ),
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+struct Admin<'a> {
+    client: reqwest::Client,
+    args: &'a ConsumerArgs,
+}
+
+impl Admin<'_> {
+    async fn get(&self, path: &str) -> Result<Value, Failure> {
+        let request = self.client.get(self.url(path));
+        self.send(request).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
+        let request = self.client.post(self.url(path)).json(&body);
+        self.send(request).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.args.url.trim_end_matches('/'))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Failure> {
+        let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+        let response = request
+            .bearer_auth(&self.args.token)
+            .header("x-cartbus-actor", format!("{actor} (cli)"))
+            .send()
+            .await
+            .map_err(|e| Failure(1, format!("cannot reach {}: {e}", self.args.url)))?;
+        let code = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let detail = || {
+            let errors: Vec<String> = body["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e["pointer"].as_str().unwrap_or(""),
+                        e["detail"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            if errors.is_empty() {
+                body["detail"].as_str().unwrap_or("").to_string()
+            } else {
+                errors.join("; ")
+            }
+        };
+        match code.as_u16() {
+            200 | 202 => Ok(body),
+            401 => Err(Failure(
+                UNAUTHORIZED,
+                "the admin token was refused (check CARTBUS_ADMIN_TOKEN)".into(),
+            )),
+            404 => Err(Failure(ADMIN_OFF, format!("not found: {}", detail()))),
+            400 | 415 | 422 => Err(Failure(BAD_REQUEST, format!("refused: {}", detail()))),
+            other => Err(Failure(1, format!("HTTP {other}: {}", detail()))),
+        }
+    }
+
+    fn show(&self, status: &Value) {
+        if self.args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(status).unwrap_or_default()
+            );
+            return;
+        }
+        let text = |v: &Value| match v {
+            Value::Null => "-".to_string(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        println!(
+            "switch: {}  active version: {}  drained: {}",
+            text(&status["desired"]),
+            text(&status["active_version"]),
+            status["drained"]
+        );
+        println!(
+            "changed {} by {}{}{}",
+            text(&status["changed_at"]),
+            text(&status["changed_by"]),
+            status["reason"]
+                .as_str()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default(),
+            status["until"]
+                .as_str()
+                .map(|u| format!(" (lifts at {u})"))
+                .unwrap_or_default()
+        );
+        let backlog = &status["backlog"];
+        println!(
+            "backlog: {} waiting, oldest {}, intake {:.1}/s, drain {:.1}/s, catch-up {}",
+            text(&backlog["depth"]),
+            backlog["oldest_age_seconds"]
+                .as_f64()
+                .map(|s| format!("{s:.1}s"))
+                .unwrap_or_else(|| "-".into()),
+            backlog["intake_per_s"].as_f64().unwrap_or(0.0),
+            backlog["drain_per_s"].as_f64().unwrap_or(0.0),
+            backlog["catch_up_eta_seconds"]
+                .as_f64()
+                .map(|s| format!("{s:.0}s"))
+                .unwrap_or_else(|| "-".into())
+        );
+        println!(
+            "{:<24} {:<12} {:>6} {:<8} {:>9} {:>10}  last seen",
+            "instance", "version", "schema", "state", "in flight", "processed"
+        );
+        for i in status["instances"].as_array().into_iter().flatten() {
+            println!(
+                "{:<24} {:<12} {:>6} {:<8} {:>9} {:>10}  {}",
+                text(&i["instance"]),
+                text(&i["version"]),
+                text(&i["schema_version"]),
+                text(&i["state"]),
+                text(&i["in_flight"]),
+                text(&i["processed"]),
+                text(&i["last_seen"])
+            );
+        }
+    }
+}
+
+/// One line on what a pause still waits for.
+fn progress(status: &Value) -> String {
+    let busy: Vec<String> = status["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| {
+            !matches!(
+                i["state"].as_str(),
+                Some("paused" | "passive" | "fenced" | "stopped")
+            ) || i["in_flight"].as_i64().unwrap_or(0) > 0
+        })
+        .map(|i| {
+            format!(
+                "{} {} ({} in flight)",
+                i["instance"].as_str().unwrap_or("?"),
+                i["state"].as_str().unwrap_or("?"),
+                i["in_flight"]
+            )
+        })
+        .collect();
+    if busy.is_empty() {
+        "waiting for every instance to see the pause".into()
+    } else {
+        format!(
+            "waiting for {} instance(s): {}",
+            busy.len(),
+            busy.join(", ")
+        )
+    }
+}
