@@ -312,7 +312,7 @@ async fn a_pause_sent_to_one_instance_stops_both_and_drained_waits_for_both() {
     let http = client();
     let a = Process::start(&settings.set("CARTBUS_INSTANCE", "a"), &[]);
     let settings = with_admin(Settings::new(dir.path(), &backend));
-    let b = Process::start(&settings.set("CARTBUS_INSTANCE", "b"), &[]);
+    let mut b = Process::start(&settings.set("CARTBUS_INSTANCE", "b"), &[]);
     eventually("both instances heartbeating", || async {
         let (_, status) = admin_get(&http, &a.base, "/v1/admin/consumer").await;
         (instance(&status, "a")["state"] == "running"
@@ -370,6 +370,23 @@ async fn a_pause_sent_to_one_instance_stops_both_and_drained_waits_for_both() {
     })
     .await;
     assert_eq!(order_counts(&backend, dir.path()).await, (201, 201));
+
+    // b dies without a word (SIGKILL) while running: a pause is drained once b's
+    // heartbeats stop counting, and b is no longer listed.
+    b.kill();
+    let (status, drained) = admin_post(
+        &http,
+        &a.base,
+        "/v1/admin/consumer/pause",
+        json!({ "wait_seconds": 30 }),
+    )
+    .await;
+    assert_eq!(
+        (status, &drained["drained"]),
+        (200, &json!(true)),
+        "{drained}"
+    );
+    assert_eq!(instance(&drained, "b"), &Value::Null, "{drained}");
 }
 
 /// The slot swap of DESIGN §6, automated, under continuous checkout load.
