@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::app::App;
+use crate::checkout::Cart;
 use crate::checkout::message::{self, Decoded};
 use crate::db;
 use crate::deadletters;
@@ -183,24 +184,44 @@ async fn failed(app: &App, report: &mut Report, item: &Item<'_>, e: &Failure) {
     ));
 }
 
-/// Converts the items in one transaction, recording rejections in it.
+/// Converts the items in one transaction (their orders in a few multi-row statements),
+/// recording rejections in it.
 async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure> {
+    let hashes: Vec<Option<String>> = items
+        .iter()
+        .map(|item| match &item.decoded {
+            Decoded::Cart(cart) => Some(cart.payload_hash()),
+            _ => None,
+        })
+        .collect();
+    let carts: Vec<(&Cart, &str)> = items
+        .iter()
+        .zip(&hashes)
+        .filter_map(|(item, hash)| match (&item.decoded, hash) {
+            (Decoded::Cart(cart), Some(hash)) => Some((cart.as_ref(), hash.as_str())),
+            _ => None,
+        })
+        .collect();
     let mut tx = app.db.begin().await.map_err(Failure::Unreachable)?;
+    let mut placements = orders::place_many(&mut tx, &carts, Source::Queue)
+        .await?
+        .into_iter();
     let mut outcomes = Vec::with_capacity(items.len());
     for item in items {
         let outcome = match &item.decoded {
-            Decoded::Cart(cart) => {
-                match orders::place(&mut tx, cart, &cart.payload_hash(), Source::Queue).await? {
-                    Placement::Created(_) => Outcome::Created,
-                    Placement::Duplicate(_) => Outcome::Duplicate,
-                    Placement::Conflict(order_id) => Outcome::Rejected(
-                        DeadLetterReason::Conflict,
-                        format!(
-                            "order {order_id} exists for this cart_id with a different payload"
-                        ),
-                    ),
+            Decoded::Cart(_) => match placements.next() {
+                Some(Placement::Created(_)) => Outcome::Created,
+                Some(Placement::Duplicate(_)) => Outcome::Duplicate,
+                Some(Placement::Conflict(order_id)) => Outcome::Rejected(
+                    DeadLetterReason::Conflict,
+                    format!("order {order_id} exists for this cart_id with a different payload"),
+                ),
+                None => {
+                    return Err(Failure::Statement(sqlx::Error::Protocol(
+                        "fewer placements than carts".into(),
+                    )));
                 }
-            }
+            },
             Decoded::UnknownSchema(detail) => {
                 Outcome::Rejected(DeadLetterReason::UnknownSchema, detail.clone())
             }

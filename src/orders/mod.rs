@@ -1,12 +1,14 @@
 //! Purchase orders: the one way a cart becomes an order ([`place`]), used by both the
 //! queue consumer and the direct-write fallback, and the reads behind the HTTP API.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use crate::checkout::{Cart, CartId};
+use crate::checkout::{Cart, CartId, Line};
 use crate::db::{Db, Tx};
 use crate::{on_db, on_tx};
 
@@ -55,79 +57,162 @@ pub async fn place(
     payload_hash: &str,
     source: Source,
 ) -> Result<Placement, sqlx::Error> {
-    let order_id = Uuid::now_v7();
+    let placed = place_many(tx, &[(cart, payload_hash)], source).await?;
+    placed
+        .into_iter()
+        .next()
+        .ok_or_else(|| sqlx::Error::Protocol("no placement for the cart".into()))
+}
+
+/// Most rows per multi-row statement: keeps every statement well under SQLite's 32,766
+/// and PostgreSQL's 65,535 bind parameters (orders take 17 each, lines 6).
+const ORDERS_PER_STATEMENT: usize = 500;
+const LINES_PER_STATEMENT: usize = 2_000;
+
+/// [`place`] for a batch, in a handful of multi-row statements instead of three per
+/// cart: insert every order (`ON CONFLICT (cart_id) DO NOTHING`), look up the carts that
+/// already had one (duplicate or conflict, by payload hash), then insert the lines and
+/// `placed` rows of the new orders. Placements come back in the order of `carts`; the
+/// same cart twice in a batch is created once and a duplicate after that.
+pub async fn place_many(
+    tx: &mut Tx,
+    carts: &[(&Cart, &str)],
+    source: Source,
+) -> Result<Vec<Placement>, sqlx::Error> {
     let now = Utc::now();
-    let customer = &cart.customer;
-    let address = &cart.shipping_address;
-    on_tx!(tx, |c| {
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO orders (id, cart_id, customer_id, customer_name, customer_email,
-                 customer_phone, ship_line1, ship_line2, ship_city, ship_region,
-                 ship_postal_code, ship_country, currency, total, source, payload_hash,
-                 created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-             ON CONFLICT (cart_id) DO NOTHING
-             RETURNING id",
-        )
-        .bind(order_id)
-        .bind(cart.cart_id.as_uuid())
-        .bind(customer.id.as_deref())
-        .bind(&customer.name)
-        .bind(customer.email.as_str())
-        .bind(customer.phone.as_deref())
-        .bind(&address.line1)
-        .bind(address.line2.as_deref())
-        .bind(&address.city)
-        .bind(address.region.as_deref())
-        .bind(address.postal_code.as_deref())
-        .bind(address.country.as_str())
-        .bind(cart.currency.as_str())
-        .bind(cart.total.minor_units())
-        .bind(source.as_str())
-        .bind(payload_hash)
-        .bind(now)
-        .fetch_optional(&mut *c)
-        .await?;
-
-        if inserted.is_none() {
-            let (existing, existing_hash): (Uuid, String) =
-                sqlx::query_as("SELECT id, payload_hash FROM orders WHERE cart_id = $1")
-                    .bind(cart.cart_id.as_uuid())
-                    .fetch_one(&mut *c)
-                    .await?;
-            return Ok(if existing_hash == payload_hash {
-                Placement::Duplicate(existing)
-            } else {
-                Placement::Conflict(existing)
+    let order_ids: Vec<Uuid> = carts.iter().map(|_| Uuid::now_v7()).collect();
+    let mut created: HashMap<Uuid, Uuid> = HashMap::with_capacity(carts.len());
+    for (chunk, ids) in carts
+        .chunks(ORDERS_PER_STATEMENT)
+        .zip(order_ids.chunks(ORDERS_PER_STATEMENT))
+    {
+        on_tx!(tx, |c| {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO orders (id, cart_id, customer_id, customer_name, customer_email,
+                     customer_phone, ship_line1, ship_line2, ship_city, ship_region,
+                     ship_postal_code, ship_country, currency, total, source, payload_hash,
+                     created_at) ",
+            );
+            insert.push_values(chunk.iter().zip(ids), |mut row, ((cart, hash), id)| {
+                let customer = &cart.customer;
+                let address = &cart.shipping_address;
+                row.push_bind(*id)
+                    .push_bind(cart.cart_id.as_uuid())
+                    .push_bind(customer.id.as_deref())
+                    .push_bind(&customer.name)
+                    .push_bind(customer.email.as_str())
+                    .push_bind(customer.phone.as_deref())
+                    .push_bind(&address.line1)
+                    .push_bind(address.line2.as_deref())
+                    .push_bind(&address.city)
+                    .push_bind(address.region.as_deref())
+                    .push_bind(address.postal_code.as_deref())
+                    .push_bind(address.country.as_str())
+                    .push_bind(cart.currency.as_str())
+                    .push_bind(cart.total.minor_units())
+                    .push_bind(source.as_str())
+                    .push_bind(*hash)
+                    .push_bind(now);
             });
-        }
+            insert.push(" ON CONFLICT (cart_id) DO NOTHING RETURNING id, cart_id");
+            let rows: Vec<(Uuid, Uuid)> = insert.build_query_as().fetch_all(&mut *c).await?;
+            created.extend(rows.into_iter().map(|(id, cart_id)| (cart_id, id)));
+            Ok::<_, sqlx::Error>(())
+        })?;
+    }
 
-        let mut lines = sqlx::QueryBuilder::new(
-            "INSERT INTO order_lines (order_id, line_no, sku, name, quantity, unit_price) ",
-        );
-        lines.push_values(
-            cart.lines.iter().zip(0_i32..),
-            |mut row, (line, line_no)| {
-                row.push_bind(order_id)
-                    .push_bind(line_no)
+    // Carts that had an order already (before this batch, or earlier in it).
+    let mut existing: HashMap<Uuid, (Uuid, String)> = HashMap::new();
+    let mut seen: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    let to_look_up: Vec<Uuid> = carts
+        .iter()
+        .map(|(cart, _)| cart.cart_id.as_uuid())
+        .filter(|id| !created.contains_key(id) || !seen.insert(*id))
+        .collect();
+    if !to_look_up.is_empty() {
+        for chunk in to_look_up.chunks(ORDERS_PER_STATEMENT) {
+            on_tx!(tx, |c| {
+                let mut select = sqlx::QueryBuilder::new(
+                    "SELECT id, cart_id, payload_hash FROM orders WHERE cart_id IN (",
+                );
+                let mut ids = select.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                select.push(")");
+                let rows: Vec<(Uuid, Uuid, String)> =
+                    select.build_query_as().fetch_all(&mut *c).await?;
+                existing.extend(
+                    rows.into_iter()
+                        .map(|(id, cart_id, hash)| (cart_id, (id, hash))),
+                );
+                Ok::<_, sqlx::Error>(())
+            })?;
+        }
+    }
+
+    let mut placements = Vec::with_capacity(carts.len());
+    let mut new_orders: Vec<(&Cart, Uuid)> = Vec::new();
+    let mut first_seen: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    for (cart, hash) in carts {
+        let cart_id = cart.cart_id.as_uuid();
+        match created.get(&cart_id) {
+            Some(order_id) if first_seen.insert(cart_id) => {
+                new_orders.push((cart, *order_id));
+                placements.push(Placement::Created(*order_id));
+            }
+            _ => {
+                let (order_id, existing_hash) = existing.get(&cart_id).ok_or_else(|| {
+                    sqlx::Error::Protocol(format!(
+                        "order for cart {cart_id} neither inserted nor found"
+                    ))
+                })?;
+                placements.push(if existing_hash == hash {
+                    Placement::Duplicate(*order_id)
+                } else {
+                    Placement::Conflict(*order_id)
+                });
+            }
+        }
+    }
+
+    let lines: Vec<(Uuid, i32, &Line)> = new_orders
+        .iter()
+        .flat_map(|(cart, order_id)| {
+            cart.lines
+                .iter()
+                .zip(0_i32..)
+                .map(move |(line, line_no)| (*order_id, line_no, line))
+        })
+        .collect();
+    for chunk in lines.chunks(LINES_PER_STATEMENT) {
+        on_tx!(tx, |c| {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO order_lines (order_id, line_no, sku, name, quantity, unit_price) ",
+            );
+            insert.push_values(chunk, |mut row, (order_id, line_no, line)| {
+                row.push_bind(*order_id)
+                    .push_bind(*line_no)
                     .push_bind(&line.sku)
                     .push_bind(&line.name)
                     .push_bind(i32::try_from(line.quantity.get()).unwrap_or(i32::MAX))
                     .push_bind(line.unit_price.minor_units());
-            },
-        );
-        lines.build().persistent(false).execute(&mut *c).await?;
-
-        sqlx::query(
-            "INSERT INTO order_status (order_id, status, at) VALUES ($1, 'placed', $2)
-             ON CONFLICT (order_id, status) DO NOTHING",
-        )
-        .bind(order_id)
-        .bind(now)
-        .execute(&mut *c)
-        .await?;
-        Ok(Placement::Created(order_id))
-    })
+            });
+            insert.build().execute(&mut *c).await.map(drop)
+        })?;
+    }
+    for chunk in new_orders.chunks(LINES_PER_STATEMENT) {
+        on_tx!(tx, |c| {
+            let mut insert =
+                sqlx::QueryBuilder::new("INSERT INTO order_status (order_id, status, at) ");
+            insert.push_values(chunk, |mut row, (_, order_id)| {
+                row.push_bind(*order_id).push_bind("placed").push_bind(now);
+            });
+            insert.push(" ON CONFLICT (order_id, status) DO NOTHING");
+            insert.build().execute(&mut *c).await.map(drop)
+        })?;
+    }
+    Ok(placements)
 }
 
 /// Records why a checkout was turned away, so that its status can say so.
