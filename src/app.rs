@@ -18,6 +18,8 @@ pub struct App {
     pub metrics: Metrics,
     pub health: Health,
     pub control: Control,
+    /// One per checkout being handled; none left = shed (`CARTBUS_MAX_IN_FLIGHT`).
+    pub intake_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// What readiness is made of; written by the health monitor and by the shutdown path.

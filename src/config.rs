@@ -139,6 +139,8 @@ pub struct Config {
     pub max_attempts: u32,
     pub lease: Duration,
     pub send_timeout: Duration,
+    /// Checkouts handled at once; more are shed with 503.
+    pub max_in_flight: usize,
     pub retry_after: Duration,
     pub request_timeout: Duration,
     pub shutdown_delay: Duration,
@@ -200,6 +202,7 @@ struct Raw {
     max_attempts: u32,
     lease_seconds: u64,
     send_timeout_ms: u64,
+    max_in_flight: u32,
     retry_after_seconds: u64,
     request_timeout_seconds: u64,
     shutdown_delay_seconds: u64,
@@ -232,6 +235,7 @@ impl Default for Raw {
             max_attempts: 5,
             lease_seconds: 30,
             send_timeout_ms: 1000,
+            max_in_flight: 1024,
             retry_after_seconds: 5,
             request_timeout_seconds: 30,
             shutdown_delay_seconds: 0,
@@ -446,6 +450,8 @@ impl Raw {
             10,
             2_000,
         )?);
+        let max_in_flight =
+            in_range("CARTBUS_MAX_IN_FLIGHT", self.max_in_flight, 1, 1_000_000)? as usize;
         let retry_after = seconds(
             "CARTBUS_RETRY_AFTER_SECONDS",
             self.retry_after_seconds,
@@ -501,6 +507,7 @@ impl Raw {
             max_attempts,
             lease,
             send_timeout,
+            max_in_flight,
             retry_after,
             request_timeout,
             shutdown_delay,

@@ -52,6 +52,7 @@ impl Application {
         let db = Db::connect_lazy(&config).context("DATABASE_URL is not a usable database URL")?;
         let metrics = Metrics::new();
         let config_kind = config.database_kind.clone();
+        let max_in_flight = config.max_in_flight;
         let queue = open_queue(&config, &db, &metrics).await;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -63,6 +64,7 @@ impl Application {
             metrics,
             health: Health::default(),
             control: Control::new(db::known_schema_version(&config_kind)),
+            intake_permits: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
         });
         if app.config.admin_token.is_none() {
             tracing::warn!(

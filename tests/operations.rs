@@ -243,3 +243,57 @@ async fn a_config_file_is_read_and_the_environment_wins() {
     );
     assert_eq!(common::queued_messages(dir.path()).await, 1);
 }
+
+#[tokio::test]
+async fn past_its_in_flight_limit_intake_sheds_with_503_and_retry_after() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(dir.path(), &Backend::Sqlite).set("CARTBUS_MAX_IN_FLIGHT", "2");
+    let app = TestApp::spawn(&settings).await;
+    let address = app.base.trim_start_matches("http://").to_string();
+    // Two checkouts that announce a body and never send it hold both slots.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut socket = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        socket
+            .write_all(
+                b"POST /v1/checkouts HTTP/1.1\r\nHost: cartbus\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+            )
+            .await
+            .expect("write head");
+        stalled.push(socket);
+    }
+    let shed = eventually("a checkout shed", || async {
+        let response = app.post_cart(&cart()).await;
+        (response.status() == 503).then_some(response)
+    })
+    .await;
+    assert_eq!(shed.headers()["retry-after"], "1");
+    assert_eq!(shed.headers()["content-type"], "application/problem+json");
+    let (_, health) = app.get_json("/health/ready").await;
+    assert_eq!(health["ready"], true, "shedding is not being down");
+
+    drop(stalled);
+    eventually("checkouts taken again", || async {
+        (app.post_cart(&cart()).await.status() == 202).then_some(())
+    })
+    .await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("cartbus_checkouts_total{outcome=\"shed\"}") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    app.stop().await.expect("clean stop");
+}

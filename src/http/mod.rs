@@ -101,6 +101,7 @@ pub fn router(app: AppState) -> Router {
     let timeout = app.config.request_timeout;
     routes
         .fallback(|| async { problem_response(StatusCode::NOT_FOUND, "no such resource") })
+        .layer(middleware::from_fn_with_state(app.clone(), shed_load))
         .layer(middleware::from_fn_with_state(app.clone(), record_metrics))
         .layer(
             ServiceBuilder::new()
@@ -122,6 +123,29 @@ pub fn router(app: AppState) -> Router {
                 .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout)),
         )
         .with_state(app)
+}
+
+/// Sheds checkouts past `CARTBUS_MAX_IN_FLIGHT` with 503 + Retry-After before reading
+/// their bodies, instead of queueing unbounded work in memory when intake outruns the
+/// queue. Reads, health and admin calls are never shed.
+async fn shed_load(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() != axum::http::Method::POST || req.uri().path() != "/v1/checkouts" {
+        return next.run(req).await;
+    }
+    match app.intake_permits.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            app.metrics.checkout("shed");
+            problem::ApiError::Unavailable {
+                detail: format!(
+                    "more than {} checkouts in progress; retry shortly",
+                    app.config.max_in_flight
+                ),
+                retry_after: std::time::Duration::from_secs(1),
+            }
+            .into_response()
+        }
+    }
 }
 
 /// Latency histogram by route template (never the raw path: ids would explode the labels).
