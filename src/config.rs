@@ -227,7 +227,7 @@ impl Default for Raw {
             admin_token: None,
             storefront_key: None,
             consumer: "on".into(),
-            consumer_batch: 64,
+            consumer_batch: 256,
             consumer_prefetch: 256,
             amqp_window: 256,
             amqp_connect_timeout_ms: 2000,

@@ -110,3 +110,55 @@ async fn a_consumer_killed_between_commit_and_settle_makes_no_second_order() {
         let _: Value = order;
     }
 }
+
+#[tokio::test]
+async fn killed_in_the_middle_of_a_batched_drain_every_cart_is_still_one_order() {
+    for backend in
+        Backend::all("killed_in_the_middle_of_a_batched_drain_every_cart_is_still_one_order").await
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = Settings::new(dir.path(), &backend);
+        let http = client();
+        const CARTS: usize = 3000;
+
+        // A backlog, queued with no consumer.
+        let producer = Process::start(&settings, &[("CARTBUS_CONSUMER", "off")]);
+        let carts: Vec<Value> = (0..CARTS).map(|_| common::cart()).collect();
+        for chunk in carts.chunks(50) {
+            let answers = futures::future::join_all(
+                chunk
+                    .iter()
+                    .map(|cart| post_cart(&http, &producer.base, cart)),
+            )
+            .await;
+            assert!(answers.iter().all(|r| r.status() == 202));
+        }
+        drop(producer);
+
+        // Drain in batches (the next batch read ahead), and SIGKILL part way through.
+        let mut drainer = Process::start(&settings, &[("CARTBUS_CONSUMER_BATCH", "100")]);
+        eventually("the drain under way", || async {
+            (order_counts(&backend, dir.path()).await.0 >= 500).then_some(())
+        })
+        .await;
+        drainer.kill();
+        let at_kill = order_counts(&backend, dir.path()).await.0;
+        assert!(
+            at_kill < CARTS as i64,
+            "killed mid-drain ({at_kill} of {CARTS} ordered)"
+        );
+
+        let _finisher = Process::start(&settings, &[]);
+        eventually("every cart ordered and the queue empty", || async {
+            (order_counts(&backend, dir.path()).await.0 >= CARTS as i64
+                && queued_messages(dir.path()).await == 0)
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            order_counts(&backend, dir.path()).await,
+            (CARTS as i64, CARTS as i64),
+            "{backend:?}: exactly one order per cart"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::control::Mode;
-use crate::queue::{QueueError, Receiver};
+use crate::queue::{Delivery, QueueError, Receiver};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Capped low enough that a consumer is back within seconds of its broker or database.
@@ -84,20 +84,38 @@ async fn consume(
     reconnect_backoff: &mut Duration,
 ) -> Result<(), QueueError> {
     let mut backoff = MIN_BACKOFF;
+    let batch = app.config.consumer_batch;
+    // The next batch, taken while the current one converts (it is not started, so a
+    // pause gives it back untouched through `close`).
+    let mut next: Vec<Delivery> = Vec::new();
     let result = loop {
-        let deliveries = match receiver.receive(app.config.consumer_batch, stop).await {
-            Ok(deliveries) if deliveries.is_empty() => break Ok(()),
-            Ok(deliveries) => deliveries,
-            Err(e) => break Err(e),
+        let deliveries = if next.is_empty() {
+            match receiver.receive(batch, stop).await {
+                Ok(deliveries) if deliveries.is_empty() => break Ok(()),
+                Ok(deliveries) => deliveries,
+                Err(e) => break Err(e),
+            }
+        } else {
+            std::mem::take(&mut next)
         };
         app.control.begin_batch(deliveries.len());
-        let report = convert::step(app, &deliveries).await;
+        // Convert this batch while the queue hands out the next: the two touch different
+        // stores, so the lease no longer waits behind the orders commit.
+        let (report, prefetched) = if stop.is_cancelled() {
+            (convert::step(app, &deliveries).await, Ok(Vec::new()))
+        } else {
+            tokio::join!(convert::step(app, &deliveries), receiver.receive_now(batch))
+        };
         crate::fault::freeze_if_hit("consumer-before-settle").await;
         let settled = receiver.settle(report.settlements).await;
         app.control
             .end_batch(if settled.is_ok() { deliveries.len() } else { 0 });
         if let Err(e) = settled {
             break Err(e);
+        }
+        match prefetched {
+            Ok(prefetched) => next = prefetched,
+            Err(e) => break Err(e),
         }
         *reconnect_backoff = MIN_BACKOFF;
         if report.database_down {

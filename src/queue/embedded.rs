@@ -284,6 +284,21 @@ impl Receiver for EmbeddedReceiver {
         }
     }
 
+    async fn receive_now(&mut self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        let op = Op::Lease {
+            address: self.address.clone(),
+            max,
+        };
+        match self.queue.call(op).await? {
+            Done::Leased(deliveries, token) => {
+                self.leased
+                    .extend(deliveries.iter().map(|d| (d.tag, token)));
+                Ok(deliveries)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
     async fn settle(&mut self, settlements: Vec<(u64, Settlement)>) -> Result<(), QueueError> {
         let items = settlements
             .into_iter()
@@ -315,6 +330,21 @@ impl Receiver for EmbeddedReceiver {
     }
 }
 
+impl Op {
+    fn needs_fsync(&self) -> bool {
+        match self {
+            Op::Send { .. } => true,
+            Op::Settle(items) => items.iter().any(|(_, _, settlement)| {
+                matches!(
+                    settlement,
+                    Settlement::Fail { .. } | Settlement::Reject { .. }
+                )
+            }),
+            Op::Lease { .. } | Op::ReleaseOwner => false,
+        }
+    }
+}
+
 /// The writer's fixed rules.
 struct Policy {
     owner: String,
@@ -329,9 +359,29 @@ async fn run_writer(
     policy: Policy,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut durable = true;
     while commands.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (ops, replies): (Vec<Op>, Vec<Reply>) = batch.drain(..).unzip();
         let sent = ops.iter().any(|op| matches!(op, Op::Send { .. }));
+        // Only what a caller was promised must survive a power cut: sends (a 202) and
+        // attempt counts and dead letters. A lease, an accept or a release that is lost
+        // only means the message is handed out again, which the consumer's idempotency
+        // makes harmless; those commits skip the fsync (WAL + synchronous=NORMAL still
+        // survives a process crash). The batched drain's one fsync is then the orders
+        // commit.
+        let needs_fsync = ops.iter().any(Op::needs_fsync);
+        if needs_fsync != durable {
+            let pragma = if needs_fsync {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            if let Err(e) = sqlx::query(pragma).execute(&mut conn).await {
+                tracing::warn!(error = %e, "cannot switch the queue's fsync mode");
+            } else {
+                durable = needs_fsync;
+            }
+        }
         match apply(&mut conn, &ops, &policy).await {
             Ok(done) => {
                 shared.healthy.store(true, Ordering::Relaxed);
@@ -387,9 +437,7 @@ async fn apply(
                 Done::Leased(leased, token)
             }
             Op::Settle(items) => {
-                for (id, token, settlement) in items {
-                    settle(&mut tx, *id, *token, settlement, policy.max_attempts, now).await?;
-                }
+                settle_all(&mut tx, items, policy.max_attempts, now).await?;
                 Done::Settled
             }
             Op::ReleaseOwner => {
@@ -481,6 +529,72 @@ async fn lease(
         .collect();
     deliveries.sort_by_key(|d| d.tag);
     Ok(deliveries)
+}
+
+/// Most ids in one `IN (…)` list (SQLite allows 32,766 bind parameters).
+const IDS_PER_STATEMENT: usize = 500;
+
+/// Settles a consumer's batch: accepts (and releases with the same delay) of one lease in
+/// one statement per few hundred, not one round trip each; failures and rejections, which
+/// are rare and carry their own details, one by one.
+async fn settle_all(
+    conn: &mut SqliteConnection,
+    items: &[(i64, i64, Settlement)],
+    max_attempts: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let mut accepts: HashMap<i64, Vec<i64>> = HashMap::new();
+    let mut releases: HashMap<(i64, i64), Vec<i64>> = HashMap::new();
+    for (id, token, settlement) in items {
+        match settlement {
+            Settlement::Accept => accepts.entry(*token).or_default().push(*id),
+            Settlement::Release { delay } => releases
+                .entry((*token, now + millis(*delay)))
+                .or_default()
+                .push(*id),
+            other => settle(conn, *id, *token, other, max_attempts, now).await?,
+        }
+    }
+    let mut ignored = 0;
+    for (token, ids) in accepts {
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let mut delete = sqlx::QueryBuilder::new("DELETE FROM messages WHERE lease_token = ");
+            delete.push_bind(token).push(" AND id IN (");
+            let mut list = delete.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            delete.push(")");
+            let done = delete.build().execute(&mut *conn).await?.rows_affected();
+            ignored += chunk.len() as u64 - done;
+        }
+    }
+    for ((token, visible_at), ids) in releases {
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let mut update = sqlx::QueryBuilder::new(
+                "UPDATE messages SET lease_owner = NULL, lease_token = NULL, visible_at = ",
+            );
+            update
+                .push_bind(visible_at)
+                .push(" WHERE lease_token = ")
+                .push_bind(token)
+                .push(" AND id IN (");
+            let mut list = update.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            update.push(")");
+            let done = update.build().execute(&mut *conn).await?.rows_affected();
+            ignored += chunk.len() as u64 - done;
+        }
+    }
+    if ignored > 0 {
+        tracing::warn!(
+            ignored,
+            "settlements ignored: their leases had expired and moved on"
+        );
+    }
+    Ok(())
 }
 
 /// Settles one leased message. A delivery whose lease was lost (expired and handed out

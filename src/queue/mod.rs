@@ -156,6 +156,13 @@ pub trait Receiver: Send {
         stop: &CancellationToken,
     ) -> Result<Vec<Delivery>, QueueError>;
 
+    /// Up to `max` deliveries that are available right now, without waiting (empty when
+    /// there are none). The consumer takes its next batch with it while converting the
+    /// current one. The default hands out nothing (no read-ahead).
+    async fn receive_now(&mut self, _max: usize) -> Result<Vec<Delivery>, QueueError> {
+        Ok(Vec::new())
+    }
+
     /// Settles deliveries by tag, all in one go.
     async fn settle(&mut self, settlements: Vec<(u64, Settlement)>) -> Result<(), QueueError>;
 

@@ -9,6 +9,8 @@
 //!
 //! It empties the queue afterwards.
 
+mod run;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +40,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole table: raw parts vs cartbus, embedded and PostgreSQL + RabbitMQ.
+    Run(run::RunArgs),
     /// Raw fe2o3-amqp publishing (one at a time and windowed) vs cartbus's publisher.
     AmqpPublish {
         /// Broker URL (amqp://user:pass@host:port).
@@ -88,6 +92,7 @@ impl Row {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Run(args) => run::run(args).await?,
         Command::AmqpPublish {
             url,
             count,
