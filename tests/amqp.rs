@@ -714,7 +714,9 @@ async fn a_pause_on_a_broker_gives_back_what_was_prefetched() {
     let token = "broker-pause-test-token-0123";
     let settings = broker::settings(dir.path(), &backend, &url, &queue)
         .set("CARTBUS_ADMIN_TOKEN", token)
-        .set("CARTBUS_CONSUMER_PREFETCH", "100");
+        .set("CARTBUS_CONSUMER_PREFETCH", "100")
+        // Small batches, so that the drain is still under way when the pause lands.
+        .set("CARTBUS_CONSUMER_BATCH", "10");
     let app = TestApp::spawn(&settings).await;
     broker::wait_connected(&app.state).await;
     let admin = |path: &'static str, body: Value| {

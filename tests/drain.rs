@@ -72,7 +72,10 @@ async fn a_pause_under_load_answers_drained_and_a_resume_orders_everything_once(
         Backend::all("a_pause_under_load_answers_drained_and_a_resume_orders_everything_once").await
     {
         let dir = tempfile::tempdir().expect("tempdir");
-        let app = TestApp::spawn(&with_admin(Settings::new(dir.path(), &backend))).await;
+        // Small batches, so that the drain is still under way when the pause lands.
+        let settings =
+            with_admin(Settings::new(dir.path(), &backend)).set("CARTBUS_CONSUMER_BATCH", "10");
+        let app = TestApp::spawn(&settings).await;
         let http = &app.client;
         let (status, _) = admin_post(
             http,

@@ -136,7 +136,7 @@ async fn killed_in_the_middle_of_a_batched_drain_every_cart_is_still_one_order()
         drop(producer);
 
         // Drain in batches (the next batch read ahead), and SIGKILL part way through.
-        let mut drainer = Process::start(&settings, &[("CARTBUS_CONSUMER_BATCH", "100")]);
+        let mut drainer = Process::start(&settings, &[("CARTBUS_CONSUMER_BATCH", "20")]);
         eventually("the drain under way", || async {
             (order_counts(&backend, dir.path()).await.0 >= 500).then_some(())
         })
