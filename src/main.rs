@@ -1,4 +1,9 @@
 use std::path::PathBuf;
+
+/// The drain and intake paths allocate per cart (JSON, rows); glibc's malloc showed ~14 %
+/// of the drain's profile, mimalloc is faster at this many small allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
