@@ -136,6 +136,8 @@ pub struct Config {
     pub storefront_key: Option<SecretString>,
     pub consumer_enabled: bool,
     pub consumer_batch: usize,
+    /// Consumer tasks on this instance, each with its own receiver.
+    pub consumers: usize,
     pub max_attempts: u32,
     pub lease: Duration,
     pub send_timeout: Duration,
@@ -194,6 +196,7 @@ struct Raw {
     #[serde(deserialize_with = "lenient_string")]
     consumer: String,
     consumer_batch: u32,
+    consumers: u32,
     consumer_prefetch: u32,
     amqp_window: u32,
     amqp_connect_timeout_ms: u64,
@@ -228,6 +231,7 @@ impl Default for Raw {
             storefront_key: None,
             consumer: "on".into(),
             consumer_batch: 256,
+            consumers: 2,
             consumer_prefetch: 256,
             amqp_window: 256,
             amqp_connect_timeout_ms: 2000,
@@ -440,6 +444,7 @@ impl Raw {
         };
         let consumer_batch =
             in_range("CARTBUS_CONSUMER_BATCH", self.consumer_batch, 1, 10_000)? as usize;
+        let consumers = in_range("CARTBUS_CONSUMERS", self.consumers, 1, 64)? as usize;
         let max_attempts = in_range("CARTBUS_MAX_ATTEMPTS", self.max_attempts, 1, 1000)?;
         let lease = seconds("CARTBUS_LEASE_SECONDS", self.lease_seconds, 1, 3600)?;
         // Capped at 2 s: a checkout must answer (queued or direct) within about that long
@@ -504,6 +509,7 @@ impl Raw {
             storefront_key,
             consumer_enabled,
             consumer_batch,
+            consumers,
             max_attempts,
             lease,
             send_timeout,

@@ -109,7 +109,9 @@ impl Application {
         } = self;
         let workers_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(consumer::run(app.clone(), workers_stop.clone()));
+        for _ in 0..app.config.consumers {
+            tasks.spawn(consumer::run(app.clone(), workers_stop.clone()));
+        }
         tasks.spawn(health::monitor(app.clone(), workers_stop.clone()));
         tasks.spawn(control::watch(app.clone(), workers_stop.clone()));
 

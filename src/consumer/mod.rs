@@ -108,8 +108,10 @@ async fn consume(
         };
         crate::fault::freeze_if_hit("consumer-before-settle").await;
         let settled = receiver.settle(report.settlements).await;
-        app.control
-            .end_batch(if settled.is_ok() { deliveries.len() } else { 0 });
+        app.control.end_batch(
+            deliveries.len(),
+            if settled.is_ok() { deliveries.len() } else { 0 },
+        );
         if let Err(e) = settled {
             break Err(e);
         }

@@ -72,8 +72,8 @@ pub struct Control {
     revision: AtomicI64,
     /// Deliveries received and not yet settled.
     in_flight: AtomicUsize,
-    /// Whether the consumer holds an open receiver.
-    consuming: std::sync::atomic::AtomicBool,
+    /// Consumer tasks holding an open receiver.
+    consuming: AtomicUsize,
     processed: AtomicU64,
     accepted: AtomicU64,
     nudge: Notify,
@@ -88,7 +88,7 @@ impl Control {
             mode: channel::Sender::new(Mode::Unknown),
             revision: AtomicI64::new(-1),
             in_flight: AtomicUsize::new(0),
-            consuming: std::sync::atomic::AtomicBool::new(false),
+            consuming: AtomicUsize::new(0),
             processed: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             nudge: Notify::new(),
@@ -124,15 +124,20 @@ impl Control {
     }
 
     pub fn set_consuming(&self, consuming: bool) {
-        self.consuming.store(consuming, Ordering::Release);
+        if consuming {
+            self.consuming.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.consuming.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     pub fn begin_batch(&self, n: usize) {
-        self.in_flight.store(n, Ordering::Release);
+        self.in_flight.fetch_add(n, Ordering::AcqRel);
     }
 
-    pub fn end_batch(&self, settled: usize) {
-        self.in_flight.store(0, Ordering::Release);
+    /// `started` is what `begin_batch` was given; `settled` how many were settled.
+    pub fn end_batch(&self, started: usize, settled: usize) {
+        self.in_flight.fetch_sub(started, Ordering::AcqRel);
         self.processed.fetch_add(settled as u64, Ordering::Relaxed);
     }
 
@@ -142,7 +147,7 @@ impl Control {
 
     /// The state to report: what the mode asks, and whether the consumer has got there.
     pub fn state(&self) -> State {
-        let busy = self.consuming.load(Ordering::Acquire) || self.in_flight() > 0;
+        let busy = self.consuming.load(Ordering::Acquire) > 0 || self.in_flight() > 0;
         match self.mode() {
             Mode::Consume => State::Running,
             Mode::Pause | Mode::Unknown if busy => State::Pausing,
