@@ -361,7 +361,9 @@ pub struct Backlog {
     pub catch_up_eta_seconds: Option<f64>,
 }
 
-pub async fn status(app: &App) -> Result<Status, sqlx::Error> {
+/// The switch, the live instances and whether they are drained, without the backlog
+/// figures (cheap enough to poll while a pause waits).
+pub async fn drain_state(app: &App) -> Result<(Switch, Vec<InstanceRow>, bool), sqlx::Error> {
     let switch = store::read(&app.db).await?;
     let mut instances = store::instances(&app.db, Utc::now() - LIVE_WINDOW).await?;
     // This instance speaks for itself from memory: fresher than its last heartbeat, and
@@ -371,6 +373,11 @@ pub async fn status(app: &App) -> Result<Status, sqlx::Error> {
     instances.push(me);
     instances.sort_by(|a, b| a.instance.cmp(&b.instance));
     let drained = is_drained(&switch, &instances);
+    Ok((switch, instances, drained))
+}
+
+pub async fn status(app: &App) -> Result<Status, sqlx::Error> {
+    let (switch, instances, drained) = drain_state(app).await?;
     let stats = tokio::time::timeout(
         Duration::from_secs(1),
         app.queue.stats(&app.config.cart_address),

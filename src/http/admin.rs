@@ -160,18 +160,22 @@ pub async fn pause(
     }
     app.control.nudge();
     let deadline = Instant::now() + wait.unwrap_or_default();
+    // Poll only what `drained` needs: the backlog figures (a queue count) come once, at
+    // the end.
     loop {
-        let status = control::status(&app).await.map_err(unavailable)?;
-        if status.drained || Instant::now() >= deadline || !status.switch.is_paused() {
-            let code = if status.drained {
-                StatusCode::OK
-            } else {
-                StatusCode::ACCEPTED
-            };
-            return Ok((code, Json(status)).into_response());
+        let (switch, _, drained) = control::drain_state(&app).await.map_err(unavailable)?;
+        if drained || Instant::now() >= deadline || !switch.is_paused() {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let status = control::status(&app).await.map_err(unavailable)?;
+    let code = if status.drained {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((code, Json(status)).into_response())
 }
 
 /// Body of `POST /v1/admin/consumer/resume`.
