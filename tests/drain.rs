@@ -780,3 +780,122 @@ async fn the_cli_pauses_resumes_and_exits_with_codes_a_deploy_script_can_use() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_instance_that_missed_the_pause_still_commits_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = with_admin(Settings::new(dir.path(), &Backend::Sqlite));
+    let http = client();
+    // Its watcher stops reading the switch once it is consuming: it never hears of the
+    // pause below and keeps its consumer running.
+    let deaf = Process::start(
+        &settings,
+        &[("FAILPOINTS", "control-watch-after-consume=return")],
+    );
+    let first = common::cart();
+    assert_eq!(post_cart(&http, &deaf.base, &first).await.status(), 202);
+    common::wait_for_order(&http, &deaf.base, first["cart_id"].as_str().expect("id")).await;
+
+    let (status, _) = admin_post(
+        &http,
+        &deaf.base,
+        "/v1/admin/consumer/pause",
+        json!({ "reason": "deaf test" }),
+    )
+    .await;
+    assert!(status == 200 || status == 202);
+    for _ in 0..20 {
+        assert_eq!(
+            post_cart(&http, &deaf.base, &common::cart()).await.status(),
+            202
+        );
+    }
+    // The consumer takes them, finds the switch paused inside its transaction, and gives
+    // them back: no order is written while paused.
+    let metrics = eventually("the consumer gave a batch back", || async {
+        let text = http
+            .get(format!("{}/metrics", deaf.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .any(|l| {
+                l.starts_with("cartbus_consumer_messages_total{outcome=\"released\"}")
+                    && !l.ends_with(" 0")
+            })
+            .then_some(text)
+    })
+    .await;
+    assert!(deaf.logs_contain("the drain switch says stop"), "{metrics}");
+    assert_eq!(order_counts(&Backend::Sqlite, dir.path()).await, (1, 1));
+    assert_eq!(queued_messages(dir.path()).await, 20, "all still queued");
+}
+
+#[tokio::test]
+async fn concurrent_switch_changes_each_get_their_own_revision() {
+    let backend =
+        match common::postgres_admin_url("concurrent_switch_changes_each_get_their_own_revision") {
+            Some(admin) => Backend::Postgres(common::fresh_postgres(&admin).await),
+            None => Backend::Sqlite,
+        };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = TestApp::spawn(
+        &with_admin(Settings::new(dir.path(), &backend)).set("CARTBUS_INSTANCE", "a"),
+    )
+    .await;
+    let b = TestApp::spawn(
+        &with_admin(Settings::new(dir.path(), &backend)).set("CARTBUS_INSTANCE", "b"),
+    )
+    .await;
+    let calls = (0..20).map(|n| {
+        let (app, action, body) = match n % 4 {
+            0 => (&a, "pause", json!({ "reason": format!("p{n}") })),
+            1 => (&b, "resume", json!({ "version": format!("v{n}") })),
+            2 => (&b, "pause", json!({ "reason": format!("p{n}") })),
+            _ => (&a, "resume", json!({ "version": format!("v{n}") })),
+        };
+        async move {
+            admin_post(
+                &app.client,
+                &app.base,
+                &format!("/v1/admin/consumer/{action}"),
+                body,
+            )
+            .await
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _)| *status == 200 || *status == 202),
+        "{answers:?}"
+    );
+    let (_, history) = admin_get(&a.client, &a.base, "/v1/admin/consumer/history").await;
+    let revisions: Vec<i64> = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|h| h["revision"].as_i64())
+        .collect();
+    let mut unique = revisions.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        revisions.len(),
+        "no two changes built on one revision: {revisions:?}"
+    );
+    assert_eq!(revisions.len(), 20, "every call changed something");
+    let (_, status) = admin_get(&a.client, &a.base, "/v1/admin/consumer").await;
+    assert_eq!(
+        status["revision"].as_i64(),
+        revisions.first().copied(),
+        "the switch is the last change"
+    );
+    a.stop().await.expect("clean stop");
+    b.stop().await.expect("clean stop");
+}

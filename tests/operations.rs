@@ -270,7 +270,11 @@ async fn past_its_in_flight_limit_intake_sheds_with_503_and_retry_after() {
         (response.status() == 503).then_some(response)
     })
     .await;
-    assert_eq!(shed.headers()["retry-after"], "1");
+    assert_eq!(
+        shed.headers()["retry-after"],
+        "5",
+        "CARTBUS_RETRY_AFTER_SECONDS"
+    );
     assert_eq!(shed.headers()["content-type"], "application/problem+json");
     let (_, health) = app.get_json("/health/ready").await;
     assert_eq!(health["ready"], true, "shedding is not being down");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::app::App;
 use crate::checkout::Cart;
 use crate::checkout::message::{self, Decoded};
+use crate::control;
 use crate::db;
 use crate::deadletters;
 use crate::orders::{self, Placement, Source};
@@ -24,6 +25,9 @@ pub struct Report {
     pub settlements: Vec<(u64, Settlement)>,
     /// The database could not be reached: the caller should back off.
     pub database_down: bool,
+    /// The drain switch, read in the transaction, forbade committing: everything was
+    /// released and the consumer session should end.
+    pub gated: bool,
 }
 
 /// The fate of one message inside a committed transaction.
@@ -61,6 +65,9 @@ enum Failure {
     /// error code says (a refusing server reports e.g. SQLSTATE 55000 while connecting).
     Unreachable(sqlx::Error),
     Statement(sqlx::Error),
+    /// The switch says this instance must not commit orders (paused, another version,
+    /// or a newer schema), seen inside the transaction.
+    Gated(String),
 }
 
 impl Failure {
@@ -68,6 +75,7 @@ impl Failure {
         match self {
             Failure::Unreachable(_) => true,
             Failure::Statement(e) => db::is_transient(e),
+            Failure::Gated(_) => false,
         }
     }
 }
@@ -76,6 +84,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Unreachable(e) | Failure::Statement(e) => e.fmt(f),
+            Failure::Gated(why) => f.write_str(why),
         }
     }
 }
@@ -111,6 +120,19 @@ pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
         Ok(outcomes) => {
             for (item, outcome) in items.iter().zip(outcomes) {
                 settle_with(app, &mut report, item, outcome);
+            }
+        }
+        Err(Failure::Gated(why)) => {
+            tracing::info!(reason = %why, batch = items.len(), "batch given back unconverted: the drain switch says stop");
+            report.gated = true;
+            for item in &items {
+                app.metrics.consumed("released", 1);
+                report.settlements.push((
+                    item.delivery.tag,
+                    Settlement::Release {
+                        delay: Duration::ZERO,
+                    },
+                ));
             }
         }
         Err(e) if e.is_transient() || items.len() == 1 => {
@@ -203,6 +225,12 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
         })
         .collect();
     let mut tx = app.db.begin().await.map_err(Failure::Unreachable)?;
+    // The database, not timing, guarantees that nothing commits after `drained`: the
+    // switch row is read (and on PostgreSQL share-locked, so a pause waits for this
+    // commit) inside the very transaction that writes the orders.
+    if let Some(why) = control::store::forbids_consuming(&mut tx, app).await? {
+        return Err(Failure::Gated(why));
+    }
     let mut placements = orders::place_many(&mut tx, &carts, Source::Queue)
         .await?
         .into_iter();

@@ -34,9 +34,13 @@ pub async fn run(app: AppState, stop: CancellationToken) {
             }
             continue;
         }
+        // Counted as consuming from before the receiver opens (a broker connect takes a
+        // while): until the session is over, this instance must not report `paused`.
+        app.control.set_consuming(true);
         let receiver = match app.queue.receiver(&app.config.cart_address).await {
             Ok(receiver) => receiver,
             Err(e) => {
+                app.control.set_consuming(false);
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the cart queue receiver");
                 pause(&stop, backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -54,7 +58,9 @@ pub async fn run(app: AppState, stop: CancellationToken) {
                 session.cancel();
             })
         };
-        app.control.set_consuming(true);
+        if *modes.borrow_and_update() != Mode::Consume {
+            session.cancel();
+        }
         let result = consume(&app, receiver, &session, &mut backoff).await;
         app.control.set_consuming(false);
         // Report the new state now rather than at the next heartbeat: `drained` waits on it.
@@ -63,6 +69,11 @@ pub async fn run(app: AppState, stop: CancellationToken) {
         match result {
             Ok(()) if !stop.is_cancelled() => {
                 tracing::info!(mode = ?app.control.mode(), "consumer paused: in-flight work settled, held deliveries given back");
+                if app.control.mode() == Mode::Consume {
+                    // Stopped by the in-transaction check before this instance's watcher
+                    // saw the switch change: give it a moment rather than spin.
+                    pause(&stop, Duration::from_millis(250)).await;
+                }
             }
             Ok(()) => {}
             Err(e) => {
@@ -120,6 +131,11 @@ async fn consume(
             Err(e) => break Err(e),
         }
         *reconnect_backoff = MIN_BACKOFF;
+        if report.gated {
+            // The switch, read inside the transaction, says this instance must not
+            // commit orders now: the batch went back; end the session.
+            break Ok(());
+        }
         if report.database_down {
             tracing::warn!(retry_in = ?backoff, "database unavailable; consumer backing off");
             pause(stop, backoff).await;

@@ -245,6 +245,11 @@ pub async fn watch(app: std::sync::Arc<App>, stop: CancellationToken) {
                     tracing::warn!(error = %e, "cannot read the drain switch; keeping the last mode")
                 }
             }
+            // Test-only: a watcher that stops reading the switch once consuming, to prove
+            // the in-transaction check alone keeps a paused switch from being overrun.
+            if last_mode == Mode::Consume {
+                crate::fault::freeze_if_hit("control-watch-after-consume").await;
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -415,8 +420,10 @@ pub fn is_drained(switch: &Switch, instances: &[InstanceRow]) -> bool {
         && instances.iter().all(|i| {
             i.in_flight == 0
                 && match i.state.as_str() {
-                    "paused" => i.seen_revision >= switch.revision,
-                    "passive" | "fenced" | "stopped" => true,
+                    // A stale passive or fenced row could hide an instance that has just
+                    // started consuming: it too must have seen this revision.
+                    "paused" | "passive" | "fenced" => i.seen_revision >= switch.revision,
+                    "stopped" => true,
                     _ => false,
                 }
         })

@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::Row;
 use utoipa::ToSchema;
 
+use crate::app::App;
 use crate::db::{Db, Tx};
 use crate::{on_db, on_tx};
 
@@ -183,7 +184,51 @@ pub async fn change(db: &Db, change: Change<'_>) -> Result<(Switch, bool), sqlx:
     Ok((switch, true))
 }
 
+/// Why this instance must not commit orders now, read inside the caller's transaction;
+/// `None` when it may. On PostgreSQL the row is share-locked, so a change of the switch
+/// waits for that transaction to end; SQLite's write transactions are serial already.
+pub async fn forbids_consuming(tx: &mut Tx, app: &App) -> Result<Option<String>, sqlx::Error> {
+    let (desired, active_version, applied): (String, Option<String>, Option<i64>) =
+        on_tx!(tx, |c| {
+            let lock = if matches!(app.db, Db::Postgres(_)) {
+                " FOR SHARE"
+            } else {
+                ""
+            };
+            let (desired, active_version): (String, Option<String>) =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT desired, active_version FROM consumer_control WHERE id = 1{lock}"
+                )))
+                .fetch_one(&mut *c)
+                .await?;
+            let applied: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE",
+            )
+            .fetch_one(&mut *c)
+            .await?;
+            Ok::<_, sqlx::Error>((desired, active_version, applied))
+        })?;
+    Ok(if desired == "paused" {
+        Some("the consumer is paused".into())
+    } else if active_version.is_some_and(|v| v != app.config.version) {
+        Some("another version is the active one".into())
+    } else if applied.unwrap_or(0) > app.control.known_schema() {
+        Some("the database has a newer schema (fenced)".into())
+    } else {
+        None
+    })
+}
+
 async fn read_in(tx: &mut Tx) -> Result<Switch, sqlx::Error> {
+    // Locked for the change that follows: two changes at once (a pause and an expiry,
+    // say) must not both build on the same revision. SQLite's BEGIN IMMEDIATE already
+    // serialises them.
+    if let Tx::Postgres(c) = tx {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT_SWITCH} FOR UPDATE")))
+            .fetch_one(&mut **c)
+            .await?;
+        return Ok(switch_from_row!(row));
+    }
     on_tx!(tx, |c| {
         let row = sqlx::query(SELECT_SWITCH).fetch_one(&mut *c).await?;
         Ok(switch_from_row!(row))

@@ -141,7 +141,7 @@ async fn shed_load(State(app): State<AppState>, req: Request, next: Next) -> Res
                     "more than {} checkouts in progress; retry shortly",
                     app.config.max_in_flight
                 ),
-                retry_after: std::time::Duration::from_secs(1),
+                retry_after: app.config.retry_after,
             }
             .into_response()
         }

@@ -260,6 +260,10 @@ impl Receiver for EmbeddedReceiver {
     ) -> Result<Vec<Delivery>, QueueError> {
         let poll = self.queue.inner.options.poll_interval;
         loop {
+            // A stopped receiver takes nothing more (the trait's contract).
+            if stop.is_cancelled() {
+                return Ok(Vec::new());
+            }
             // Listen before looking, so a send that commits in between is not missed.
             let arrival = self.queue.inner.shared.arrivals.notified();
             tokio::pin!(arrival);
@@ -370,19 +374,29 @@ async fn run_writer(
         // survives a process crash). The batched drain's one fsync is then the orders
         // commit.
         let needs_fsync = ops.iter().any(Op::needs_fsync);
-        if needs_fsync != durable {
+        let mode = if needs_fsync == durable {
+            Ok(())
+        } else {
             let pragma = if needs_fsync {
                 "PRAGMA synchronous = FULL"
             } else {
                 "PRAGMA synchronous = NORMAL"
             };
-            if let Err(e) = sqlx::query(pragma).execute(&mut conn).await {
-                tracing::warn!(error = %e, "cannot switch the queue's fsync mode");
-            } else {
-                durable = needs_fsync;
+            sqlx::query(pragma)
+                .execute(&mut conn)
+                .await
+                .map(|_| durable = needs_fsync)
+        };
+        // Never acknowledge a send that was committed without its fsync.
+        let applied = match mode {
+            Ok(()) => apply(&mut conn, &ops, &policy).await,
+            Err(e) if needs_fsync => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot relax the queue's fsync mode; committing with it");
+                apply(&mut conn, &ops, &policy).await
             }
-        }
-        match apply(&mut conn, &ops, &policy).await {
+        };
+        match applied {
             Ok(done) => {
                 shared.healthy.store(true, Ordering::Relaxed);
                 for (reply, done) in replies.into_iter().zip(done) {

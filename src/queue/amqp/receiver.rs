@@ -222,6 +222,8 @@ impl Receiver for AmqpReceiver {
             let next_due = self.delayed.iter().map(|(at, _)| *at).min();
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
+                // A stop wins over a delivery that is ready at the same moment.
+                biased;
                 _ = stop.cancelled() => return Ok(Vec::new()),
                 _ = tokio::time::sleep_until(next_due.unwrap_or(far)) => continue,
                 received = self.link.recv::<Body<Value>>() => break received,
