@@ -221,15 +221,8 @@ async fn a_consumer_killed_mid_stream_leaves_exactly_one_order_per_cart() {
     })
     .await;
     assert_eq!(order_counts(&backend, dir.path()).await, (300, 300));
-    let metrics = http
-        .get(format!("{}/metrics", survivor.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let duplicates = metric(
+    let metrics = common::metrics_text(&http, &survivor.base).await;
+    let duplicates = common::metric(
         &metrics,
         "cartbus_consumer_messages_total{outcome=\"duplicate\"}",
     );
@@ -335,14 +328,6 @@ async fn bad_messages_are_recorded_then_rejected_into_the_dead_letter_queue() {
             broker::delete(&dlq);
         }
     }
-}
-
-/// The value of one sample line of Prometheus text, 0 when absent.
-fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample))
-        .and_then(|rest| rest.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -813,14 +813,7 @@ async fn an_instance_that_missed_the_pause_still_commits_nothing() {
     // The consumer takes them, finds the switch paused inside its transaction, and gives
     // them back: no order is written while paused.
     let metrics = eventually("the consumer gave a batch back", || async {
-        let text = http
-            .get(format!("{}/metrics", deaf.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = common::metrics_text(&http, &deaf.base).await;
         text.lines()
             .any(|l| {
                 l.starts_with("cartbus_consumer_messages_total{outcome=\"released\"}")

@@ -95,14 +95,7 @@ async fn a_consumer_killed_between_commit_and_settle_makes_no_second_order() {
         let (_, checkout) =
             common::get_json(&http, &second.base, &format!("/v1/checkouts/{cart_id}")).await;
         assert_eq!(checkout["order_id"], order["order_id"]);
-        let metrics = http
-            .get(format!("{}/metrics", second.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = common::metrics_text(&http, &second.base).await;
         assert!(
             metrics.contains(r#"cartbus_consumer_messages_total{outcome="duplicate"} 1"#),
             "the redelivery was recognised as a duplicate:\n{metrics}"

@@ -284,15 +284,7 @@ async fn past_its_in_flight_limit_intake_sheds_with_503_and_retry_after() {
         (app.post_cart(&cart()).await.status() == 202).then_some(())
     })
     .await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = common::metrics_text(&app.client, &app.base).await;
     assert!(
         metrics.lines().any(
             |l| l.starts_with("cartbus_checkouts_total{outcome=\"shed\"}") && !l.ends_with(" 0")

@@ -231,6 +231,26 @@ pub async fn wait_for_order(client: &reqwest::Client, base: &str, cart_id: &str)
     order
 }
 
+/// The service's Prometheus text.
+pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of one sample line (`name{labels}`) of Prometheus text, 0 when absent.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Polls `probe` until it returns `Some` or [`DEADLINE`] passes.
 pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
 where
