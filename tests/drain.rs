@@ -44,6 +44,17 @@ async fn admin_get(http: &reqwest::Client, base: &str, path: &str) -> (u16, Valu
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Pauses and asserts that the call answered `200` with `drained: true`; returns the status.
+async fn pause_until_drained(http: &reqwest::Client, base: &str, body: Value) -> Value {
+    let (status, drained) = admin_post(http, base, "/v1/admin/consumer/pause", body).await;
+    assert_eq!(
+        (status, &drained["drained"]),
+        (200, &json!(true)),
+        "{drained}"
+    );
+    drained
+}
+
 /// Leased (handed out, unsettled) messages in the embedded queue file.
 async fn leased_messages(dir: &std::path::Path) -> i64 {
     use sqlx::Connection;
@@ -174,14 +185,12 @@ async fn pausing_and_resuming_twice_is_harmless_and_other_versions_stay_passive(
     let app = TestApp::spawn(&with_admin(Settings::new(dir.path(), &Backend::Sqlite))).await;
     let http = &app.client;
     for _ in 0..2 {
-        let (status, body) = admin_post(
+        pause_until_drained(
             http,
             &app.base,
-            "/v1/admin/consumer/pause",
             json!({ "reason": "twice", "wait_seconds": 10 }),
         )
         .await;
-        assert_eq!((status, &body["drained"]), (200, &json!(true)), "{body}");
     }
     // Resuming for another version leaves this one passive: carts stay pending.
     let (status, body) = admin_post(
@@ -330,18 +339,7 @@ async fn a_pause_sent_to_one_instance_stops_both_and_drained_waits_for_both() {
         );
     }
 
-    let (status, drained) = admin_post(
-        &http,
-        &a.base,
-        "/v1/admin/consumer/pause",
-        json!({ "wait_seconds": 30 }),
-    )
-    .await;
-    assert_eq!(
-        (status, &drained["drained"]),
-        (200, &json!(true)),
-        "{drained}"
-    );
+    let drained = pause_until_drained(&http, &a.base, json!({ "wait_seconds": 30 })).await;
     for name in ["a", "b"] {
         let me = instance(&drained, name);
         assert_eq!(
@@ -377,18 +375,7 @@ async fn a_pause_sent_to_one_instance_stops_both_and_drained_waits_for_both() {
     // b dies without a word (SIGKILL) while running: a pause is drained once b's
     // heartbeats stop counting, and b is no longer listed.
     b.kill();
-    let (status, drained) = admin_post(
-        &http,
-        &a.base,
-        "/v1/admin/consumer/pause",
-        json!({ "wait_seconds": 30 }),
-    )
-    .await;
-    assert_eq!(
-        (status, &drained["drained"]),
-        (200, &json!(true)),
-        "{drained}"
-    );
+    let drained = pause_until_drained(&http, &a.base, json!({ "wait_seconds": 30 })).await;
     assert_eq!(instance(&drained, "b"), &Value::Null, "{drained}");
 }
 
@@ -445,18 +432,12 @@ async fn slot_swap_drill_loses_nothing_and_fails_no_request() {
 
     // 1. Pause → drained, under load.
     let asked = Instant::now();
-    let (status, drained) = admin_post(
+    pause_until_drained(
         &http,
         &v1.base,
-        "/v1/admin/consumer/pause",
         json!({ "reason": "slot swap to 2.0.0", "wait_seconds": 30 }),
     )
     .await;
-    assert_eq!(
-        (status, &drained["drained"]),
-        (200, &json!(true)),
-        "{drained}"
-    );
     common::note(&format!(
         "drill: pause→drained under load in {:?}",
         asked.elapsed()

@@ -41,7 +41,7 @@ use crate::db::Db;
 use crate::queue::{Lookup, Message, Queue, QueueError, QueueStats, Receiver};
 
 pub use convert::to_amqp;
-pub use publisher::PublisherState;
+use publisher::PublisherState;
 
 /// A target whose queue RabbitMQ 3.x declares durable on attach (`/queue/NAME`); with the
 /// default terminus the auto-declared queue is non-durable and gone after a restart.
@@ -118,10 +118,6 @@ impl AmqpQueue {
             stop,
             receivers: AtomicU64::new(0),
         }
-    }
-
-    pub fn state(&self) -> &PublisherState {
-        &self.state
     }
 }
 

@@ -44,7 +44,7 @@ pub(super) struct Publish {
 
 /// What the supervisor tells the rest of the service: readiness, metrics, fail-fast.
 #[derive(Debug)]
-pub struct PublisherState {
+pub(super) struct PublisherState {
     connected: AtomicBool,
     stopped: AtomicBool,
     stopped_signal: Notify,
@@ -63,16 +63,8 @@ impl PublisherState {
         }
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(super) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
-    }
-
-    pub fn connects(&self) -> u64 {
-        self.connects.get()
-    }
-
-    pub fn losses(&self) -> u64 {
-        self.losses.get()
     }
 
     pub(super) async fn wait_stopped(&self, limit: Duration) {
