@@ -15,6 +15,7 @@ fn raw_message(message_id: &str, body: Vec<u8>) -> Message {
         content_type: "application/json".into(),
         properties: Properties::from([("schema".into(), Property::Int(1))]),
         body: Bytes::from(body),
+        ..Default::default()
     }
 }
 

@@ -41,6 +41,7 @@ fn message(n: usize) -> Message {
             ("gift".into(), Property::Bool(true)),
         ]),
         body: Bytes::from(format!("{{\"n\":{n}}}")),
+        ..Default::default()
     }
 }
 

@@ -48,6 +48,7 @@ pub fn encode(cart: &Cart, accepted_at: DateTime<Utc>) -> Message {
         content_type: CONTENT_TYPE.to_string(),
         properties,
         body: Bytes::from(body),
+        ..Default::default()
     }
 }
 

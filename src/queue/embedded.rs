@@ -31,6 +31,16 @@ use super::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/queue");
 
+/// The queue file's migrations. A newer version may have migrated the file further (both
+/// run side by side during a swap): this one keeps working with the columns it knows.
+fn migrator() -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator {
+        migrations: MIGRATOR.migrations.clone(),
+        ignore_missing: true,
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 1024;
 /// SQLite allows 32,766 bound parameters; a send row binds 8.
@@ -96,7 +106,7 @@ impl EmbeddedQueue {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
         let mut writer = connect.connect().await?;
-        MIGRATOR
+        migrator()
             .run(&mut writer)
             .await
             .map_err(|e| QueueError::Unavailable(format!("queue migration failed: {e}")))?;
@@ -477,7 +487,8 @@ async fn insert_messages(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     let mut insert = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO messages (address, message_id, content_type, properties, body, enqueued_at, visible_at, attempts) ",
+        "INSERT INTO messages (address, message_id, content_type, correlation_id, reply_to, subject,
+             properties, body, enqueued_at, visible_at, attempts) ",
     );
     insert.push_values(rows, |mut row, (address, message)| {
         let properties =
@@ -485,6 +496,9 @@ async fn insert_messages(
         row.push_bind(*address)
             .push_bind(message.message_id.as_str())
             .push_bind(message.content_type.as_str())
+            .push_bind(message.correlation_id.as_deref())
+            .push_bind(message.reply_to.as_deref())
+            .push_bind(message.subject.as_deref())
             .push_bind(properties)
             .push_bind(message.body.as_ref())
             .push_bind(now)
@@ -510,7 +524,8 @@ async fn lease(
          SET visible_at = $1, lease_owner = $2, lease_token = $3, deliveries = deliveries + 1
          WHERE id IN (SELECT id FROM messages WHERE address = $4 AND visible_at <= $5
                       ORDER BY id LIMIT $6)
-         RETURNING id, message_id, content_type, properties, body, enqueued_at, attempts",
+         RETURNING id, message_id, content_type, correlation_id, reply_to, subject, properties,
+                   body, enqueued_at, attempts",
     )
     .bind(until)
     .bind(owner)
@@ -532,6 +547,9 @@ async fn lease(
                 message: Message {
                     message_id: row.get("message_id"),
                     content_type: row.get("content_type"),
+                    correlation_id: row.get("correlation_id"),
+                    reply_to: row.get("reply_to"),
+                    subject: row.get("subject"),
                     properties,
                     body: Bytes::from(row.get::<Vec<u8>, _>("body")),
                 },

@@ -33,10 +33,16 @@ pub enum Property {
 
 pub type Properties = BTreeMap<String, Property>;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Message {
     pub message_id: String,
     pub content_type: String,
+    /// AMQP `correlation-id`: what a reply refers to (the order id of a new-order).
+    pub correlation_id: Option<String>,
+    /// AMQP `reply-to`: the address to answer on.
+    pub reply_to: Option<String>,
+    /// AMQP `subject`: the kind of message (`new-order`).
+    pub subject: Option<String>,
     pub properties: Properties,
     pub body: Bytes,
 }
@@ -62,6 +68,13 @@ pub enum DeadLetterReason {
     Invalid,
     /// Failed more often than the attempt limit allows.
     MaxAttempts,
+    /// A partner reply whose signature is missing or wrong, or whose partner has no
+    /// secret configured.
+    BadSignature,
+    /// A partner reply about an order that does not exist.
+    UnknownOrder,
+    /// A partner reply about an order assigned to another partner.
+    WrongPartner,
 }
 
 impl DeadLetterReason {
@@ -71,6 +84,9 @@ impl DeadLetterReason {
             DeadLetterReason::UnknownSchema => "unknown-schema",
             DeadLetterReason::Invalid => "invalid",
             DeadLetterReason::MaxAttempts => "max-attempts",
+            DeadLetterReason::BadSignature => "bad-signature",
+            DeadLetterReason::UnknownOrder => "unknown-order",
+            DeadLetterReason::WrongPartner => "wrong-partner",
         }
     }
 }

@@ -196,6 +196,7 @@ fn message(n: usize, body: &Bytes) -> AmqpMessage<Data> {
         content_type: "application/json".into(),
         properties: Properties::new(),
         body: body.clone(),
+        ..Default::default()
     })
 }
 
@@ -295,6 +296,7 @@ async fn cartbus_publish(
                     content_type: "application/json".into(),
                     properties: Properties::new(),
                     body: body.clone(),
+                    ..Default::default()
                 };
                 queue.send(&address, message).await?;
                 n += callers;

@@ -11,6 +11,18 @@ use crate::queue::{Message, Properties, Property};
 
 /// A durable message: without the durable header a broker restart loses it.
 pub fn to_amqp(message: Message) -> AmqpMessage<Data> {
+    let mut header = AmqpProperties::builder()
+        .message_id(MessageId::String(message.message_id))
+        .content_type(message.content_type);
+    if let Some(id) = message.correlation_id {
+        header = header.correlation_id(MessageId::String(id));
+    }
+    if let Some(address) = message.reply_to {
+        header = header.reply_to(address);
+    }
+    if let Some(subject) = message.subject {
+        header = header.subject(subject);
+    }
     let mut properties = ApplicationProperties::builder();
     for (key, value) in message.properties {
         let value = match value {
@@ -26,12 +38,7 @@ pub fn to_amqp(message: Message) -> AmqpMessage<Data> {
             durable: true,
             ..Default::default()
         })
-        .properties(
-            AmqpProperties::builder()
-                .message_id(MessageId::String(message.message_id))
-                .content_type(message.content_type)
-                .build(),
-        )
+        .properties(header.build())
         .application_properties(properties.build())
         .data(Binary::from(message.body.to_vec()))
         .build()
@@ -40,13 +47,7 @@ pub fn to_amqp(message: Message) -> AmqpMessage<Data> {
 /// Reads whatever a producer sent. Fields cartbus does not understand become empty or are
 /// skipped; the consumer then dead-letters the message as invalid rather than dropping it.
 pub fn from_amqp(message: AmqpMessage<Body<Value>>) -> Message {
-    let (message_id, content_type) = match message.properties {
-        Some(p) => (
-            p.message_id.map(message_id_text).unwrap_or_default(),
-            p.content_type.map(|s| s.0).unwrap_or_default(),
-        ),
-        None => (String::new(), String::new()),
-    };
+    let header = message.properties.unwrap_or_default();
     let mut properties = Properties::new();
     if let Some(app) = message.application_properties {
         for (key, value) in app.0 {
@@ -67,8 +68,11 @@ pub fn from_amqp(message: AmqpMessage<Body<Value>>) -> Message {
         }
     }
     Message {
-        message_id,
-        content_type,
+        message_id: header.message_id.map(message_id_text).unwrap_or_default(),
+        content_type: header.content_type.map(|s| s.0).unwrap_or_default(),
+        correlation_id: header.correlation_id.map(message_id_text),
+        reply_to: header.reply_to,
+        subject: header.subject,
         properties,
         body: body_bytes(message.body),
     }
@@ -117,6 +121,9 @@ mod tests {
         let message = Message {
             message_id: "6f7c2f7e-0000-4000-8000-000000000001".into(),
             content_type: "application/json".into(),
+            correlation_id: Some("order-1".into()),
+            reply_to: Some("/queue/order-status".into()),
+            subject: Some("new-order".into()),
             properties,
             body: Bytes::from_static(br#"{"cart":1}"#),
         };

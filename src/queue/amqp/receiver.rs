@@ -131,6 +131,7 @@ impl AmqpReceiver {
                     content_type: String::new(),
                     properties: Default::default(),
                     body: Bytes::from(format!("undecodable AMQP message: {}", e.source)),
+                    ..Default::default()
                 };
                 Ok(self.take(e.info, message))
             }
