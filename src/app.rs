@@ -15,6 +15,11 @@ pub struct App {
     pub config: Config,
     pub db: Db,
     pub queue: Arc<dyn Queue>,
+    /// What the fulfilment relay sends on: for a broker, its own connection, so that a
+    /// partner address that fails cannot disturb checkouts.
+    pub outbox_queue: Arc<dyn Queue>,
+    /// Wakes this instance's relay when orders were just written.
+    pub outbox_wake: tokio::sync::Notify,
     pub metrics: Metrics,
     pub health: Health,
     pub control: Control,

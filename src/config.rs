@@ -4,6 +4,7 @@
 //! stops start-up with a message naming the environment variable that sets it. Secrets are
 //! wrapped in [`SecretString`] from the moment they are read, so they never print.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +13,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
+
+use crate::fulfilment::settings::{self, FulfilmentSettings, RawFulfilment};
 
 /// Where orders live.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +152,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub log: String,
     pub log_json: bool,
+    /// The hand-off to transport partners and their replies (DESIGN §7).
+    pub fulfilment: FulfilmentSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +163,9 @@ pub enum ConfigError {
         setting: &'static str,
         message: String,
     },
+    /// A setting whose name is built from data (`CARTBUS_PARTNER_<NAME>_SECRET`).
+    #[error("invalid setting {setting}: {message}")]
+    Dynamic { setting: String, message: String },
     #[error("invalid configuration: {0}")]
     Source(String),
 }
@@ -214,6 +222,19 @@ struct Raw {
     log: String,
     #[serde(deserialize_with = "lenient_string")]
     log_format: String,
+    // Fulfilment (DESIGN §7); partners' own settings are read by key, see `from_figment`.
+    #[serde(deserialize_with = "lenient_opt_string")]
+    routes: Option<String>,
+    #[serde(deserialize_with = "lenient_opt_string")]
+    audit_address: Option<String>,
+    audit_threshold: i64,
+    #[serde(deserialize_with = "lenient_opt_string")]
+    status_address: Option<String>,
+    relay_batch: u32,
+    relay_lease_seconds: u64,
+    relay_max_retries: u32,
+    relay_retry_base_ms: u64,
+    relay_poll_ms: u64,
 }
 
 impl Default for Raw {
@@ -246,6 +267,15 @@ impl Default for Raw {
             shutdown_timeout_seconds: 30,
             log: "info".into(),
             log_format: "text".into(),
+            routes: None,
+            audit_address: None,
+            audit_threshold: 1_000_000,
+            status_address: None,
+            relay_batch: 32,
+            relay_lease_seconds: 30,
+            relay_max_retries: 10,
+            relay_retry_base_ms: 1_000,
+            relay_poll_ms: 500,
         }
     }
 }
@@ -308,7 +338,30 @@ impl Config {
                 .unwrap_or_else(|| "configuration".into());
             ConfigError::Source(format!("{setting}: {}", e.kind))
         })?;
-        raw.validate()
+        // `CARTBUS_PARTNER_<NAME>_*`: names not known in advance.
+        let all: BTreeMap<String, figment::value::Value> = figment
+            .extract()
+            .map_err(|e| ConfigError::Source(e.to_string()))?;
+        let partner_keys = all
+            .into_iter()
+            .filter(|(key, _)| key.starts_with("partner_"))
+            .map(|(key, value)| {
+                let text = match value {
+                    figment::value::Value::String(_, s) => s,
+                    figment::value::Value::Num(_, n) => n
+                        .to_u128()
+                        .map(|n| n.to_string())
+                        .or_else(|| n.to_i128().map(|n| n.to_string()))
+                        .or_else(|| n.to_f64().map(|n| n.to_string()))
+                        .unwrap_or_default(),
+                    figment::value::Value::Bool(_, b) => b.to_string(),
+                    figment::value::Value::Char(_, c) => c.to_string(),
+                    _ => String::new(),
+                };
+                (key, text)
+            })
+            .collect();
+        raw.validate(partner_keys)
     }
 
     /// Whether the admin API is switched on.
@@ -325,7 +378,7 @@ fn env_name(key: &str) -> String {
 }
 
 impl Raw {
-    fn validate(self) -> Result<Config, ConfigError> {
+    fn validate(self, partner_keys: Vec<(String, String)>) -> Result<Config, ConfigError> {
         let listen = self.listen.trim().parse::<SocketAddr>().map_err(|e| {
             invalid(
                 "CARTBUS_LISTEN",
@@ -495,6 +548,23 @@ impl Raw {
             }
         };
 
+        let fulfilment = settings::validate(RawFulfilment {
+            routes: self.routes.as_deref(),
+            audit_address: self.audit_address.as_deref(),
+            audit_threshold: self.audit_threshold,
+            status_address: self.status_address.as_deref(),
+            relay_batch: self.relay_batch,
+            relay_lease_seconds: self.relay_lease_seconds,
+            relay_max_retries: self.relay_max_retries,
+            relay_retry_base_ms: self.relay_retry_base_ms,
+            relay_poll_ms: self.relay_poll_ms,
+            partner_keys,
+            address_prefix: match queue {
+                QueueConfig::Amqp(_) => "/queue/",
+                QueueConfig::Embedded { .. } => "",
+            },
+        })?;
+
         Ok(Config {
             listen,
             data_dir,
@@ -520,6 +590,7 @@ impl Raw {
             shutdown_timeout,
             log: self.log,
             log_json,
+            fulfilment,
         })
     }
 }
@@ -533,7 +604,7 @@ fn non_empty<'a>(setting: &'static str, value: &'a str) -> Result<&'a str, Confi
     }
 }
 
-fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+pub(crate) fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     setting: &'static str,
     value: T,
     min: T,

@@ -9,6 +9,7 @@ pub mod control;
 pub mod db;
 pub mod deadletters;
 mod fault;
+pub mod fulfilment;
 mod health;
 pub mod http;
 pub mod metrics;
@@ -54,6 +55,12 @@ impl Application {
         let config_kind = config.database_kind.clone();
         let max_in_flight = config.max_in_flight;
         let queue = open_queue(&config, &db, &metrics).await;
+        let outbox_queue = match &config.queue {
+            QueueConfig::Amqp(_) if config.fulfilment.enabled() => {
+                open_queue(&config, &db, &metrics).await
+            }
+            _ => queue.clone(),
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (CARTBUS_LISTEN)", config.listen))?;
@@ -61,6 +68,8 @@ impl Application {
             config,
             db,
             queue,
+            outbox_queue,
+            outbox_wake: tokio::sync::Notify::new(),
             metrics,
             health: Health::default(),
             control: Control::new(db::known_schema_version(&config_kind)),
@@ -112,6 +121,8 @@ impl Application {
         for _ in 0..app.config.consumers {
             tasks.spawn(consumer::run(app.clone(), workers_stop.clone()));
         }
+        tasks.spawn(fulfilment::relay::run(app.clone(), workers_stop.clone()));
+        tasks.spawn(fulfilment::replies::run(app.clone(), workers_stop.clone()));
         tasks.spawn(health::monitor(app.clone(), workers_stop.clone()));
         tasks.spawn(control::watch(app.clone(), workers_stop.clone()));
 
@@ -154,13 +165,17 @@ impl Application {
             );
         }
         app.queue.shutdown().await;
+        if !Arc::ptr_eq(&app.queue, &app.outbox_queue) {
+            app.outbox_queue.shutdown().await;
+        }
         app.db.close().await;
         tracing::info!("stopped");
         served.context("HTTP server failed")
     }
 }
 
-async fn open_queue(config: &Config, db: &Db, metrics: &Metrics) -> Arc<dyn Queue> {
+/// The queue `CARTBUS_QUEUE_URL` names; an unusable one stands in as [`UnavailableQueue`].
+pub async fn open_queue(config: &Config, db: &Db, metrics: &Metrics) -> Arc<dyn Queue> {
     match &config.queue {
         QueueConfig::Embedded { path } => {
             let options = EmbeddedOptions {

@@ -15,6 +15,11 @@ pub struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
     pub route: String,
@@ -43,6 +48,12 @@ pub struct Metrics {
     pub intake_per_second: Gauge<f64, AtomicU64>,
     pub drain_per_second: Gauge<f64, AtomicU64>,
     pub catch_up_eta_seconds: Gauge<f64, AtomicU64>,
+    /// Outbox events: sent, audit_copy, send_failed, critical_error.
+    pub outbox_events: Family<Outcome, Counter>,
+    /// Outbox rows not yet processed, by status (sampled at scrape).
+    pub outbox_rows: Family<StatusLabel, Gauge>,
+    /// Partner status replies by outcome: applied, duplicate, or the dead-letter reason.
+    pub partner_replies: Family<Outcome, Counter>,
 }
 
 impl Default for Metrics {
@@ -136,7 +147,28 @@ impl Metrics {
             "Seconds until the queue is empty at current rates (NaN when not shrinking)",
             catch_up_eta_seconds.clone(),
         );
+        let outbox_events = Family::<Outcome, Counter>::default();
+        registry.register(
+            "outbox_events",
+            "Fulfilment relay: orders sent to partners, audit copies, failed sends, critical errors",
+            outbox_events.clone(),
+        );
+        let outbox_rows = Family::<StatusLabel, Gauge>::default();
+        registry.register(
+            "outbox_rows",
+            "Outbox rows waiting or stuck, by status: pending, error (retrying), critical_error (sampled at scrape)",
+            outbox_rows.clone(),
+        );
+        let partner_replies = Family::<Outcome, Counter>::default();
+        registry.register(
+            "partner_replies",
+            "Partner status replies by outcome: applied, duplicate, or the dead-letter reason",
+            partner_replies.clone(),
+        );
         Metrics {
+            outbox_events,
+            outbox_rows,
+            partner_replies,
             registry,
             consumer_running,
             consumer_in_flight,
@@ -161,6 +193,18 @@ impl Metrics {
 
     pub fn consumed(&self, outcome: &'static str, n: u64) {
         self.consumer.get_or_create(&Outcome { outcome }).inc_by(n);
+    }
+
+    pub fn outbox(&self, outcome: &'static str, n: u64) {
+        self.outbox_events
+            .get_or_create(&Outcome { outcome })
+            .inc_by(n);
+    }
+
+    pub fn partner_reply(&self, outcome: &'static str) {
+        self.partner_replies
+            .get_or_create(&Outcome { outcome })
+            .inc();
     }
 
     /// The registry in Prometheus text format.

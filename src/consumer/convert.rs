@@ -47,6 +47,7 @@ impl Outcome {
             Outcome::Rejected(DeadLetterReason::UnknownSchema, _) => "unknown_schema",
             Outcome::Rejected(DeadLetterReason::MaxAttempts, _) => "max_attempts",
             Outcome::Rejected(DeadLetterReason::Invalid, _) => "invalid",
+            Outcome::Rejected(reason, _) => reason.as_str(),
         }
     }
 
@@ -264,6 +265,9 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
     }
     // A failed commit may or may not have landed; either way redelivery is safe.
     tx.commit().await.map_err(Failure::Unreachable)?;
+    if outcomes.iter().any(|o| matches!(o, Outcome::Created)) {
+        app.outbox_wake.notify_one();
+    }
     Ok(outcomes)
 }
 

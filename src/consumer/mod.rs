@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
-use crate::control::Mode;
+use crate::control::{self, Mode, pause};
 use crate::queue::{Delivery, QueueError, Receiver};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -25,14 +25,8 @@ pub async fn run(app: AppState, stop: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
     while !stop.is_cancelled() {
         // Consume only while the drain switch lets this instance, and orders can be written.
-        let mode = *modes.borrow_and_update();
-        if mode != Mode::Consume || !app.can_write_orders() {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = modes.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-            continue;
+        if !control::until_working(&app, &mut modes, &stop).await {
+            break;
         }
         // Counted as consuming from before the receiver opens (a broker connect takes a
         // while): until the session is over, this instance must not report `paused`.
@@ -151,12 +145,4 @@ async fn consume(
         tracing::warn!(error = %e, "could not give back unsettled deliveries; their leases will expire");
     }
     result
-}
-
-/// Sleeps for `duration` unless `stop` comes first.
-async fn pause(stop: &CancellationToken, duration: Duration) {
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = tokio::time::sleep(duration) => {}
-    }
 }

@@ -230,6 +230,37 @@ pub fn mode_for(app: &App, switch: &Switch, applied_schema: i64) -> Mode {
 }
 
 /// Runs until `stop`: keeps this instance's mode in step with the switch and heartbeats.
+/// Waits until this instance may work its queues (the switch says consume and orders can
+/// be written); false once `stop` is cancelled. The consumer, the fulfilment relay and the
+/// partner replies all pause with the switch this way.
+pub async fn until_working(
+    app: &App,
+    modes: &mut channel::Receiver<Mode>,
+    stop: &CancellationToken,
+) -> bool {
+    loop {
+        if stop.is_cancelled() {
+            return false;
+        }
+        if *modes.borrow_and_update() == Mode::Consume && app.can_write_orders() {
+            return true;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = modes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Sleeps for `duration` unless `stop` comes first.
+pub async fn pause(stop: &CancellationToken, duration: Duration) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(duration) => {}
+    }
+}
+
 pub async fn watch(app: std::sync::Arc<App>, stop: CancellationToken) {
     let mut notifications = listen(&app.db).await;
     let mut last_mode = Mode::Unknown;

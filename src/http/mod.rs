@@ -5,6 +5,7 @@ mod checkouts;
 pub mod extract;
 mod ops;
 mod orders;
+mod outbox;
 pub mod problem;
 
 use std::time::Instant;
@@ -89,6 +90,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::pause))
         .routes(routes!(admin::resume))
         .routes(routes!(admin::history))
+        .routes(routes!(outbox::list))
+        .routes(routes!(outbox::retry))
 }
 
 /// The OpenAPI document, generated from the handlers.

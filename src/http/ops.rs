@@ -77,6 +77,26 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
             .unwrap_or(0.0);
         app.metrics.queue_oldest_age.set(age);
     }
+    if let Ok(Ok(counts)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        crate::fulfilment::store::counts(&app.db),
+    )
+    .await
+    {
+        for status in ["pending", "error", "critical_error"] {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == status)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            app.metrics
+                .outbox_rows
+                .get_or_create(&crate::metrics::StatusLabel {
+                    status: status.to_string(),
+                })
+                .set(n);
+        }
+    }
     app.metrics.ready.set(i64::from(app.is_ready()));
     app.metrics.queue_up.set(i64::from(app.queue.is_healthy()));
     let control = &app.control;

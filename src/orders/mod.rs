@@ -270,6 +270,15 @@ pub async fn place_many(
             .bind(now)
             .execute(&mut **c)
             .await?;
+            // The fulfilment outbox row, in the order's own transaction (DESIGN §7).
+            sqlx::query(
+                "INSERT INTO order_dispatch (order_id, next_attempt_at, created_at)
+                 SELECT id, $2, $2 FROM UNNEST($1::uuid[]) AS t(id)",
+            )
+            .bind(new_orders.iter().map(|(_, id)| *id).collect::<Vec<Uuid>>())
+            .bind(now)
+            .execute(&mut **c)
+            .await?;
         }
         return Ok(placements);
     }
@@ -297,6 +306,13 @@ pub async fn place_many(
                 row.push_bind(*order_id).push_bind("placed").push_bind(now);
             });
             insert.push(" ON CONFLICT (order_id, status) DO NOTHING");
+            insert.build().execute(&mut *c).await?;
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO order_dispatch (order_id, next_attempt_at, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, (_, order_id)| {
+                row.push_bind(*order_id).push_bind(now).push_bind(now);
+            });
             insert.build().execute(&mut *c).await.map(drop)
         })?;
     }
@@ -449,7 +465,12 @@ pub struct OrderView {
     pub created_at: DateTime<Utc>,
     pub transport_partner: Option<String>,
     pub tracking_id: Option<String>,
-    /// Oldest first.
+    /// The furthest status reached (the last of `status_history`).
+    #[schema(example = "shipped")]
+    pub status: Option<String>,
+    /// In the order of the fulfilment steps (`placed`, `sent_to_partner`,
+    /// `received_by_partner`, `shipped`, `delivered`), so a partner reply that arrives
+    /// late never moves it backwards; within a step, oldest first.
     pub status_history: Vec<StatusEntry>,
 }
 
@@ -477,6 +498,17 @@ struct OrderRow {
 
 pub async fn find(db: &Db, order_id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
     on_db!(db, |pool| {
+        // History first: a partner reply adds its status and tracking id in one
+        // transaction, so the order row read after it is never older than the history.
+        let status_history: Vec<StatusEntry> = sqlx::query_as(
+            "SELECT status, at FROM order_status WHERE order_id = $1
+             ORDER BY CASE status WHEN 'placed' THEN 0 WHEN 'sent_to_partner' THEN 1
+                      WHEN 'received_by_partner' THEN 2 WHEN 'shipped' THEN 3
+                      WHEN 'delivered' THEN 4 ELSE 5 END, at, seq",
+        )
+        .bind(order_id)
+        .fetch_all(pool)
+        .await?;
         let row: Option<OrderRow> = sqlx::query_as(
             "SELECT id, cart_id, customer_id, customer_name, customer_email, customer_phone,
                     ship_line1, ship_line2, ship_city, ship_region, ship_postal_code,
@@ -495,14 +527,97 @@ pub async fn find(db: &Db, order_id: Uuid) -> Result<Option<OrderView>, sqlx::Er
         .bind(order_id)
         .fetch_all(pool)
         .await?;
-        let status_history: Vec<StatusEntry> = sqlx::query_as(
-            "SELECT status, at FROM order_status WHERE order_id = $1 ORDER BY at, seq",
-        )
-        .bind(order_id)
-        .fetch_all(pool)
-        .await?;
         Ok(Some(row.into_view(lines, status_history)))
     })
+}
+
+/// Several orders with their lines, in two queries (no status history: callers that hand
+/// orders on do not need it). Missing ids are left out.
+pub async fn find_many(db: &Db, order_ids: &[Uuid]) -> Result<Vec<OrderView>, sqlx::Error> {
+    if order_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    const COLUMNS: &str = "id, cart_id, customer_id, customer_name, customer_email,
+        customer_phone, ship_line1, ship_line2, ship_city, ship_region, ship_postal_code,
+        ship_country, currency, total, source, created_at, transport_partner, tracking_id";
+    let (rows, lines): (Vec<OrderRow>, Vec<(Uuid, LineView)>) = match db {
+        Db::Postgres(pool) => {
+            let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM orders WHERE id = ANY($1)"
+            )))
+            .bind(order_ids)
+            .fetch_all(pool)
+            .await?;
+            let lines: Vec<LineRow> = sqlx::query_as(
+                "SELECT order_id, sku, name, quantity, unit_price FROM order_lines
+                 WHERE order_id = ANY($1) ORDER BY order_id, line_no",
+            )
+            .bind(order_ids)
+            .fetch_all(pool)
+            .await?;
+            (rows, lines.into_iter().map(LineRow::split).collect())
+        }
+        Db::Sqlite(pool) => {
+            let mut rows = Vec::new();
+            let mut lines = Vec::new();
+            for chunk in order_ids.chunks(ORDERS_PER_STATEMENT) {
+                let mut select =
+                    sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM orders WHERE id IN ("));
+                let mut ids = select.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                select.push(")");
+                rows.extend(select.build_query_as::<OrderRow>().fetch_all(pool).await?);
+                let mut select = sqlx::QueryBuilder::new(
+                    "SELECT order_id, sku, name, quantity, unit_price FROM order_lines
+                     WHERE order_id IN (",
+                );
+                let mut ids = select.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                select.push(") ORDER BY order_id, line_no");
+                let found: Vec<LineRow> = select.build_query_as().fetch_all(pool).await?;
+                lines.extend(found.into_iter().map(LineRow::split));
+            }
+            (rows, lines)
+        }
+    };
+    let mut by_order: HashMap<Uuid, Vec<LineView>> = HashMap::with_capacity(rows.len());
+    for (order_id, line) in lines {
+        by_order.entry(order_id).or_default().push(line);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let lines = by_order.remove(&row.id).unwrap_or_default();
+            row.into_view(lines, Vec::new())
+        })
+        .collect())
+}
+
+#[derive(FromRow)]
+struct LineRow {
+    order_id: Uuid,
+    sku: String,
+    name: String,
+    quantity: i32,
+    unit_price: i64,
+}
+
+impl LineRow {
+    fn split(self) -> (Uuid, LineView) {
+        (
+            self.order_id,
+            LineView {
+                sku: self.sku,
+                name: self.name,
+                quantity: self.quantity,
+                unit_price: self.unit_price,
+            },
+        )
+    }
 }
 
 impl OrderRow {
@@ -535,6 +650,7 @@ impl OrderRow {
             created_at: self.created_at,
             transport_partner: self.transport_partner,
             tracking_id: self.tracking_id,
+            status: status_history.last().map(|entry| entry.status.clone()),
             status_history,
         }
     }

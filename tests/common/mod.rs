@@ -125,6 +125,15 @@ impl Settings {
         self
     }
 
+    /// A copy with one more (or a changed) setting.
+    pub fn with(&self, key: &str, value: impl Into<String>) -> Settings {
+        Settings {
+            data_dir: self.data_dir.clone(),
+            vars: self.vars.clone(),
+        }
+        .set(key, value)
+    }
+
     pub fn config(&self) -> Config {
         Config::from_vars(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .expect("test configuration is valid")

@@ -1,0 +1,317 @@
+//! The outbox table `order_dispatch` (DESIGN §5, §7): claiming a batch under a lease, and
+//! recording what became of each row. Every write after the claim names the batch and
+//! requires the lease to hold, so a relay that stalled past its lease changes nothing.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::db::Db;
+use crate::on_db;
+
+/// One row a relay holds.
+#[derive(Clone, Debug, FromRow)]
+pub struct Claimed {
+    pub order_id: Uuid,
+    pub retry_count: i32,
+}
+
+/// Locks up to `limit` due rows for `batch_id` until `until`: rows that are pending or
+/// waiting to retry, due, and not leased (or whose lease lapsed). PostgreSQL skips rows
+/// another relay is claiming at this moment; SQLite has one writer, so one statement is
+/// atomic.
+pub async fn claim(
+    db: &Db,
+    instance: &str,
+    batch_id: Uuid,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query_as(
+                "UPDATE order_dispatch d
+                 SET locked_by = $1, locked_until = $2, batch_id = $3, version = d.version + 1
+                 FROM (SELECT order_id FROM order_dispatch
+                       WHERE process_status IN ('pending', 'error') AND next_attempt_at <= $4
+                         AND (locked_until IS NULL OR locked_until < $4)
+                       ORDER BY next_attempt_at
+                       LIMIT $5
+                       FOR UPDATE SKIP LOCKED) due
+                 WHERE d.order_id = due.order_id
+                 RETURNING d.order_id, d.retry_count",
+            )
+            .bind(instance)
+            .bind(until)
+            .bind(batch_id)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        }
+        Db::Sqlite(pool) => {
+            sqlx::query_as(
+                "UPDATE order_dispatch
+                 SET locked_by = $1, locked_until = $2, batch_id = $3, version = version + 1
+                 WHERE order_id IN (
+                       SELECT order_id FROM order_dispatch
+                       WHERE process_status IN ('pending', 'error') AND next_attempt_at <= $4
+                         AND (locked_until IS NULL OR locked_until < $4)
+                       ORDER BY next_attempt_at
+                       LIMIT $5)
+                 RETURNING order_id, retry_count",
+            )
+            .bind(instance)
+            .bind(until)
+            .bind(batch_id)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        }
+    }
+}
+
+/// Records the partner an order goes to, before it is sent, so that the partner's reply
+/// (which may come back before the row is marked) can be checked against it.
+pub async fn assign_partners(
+    db: &Db,
+    batch_id: Uuid,
+    assignments: &[(Uuid, &str)],
+) -> Result<(), sqlx::Error> {
+    if assignments.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = assignments.iter().map(|(id, _)| *id).collect();
+    let partners: Vec<String> = assignments.iter().map(|(_, p)| p.to_string()).collect();
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE order_dispatch d SET partner = t.partner
+                 FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
+                 WHERE d.order_id = t.order_id AND d.batch_id = $3",
+            )
+            .bind(&ids)
+            .bind(&partners)
+            .bind(batch_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE orders o SET transport_partner = t.partner
+                 FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
+                 WHERE o.id = t.order_id",
+            )
+            .bind(&ids)
+            .bind(&partners)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            for (id, partner) in ids.iter().zip(&partners) {
+                sqlx::query(
+                    "UPDATE order_dispatch SET partner = $1 WHERE order_id = $2 AND batch_id = $3",
+                )
+                .bind(partner)
+                .bind(id)
+                .bind(batch_id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE orders SET transport_partner = $1 WHERE id = $2")
+                    .bind(partner)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+    }
+}
+
+/// Marks sent rows `processed` and appends `sent_to_partner`, in one transaction, for the
+/// rows this batch still holds. Returns the ids marked; the others' lease lapsed.
+pub async fn mark_sent(
+    db: &Db,
+    batch_id: Uuid,
+    order_ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if order_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let marked: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE order_dispatch
+                 SET process_status = 'processed', processed_at = $3, locked_until = NULL,
+                     last_error = NULL, version = version + 1
+                 WHERE order_id = ANY($1) AND batch_id = $2 AND locked_until > $3
+                 RETURNING order_id",
+            )
+            .bind(order_ids)
+            .bind(batch_id)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO order_status (order_id, status, at)
+                 SELECT id, 'sent_to_partner', $2 FROM UNNEST($1::uuid[]) AS t(id)
+                 ON CONFLICT (order_id, status) DO NOTHING",
+            )
+            .bind(&marked)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(marked)
+        }
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let mut marked = Vec::with_capacity(order_ids.len());
+            for id in order_ids {
+                let done = sqlx::query(
+                    "UPDATE order_dispatch
+                     SET process_status = 'processed', processed_at = $3, locked_until = NULL,
+                         last_error = NULL, version = version + 1
+                     WHERE order_id = $1 AND batch_id = $2 AND locked_until > $3",
+                )
+                .bind(id)
+                .bind(batch_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 1 {
+                    sqlx::query(
+                        "INSERT INTO order_status (order_id, status, at)
+                         VALUES ($1, 'sent_to_partner', $2)
+                         ON CONFLICT (order_id, status) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    marked.push(*id);
+                }
+            }
+            tx.commit().await?;
+            Ok(marked)
+        }
+    }
+}
+
+/// What a failed send leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Retried at this time.
+    Retry(DateTime<Utc>),
+    /// Out of retries: `critical_error`, for a person.
+    GiveUp,
+}
+
+/// Records a failed send of a row this batch still holds; false when the lease lapsed.
+pub async fn mark_failed(
+    db: &Db,
+    batch_id: Uuid,
+    order_id: Uuid,
+    error: &str,
+    after: AfterFailure,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let (status, next) = match after {
+        AfterFailure::Retry(at) => ("error", at),
+        AfterFailure::GiveUp => ("critical_error", now),
+    };
+    on_db!(db, |pool| {
+        let done = sqlx::query(
+            "UPDATE order_dispatch
+             SET process_status = $1, next_attempt_at = $2, retry_count = retry_count + 1,
+                 last_error = $3, locked_until = NULL, version = version + 1
+             WHERE order_id = $4 AND batch_id = $5 AND locked_until > $6",
+        )
+        .bind(status)
+        .bind(next)
+        .bind(error)
+        .bind(order_id)
+        .bind(batch_id)
+        .bind(now)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    })
+}
+
+/// Rows by status, except `processed` (which only grows): what the metrics and the admin
+/// API show.
+pub async fn counts(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    on_db!(db, |pool| sqlx::query_as(
+        "SELECT process_status, COUNT(*) FROM order_dispatch
+         WHERE process_status IN ('pending', 'error', 'critical_error')
+         GROUP BY process_status"
+    )
+    .fetch_all(pool)
+    .await)
+}
+
+/// An outbox row as the admin API shows it.
+#[derive(Clone, Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct DispatchRow {
+    pub order_id: Uuid,
+    /// `pending`, `error` (retrying), `processed` or `critical_error`.
+    #[schema(example = "critical_error")]
+    pub process_status: String,
+    pub retry_count: i32,
+    pub last_error: Option<String>,
+    pub partner: Option<String>,
+    pub locked_by: Option<String>,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+/// Rows in one status, oldest first, after `after` (the last order id of the previous
+/// page).
+pub async fn list(
+    db: &Db,
+    status: &str,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<DispatchRow>, sqlx::Error> {
+    on_db!(db, |pool| sqlx::query_as(
+        "SELECT order_id, process_status, retry_count, last_error, partner, locked_by,
+                locked_until, next_attempt_at, created_at, processed_at
+         FROM order_dispatch
+         WHERE process_status = $1 AND ($2 IS NULL OR order_id > $2)
+         ORDER BY order_id
+         LIMIT $3"
+    )
+    .bind(status)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await)
+}
+
+/// Sends a `critical_error` (or `error`) row again from scratch; false when it is in
+/// neither state.
+pub async fn retry(db: &Db, order_id: Uuid, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    on_db!(db, |pool| {
+        let done = sqlx::query(
+            "UPDATE order_dispatch
+             SET process_status = 'pending', retry_count = 0, next_attempt_at = $2,
+                 locked_until = NULL, version = version + 1
+             WHERE order_id = $1 AND process_status IN ('critical_error', 'error')",
+        )
+        .bind(order_id)
+        .bind(now)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    })
+}

@@ -1,0 +1,123 @@
+//! The fulfilment outbox for operators: what is stuck and why, and a way to send a
+//! `critical_error` order again once its cause is fixed.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::admin::AdminAuth;
+use super::problem::ApiError;
+use crate::app::AppState;
+use crate::fulfilment::store::{self, DispatchRow};
+
+const STATUSES: [&str; 4] = ["critical_error", "error", "pending", "processed"];
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct OutboxQuery {
+    /// `critical_error` (default), `error` (retrying), `pending` or `processed`.
+    status: Option<String>,
+    /// The `next` of the previous page.
+    after: Option<String>,
+    /// Rows per page (1–1000, default 100).
+    limit: Option<i64>,
+}
+
+/// A page of outbox rows, with how many wait in each unfinished status.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OutboxPage {
+    pub items: Vec<DispatchRow>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next: Option<Uuid>,
+    /// Rows per unfinished status: `pending`, `error`, `critical_error`.
+    pub counts: std::collections::BTreeMap<String, i64>,
+}
+
+/// Outbox rows by status, oldest first: `critical_error` ones need a person.
+#[utoipa::path(get, path = "/v1/admin/outbox", tag = "admin",
+    security(("admin_token" = [])),
+    params(OutboxQuery),
+    responses(
+        (status = 200, description = "One page of rows", body = OutboxPage),
+        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad filter, named", body = super::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(app): State<AppState>,
+    _auth: AdminAuth,
+    Query(query): Query<OutboxQuery>,
+) -> Result<Json<OutboxPage>, ApiError> {
+    let status = query.status.as_deref().unwrap_or("critical_error");
+    if !STATUSES.contains(&status) {
+        return Err(ApiError::field(
+            "/status",
+            format!("must be one of {}", STATUSES.join(", ")),
+        ));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("/limit", "must be from 1 to 1000"));
+    }
+    let after = match query.after.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(
+            Uuid::try_parse(raw)
+                .map_err(|_| ApiError::field("/after", "must be the `next` of a page"))?,
+        ),
+    };
+    let items = store::list(&app.db, status, after, limit + 1)
+        .await
+        .map_err(unavailable)?;
+    let counts = store::counts(&app.db).await.map_err(unavailable)?;
+    let more = items.len() as i64 > limit;
+    let items: Vec<DispatchRow> = items.into_iter().take(limit as usize).collect();
+    Ok(Json(OutboxPage {
+        next: if more {
+            items.last().map(|row| row.order_id)
+        } else {
+            None
+        },
+        items,
+        counts: counts.into_iter().collect(),
+    }))
+}
+
+/// Sends a `critical_error` (or retrying) order again, with a fresh retry budget.
+#[utoipa::path(post, path = "/v1/admin/outbox/{order_id}/retry", tag = "admin",
+    security(("admin_token" = [])),
+    params(("order_id" = Uuid, Path, description = "The order whose hand-off to retry")),
+    responses(
+        (status = 202, description = "Queued for the relay again"),
+        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The row is not in critical_error or error", body = super::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn retry(
+    State(app): State<AppState>,
+    auth: AdminAuth,
+    Path(order_id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let order_id =
+        Uuid::try_parse(&order_id).map_err(|_| ApiError::field("/order_id", "must be a UUID"))?;
+    if !store::retry(&app.db, order_id, Utc::now())
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(ApiError::Conflict(format!(
+            "order {order_id} has no outbox row in critical_error or error"
+        )));
+    }
+    tracing::warn!(%order_id, by = %auth.actor, "outbox row sent back to the relay by an operator");
+    app.outbox_wake.notify_one();
+    Ok(axum::http::StatusCode::ACCEPTED)
+}
+
+fn unavailable(e: sqlx::Error) -> ApiError {
+    tracing::error!(error = %e, "outbox unavailable");
+    ApiError::Unavailable {
+        detail: "the orders database is unavailable".into(),
+        retry_after: Duration::from_secs(5),
+    }
+}
