@@ -43,6 +43,10 @@ pub struct Metrics {
     pub intake_per_second: Gauge<f64, AtomicU64>,
     pub drain_per_second: Gauge<f64, AtomicU64>,
     pub catch_up_eta_seconds: Gauge<f64, AtomicU64>,
+    /// Payment capture calls by outcome: captured, declined, unknown, not_sent.
+    pub payment_calls: Family<Outcome, Counter>,
+    /// Payments whose outcome is unknown and unresolved (sampled at scrape).
+    pub payments_unknown: Gauge,
 }
 
 impl Default for Metrics {
@@ -136,8 +140,22 @@ impl Metrics {
             "Seconds until the queue is empty at current rates (NaN when not shrinking)",
             catch_up_eta_seconds.clone(),
         );
+        let payment_calls = Family::<Outcome, Counter>::default();
+        registry.register(
+            "payment_calls",
+            "Payment capture calls by outcome (captured, declined, unknown, not_sent)",
+            payment_calls.clone(),
+        );
+        let payments_unknown = Gauge::default();
+        registry.register(
+            "payments_unknown",
+            "Carts whose payment outcome is unknown and not yet resolved (sampled at scrape)",
+            payments_unknown.clone(),
+        );
         Metrics {
             registry,
+            payment_calls,
+            payments_unknown,
             consumer_running,
             consumer_in_flight,
             intake_per_second,
@@ -157,6 +175,10 @@ impl Metrics {
 
     pub fn checkout(&self, outcome: &'static str) {
         self.checkouts.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub fn payment_call(&self, outcome: &'static str) {
+        self.payment_calls.get_or_create(&Outcome { outcome }).inc();
     }
 
     pub fn consumed(&self, outcome: &'static str, n: u64) {

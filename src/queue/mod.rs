@@ -62,6 +62,9 @@ pub enum DeadLetterReason {
     Invalid,
     /// Failed more often than the attempt limit allows.
     MaxAttempts,
+    /// The payment endpoint was called and whether it captured is not known: never
+    /// called again; a person checks with the payment service and resolves it.
+    PaymentUnknown,
 }
 
 impl DeadLetterReason {
@@ -71,6 +74,7 @@ impl DeadLetterReason {
             DeadLetterReason::UnknownSchema => "unknown-schema",
             DeadLetterReason::Invalid => "invalid",
             DeadLetterReason::MaxAttempts => "max-attempts",
+            DeadLetterReason::PaymentUnknown => "payment-unknown",
         }
     }
 }
