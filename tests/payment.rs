@@ -397,14 +397,15 @@ async fn an_unreachable_payment_service_charges_nothing_and_the_cart_waits() {
     .await;
     let cart = common::cart();
     assert_eq!(app.post_cart(&cart).await.status(), 202);
-    eventually("a call not sent", || async {
-        let not_sent = metric(
-            &app.client,
-            &app.base,
-            r#"cartbus_payment_calls_total{outcome="not_sent"}"#,
-        )
-        .await;
-        (not_sent >= 1.0).then_some(())
+    // Counted as released once the step is over, i.e. after the flag was cleared.
+    eventually("a call not sent and the message released", || async {
+        let text = common::metrics_text(&app.client, &app.base).await;
+        let not_sent = common::metric(&text, r#"cartbus_payment_calls_total{outcome="not_sent"}"#);
+        let released = common::metric(
+            &text,
+            r#"cartbus_consumer_messages_total{outcome="released"}"#,
+        );
+        (not_sent >= 1.0 && released >= 1.0).then_some(())
     })
     .await;
     // Known not called: the flag is cleared and the cart waits for another try.

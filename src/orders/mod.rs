@@ -400,11 +400,8 @@ pub async fn checkout_state(
         if let Some((reason, detail)) = rejected {
             return Ok(Some(CheckoutState::Rejected { reason, detail }));
         }
-        Ok(
-            crate::payments::store::unknown_detail(db, cart_id.as_uuid())
-                .await?
-                .map(|_| CheckoutState::PaymentUnknown),
-        )
+        let unknown = crate::payments::store::is_unknown(db, cart_id.as_uuid()).await?;
+        Ok(unknown.then_some(CheckoutState::PaymentUnknown))
     })
 }
 

@@ -171,19 +171,18 @@ pub async fn mark_unknown(tx: &mut Tx, cart_id: Uuid, detail: &str) -> Result<()
     .map(drop))
 }
 
-/// Why an unknown payment is still open, when a dead letter has said so.
-pub async fn unknown_detail(db: &Db, cart_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+/// Whether the cart's payment outcome is known to be unknown (not merely in flight) and
+/// still unresolved.
+pub async fn is_unknown(db: &Db, cart_id: Uuid) -> Result<bool, sqlx::Error> {
     on_db!(db, |pool| sqlx::query_scalar(
-        "SELECT result_detail FROM payment_steps
+        "SELECT count(*) FROM payment_steps
          WHERE cart_id = $1 AND payment_ok IS NULL AND resolved_at IS NULL
            AND result_at IS NOT NULL"
     )
     .bind(cart_id)
-    .fetch_optional(pool)
+    .fetch_one(pool)
     .await
-    .map(
-        |detail: Option<Option<String>>| detail.map(Option::unwrap_or_default)
-    ))
+    .map(|n: i64| n > 0))
 }
 
 #[derive(FromRow)]
