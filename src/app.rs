@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::db::Db;
 use crate::metrics::Metrics;
+use crate::payments::Gateway;
 use crate::queue::Queue;
 
 pub type AppState = Arc<App>;
@@ -25,6 +26,8 @@ pub struct App {
     pub control: Control,
     /// One per checkout being handled; none left = shed (`CARTBUS_MAX_IN_FLIGHT`).
     pub intake_permits: Arc<tokio::sync::Semaphore>,
+    /// The payment capture endpoint, when one is configured.
+    pub payments: Option<Gateway>,
 }
 
 /// What readiness is made of; written by the health monitor and by the shutdown path.

@@ -154,6 +154,57 @@ pub struct Config {
     pub log_json: bool,
     /// The hand-off to transport partners and their replies (DESIGN §7).
     pub fulfilment: FulfilmentSettings,
+    /// Payment capture (DESIGN §8): the endpoint carts are captured at before they become
+    /// orders; none = no payment step.
+    pub payment_url: Option<PaymentUrl>,
+    pub payment_timeout: Duration,
+    /// Sent as `Authorization: Bearer` to the payment endpoint.
+    pub payment_token: Option<SecretString>,
+}
+
+/// The payment endpoint. Its query string may carry a key, so it prints as scheme, host,
+/// port and path only.
+#[derive(Clone)]
+pub struct PaymentUrl(url::Url);
+
+impl PaymentUrl {
+    fn parse(raw: &str) -> Result<PaymentUrl, ConfigError> {
+        const SETTING: &str = "CARTBUS_PAYMENT_URL";
+        let url = url::Url::parse(raw).map_err(|e| {
+            invalid(
+                SETTING,
+                format!("not a URL ({e}); value not shown: it may contain a key"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(SETTING, "must be an http:// or https:// URL"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid(SETTING, "has no host"));
+        }
+        Ok(PaymentUrl(url))
+    }
+
+    pub fn as_url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PaymentUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = &self.0;
+        write!(f, "{}://{}", url.scheme(), url.host_str().unwrap_or(""))?;
+        if let Some(port) = url.port() {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(url.path())
+    }
+}
+
+impl std::fmt::Debug for PaymentUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PaymentUrl({self})")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +286,11 @@ struct Raw {
     relay_max_retries: u32,
     relay_retry_base_ms: u64,
     relay_poll_ms: u64,
+    #[serde(deserialize_with = "lenient_opt_string")]
+    payment_url: Option<String>,
+    payment_timeout_ms: u64,
+    #[serde(deserialize_with = "lenient_opt_string")]
+    payment_token: Option<String>,
 }
 
 impl Default for Raw {
@@ -276,6 +332,9 @@ impl Default for Raw {
             relay_max_retries: 10,
             relay_retry_base_ms: 1_000,
             relay_poll_ms: 500,
+            payment_url: None,
+            payment_timeout_ms: 5000,
+            payment_token: None,
         }
     }
 }
@@ -564,6 +623,17 @@ impl Raw {
                 QueueConfig::Embedded { .. } => "",
             },
         })?;
+        let payment_url = match self.payment_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(raw) => Some(PaymentUrl::parse(raw)?),
+        };
+        let payment_timeout = Duration::from_millis(in_range(
+            "CARTBUS_PAYMENT_TIMEOUT_MS",
+            self.payment_timeout_ms,
+            100,
+            60_000,
+        )?);
+        let payment_token = secret("CARTBUS_PAYMENT_TOKEN", self.payment_token)?;
 
         Ok(Config {
             listen,
@@ -591,6 +661,9 @@ impl Raw {
             log: self.log,
             log_json,
             fulfilment,
+            payment_url,
+            payment_timeout,
+            payment_token,
         })
     }
 }
@@ -721,6 +794,10 @@ mod tests {
             ("CARTBUS_SEND_TIMEOUT_MS", "5000"),
             ("CARTBUS_ADMIN_TOKEN", "short"),
             ("CARTBUS_LOG_FORMAT", "xml"),
+            ("CARTBUS_PAYMENT_URL", "ftp://pay.example/capture"),
+            ("CARTBUS_PAYMENT_URL", "not a url"),
+            ("CARTBUS_PAYMENT_TIMEOUT_MS", "50"),
+            ("CARTBUS_PAYMENT_TIMEOUT_MS", "60001"),
         ] {
             let err = Config::from_vars([(key, value)])
                 .expect_err(key)
@@ -775,5 +852,29 @@ mod tests {
             .expect_err("bad scheme")
             .to_string();
         assert!(!err.contains("hunter2hunter2"));
+    }
+
+    #[test]
+    fn the_payment_endpoint_never_prints_its_key() {
+        let config = Config::from_vars([
+            (
+                "CARTBUS_PAYMENT_URL",
+                "https://pay.example:8443/capture?key=k3y-in-query",
+            ),
+            ("CARTBUS_PAYMENT_TOKEN", "payment-bearer-token-0123"),
+        ])
+        .expect("valid");
+        let url = config.payment_url.as_ref().expect("configured");
+        assert_eq!(url.to_string(), "https://pay.example:8443/capture");
+        assert_eq!(url.as_url().query(), Some("key=k3y-in-query"));
+        assert_eq!(config.payment_timeout, Duration::from_secs(5));
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("k3y-in-query"));
+        assert!(!printed.contains("payment-bearer-token-0123"));
+        let err =
+            Config::from_vars([("CARTBUS_PAYMENT_URL", "ftp://pay.example/?key=k3y-in-query")])
+                .expect_err("bad scheme")
+                .to_string();
+        assert!(!err.contains("k3y-in-query"));
     }
 }

@@ -14,6 +14,7 @@ mod health;
 pub mod http;
 pub mod metrics;
 pub mod orders;
+pub mod payments;
 pub mod queue;
 pub mod telemetry;
 
@@ -61,6 +62,8 @@ impl Application {
             }
             _ => queue.clone(),
         };
+        let payments = payments::Gateway::from_config(&config)
+            .context("cannot build the HTTP client for CARTBUS_PAYMENT_URL")?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (CARTBUS_LISTEN)", config.listen))?;
@@ -74,7 +77,11 @@ impl Application {
             health: Health::default(),
             control: Control::new(db::known_schema_version(&config_kind)),
             intake_permits: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
+            payments,
         });
+        if let Some(gateway) = &app.payments {
+            tracing::info!(endpoint = %gateway.endpoint(), timeout = ?app.config.payment_timeout, "payment capture on: carts are captured before they become orders");
+        }
         if app.config.admin_token.is_none() {
             tracing::warn!(
                 "admin API off (/v1/admin/* answers 404): set CARTBUS_ADMIN_TOKEN (16+ characters) to pause and resume consumers"

@@ -54,6 +54,10 @@ pub struct Metrics {
     pub outbox_rows: Family<StatusLabel, Gauge>,
     /// Partner status replies by outcome: applied, duplicate, or the dead-letter reason.
     pub partner_replies: Family<Outcome, Counter>,
+    /// Payment capture calls by outcome: captured, declined, unknown, not_sent.
+    pub payment_calls: Family<Outcome, Counter>,
+    /// Payments whose outcome is unknown and unresolved (sampled at scrape).
+    pub payments_unknown: Gauge,
 }
 
 impl Default for Metrics {
@@ -165,11 +169,25 @@ impl Metrics {
             "Partner status replies by outcome: applied, duplicate, or the dead-letter reason",
             partner_replies.clone(),
         );
+        let payment_calls = Family::<Outcome, Counter>::default();
+        registry.register(
+            "payment_calls",
+            "Payment capture calls by outcome (captured, declined, unknown, not_sent)",
+            payment_calls.clone(),
+        );
+        let payments_unknown = Gauge::default();
+        registry.register(
+            "payments_unknown",
+            "Carts whose payment outcome is unknown and not yet resolved (sampled at scrape)",
+            payments_unknown.clone(),
+        );
         Metrics {
             outbox_events,
             outbox_rows,
             partner_replies,
             registry,
+            payment_calls,
+            payments_unknown,
             consumer_running,
             consumer_in_flight,
             intake_per_second,
@@ -189,6 +207,10 @@ impl Metrics {
 
     pub fn checkout(&self, outcome: &'static str) {
         self.checkouts.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub fn payment_call(&self, outcome: &'static str) {
+        self.payment_calls.get_or_create(&Outcome { outcome }).inc();
     }
 
     pub fn consumed(&self, outcome: &'static str, n: u64) {

@@ -4,9 +4,13 @@
 //! Every message that is to be dead-lettered is first recorded in `dead_letters` (and, when
 //! it names a cart, in `rejected_checkouts`) inside the same transaction, so nothing is
 //! rejected on the queue without a committed record.
+//!
+//! With a payment endpoint configured, the batch's payments are settled first
+//! ([`super::payment`]); only captured carts go on to become orders.
 
 use std::time::Duration;
 
+use super::payment::{self, Verdict};
 use crate::app::App;
 use crate::checkout::Cart;
 use crate::checkout::message::{self, Decoded};
@@ -14,10 +18,13 @@ use crate::control;
 use crate::db;
 use crate::deadletters;
 use crate::orders::{self, Placement, Source};
-use crate::queue::{DeadLetterReason, Delivery, Settlement};
+use crate::payments;
+use crate::queue::{DeadLetterReason, Delivery, Message, Settlement};
 
 /// How long a message stays back when the database could not take it.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How long a cart stays back when its payment call could not be sent.
+const PAYMENT_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// What a step did, to settle after the commit.
 #[derive(Debug, Default)]
@@ -35,6 +42,9 @@ pub struct Report {
 enum Outcome {
     Created,
     Duplicate,
+    /// The payment was refused: the checkout is rejected with this reason, no order; the
+    /// message is done with (a business outcome, not a poison message).
+    PaymentRefused(&'static str, String),
     Rejected(DeadLetterReason, String),
 }
 
@@ -43,17 +53,22 @@ impl Outcome {
         match self {
             Outcome::Created => "created",
             Outcome::Duplicate => "duplicate",
+            Outcome::PaymentRefused("payment-failed", _) => "payment_failed",
+            Outcome::PaymentRefused(..) => "payment_declined",
             Outcome::Rejected(DeadLetterReason::Conflict, _) => "conflict",
             Outcome::Rejected(DeadLetterReason::UnknownSchema, _) => "unknown_schema",
             Outcome::Rejected(DeadLetterReason::MaxAttempts, _) => "max_attempts",
             Outcome::Rejected(DeadLetterReason::Invalid, _) => "invalid",
+            Outcome::Rejected(DeadLetterReason::PaymentUnknown, _) => "payment_unknown",
             Outcome::Rejected(reason, _) => reason.as_str(),
         }
     }
 
     fn settlement(self) -> Settlement {
         match self {
-            Outcome::Created | Outcome::Duplicate => Settlement::Accept,
+            Outcome::Created | Outcome::Duplicate | Outcome::PaymentRefused(..) => {
+                Settlement::Accept
+            }
             Outcome::Rejected(reason, detail) => Settlement::Reject { reason, detail },
         }
     }
@@ -99,6 +114,8 @@ impl From<sqlx::Error> for Failure {
 struct Item<'a> {
     delivery: &'a Delivery,
     decoded: Decoded,
+    /// `Proceed` unless the payment step said otherwise.
+    payment: Verdict,
 }
 
 impl Item<'_> {
@@ -108,15 +125,60 @@ impl Item<'_> {
 }
 
 pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
-    let items: Vec<Item> = deliveries
+    let mut items: Vec<Item> = deliveries
         .iter()
         .map(|delivery| Item {
             delivery,
             decoded: message::decode(&delivery.message),
+            payment: Verdict::Proceed,
         })
         .collect();
 
     let mut report = Report::default();
+    if let Some(gateway) = &app.payments {
+        let carts: Vec<(&Cart, &Message)> = items
+            .iter()
+            .filter_map(|item| match &item.decoded {
+                Decoded::Cart(cart) => Some((cart.as_ref(), &item.delivery.message)),
+                _ => None,
+            })
+            .collect();
+        match payment::decide(app, gateway, &carts).await {
+            Ok(verdicts) => {
+                for item in &mut items {
+                    if let Decoded::Cart(cart) = &item.decoded
+                        && let Some(verdict) = verdicts.get(&cart.cart_id.as_uuid())
+                    {
+                        item.payment = verdict.clone();
+                    }
+                }
+            }
+            Err(e) => {
+                let e = Failure::Statement(e);
+                for item in &items {
+                    failed(app, &mut report, item, &e).await;
+                }
+                return report;
+            }
+        }
+        let (retry, rest): (Vec<Item>, Vec<Item>) = items
+            .into_iter()
+            .partition(|item| matches!(item.payment, Verdict::Retry(_)));
+        for item in retry {
+            app.metrics.consumed("released", 1);
+            report.settlements.push((
+                item.delivery.tag,
+                Settlement::Release {
+                    delay: PAYMENT_RETRY_DELAY,
+                },
+            ));
+        }
+        items = rest;
+        if items.is_empty() {
+            return report;
+        }
+    }
+
     match convert(app, &items).await {
         Ok(outcomes) => {
             for (item, outcome) in items.iter().zip(outcomes) {
@@ -220,8 +282,10 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
     let carts: Vec<(&Cart, &str)> = items
         .iter()
         .zip(&hashes)
-        .filter_map(|(item, hash)| match (&item.decoded, hash) {
-            (Decoded::Cart(cart), Some(hash)) => Some((cart.as_ref(), hash.as_str())),
+        .filter_map(|(item, hash)| match (&item.decoded, hash, &item.payment) {
+            (Decoded::Cart(cart), Some(hash), Verdict::Proceed) => {
+                Some((cart.as_ref(), hash.as_str()))
+            }
             _ => None,
         })
         .collect();
@@ -237,8 +301,19 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
         .into_iter();
     let mut outcomes = Vec::with_capacity(items.len());
     for item in items {
-        let outcome = match &item.decoded {
-            Decoded::Cart(_) => match placements.next() {
+        let outcome = match (&item.decoded, &item.payment) {
+            (Decoded::Cart(_), Verdict::Refused { reason, detail }) => {
+                Outcome::PaymentRefused(reason, detail.clone())
+            }
+            (Decoded::Cart(_), Verdict::Unknown(detail)) => {
+                Outcome::Rejected(DeadLetterReason::PaymentUnknown, detail.clone())
+            }
+            (Decoded::Cart(_), Verdict::Retry(_)) => {
+                return Err(Failure::Statement(sqlx::Error::Protocol(
+                    "a cart to be retried reached the orders transaction".into(),
+                )));
+            }
+            (Decoded::Cart(_), Verdict::Proceed) => match placements.next() {
                 Some(Placement::Created(_)) => Outcome::Created,
                 Some(Placement::Duplicate(_)) => Outcome::Duplicate,
                 Some(Placement::Conflict(order_id)) => Outcome::Rejected(
@@ -251,15 +326,24 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
                     )));
                 }
             },
-            Decoded::UnknownSchema(detail) => {
+            (Decoded::UnknownSchema(detail), _) => {
                 Outcome::Rejected(DeadLetterReason::UnknownSchema, detail.clone())
             }
-            Decoded::Invalid(detail) => {
+            (Decoded::Invalid(detail), _) => {
                 Outcome::Rejected(DeadLetterReason::Invalid, detail.clone())
             }
         };
-        if let Outcome::Rejected(reason, detail) = &outcome {
-            record_rejection(app, &mut tx, item, *reason, detail).await?;
+        match &outcome {
+            Outcome::Rejected(reason, detail) => {
+                record_rejection(app, &mut tx, item, *reason, detail).await?;
+            }
+            Outcome::PaymentRefused(reason, detail) => {
+                if let Decoded::Cart(cart) = &item.decoded {
+                    orders::record_rejection(&mut tx, cart.cart_id.as_uuid(), reason, detail)
+                        .await?;
+                }
+            }
+            Outcome::Created | Outcome::Duplicate => {}
         }
         outcomes.push(outcome);
     }
@@ -302,8 +386,13 @@ async fn record_rejection(
         delivery.attempts,
     )
     .await?;
-    if let Ok(cart_id) = uuid::Uuid::try_parse(item.message_id()) {
-        orders::record_rejection(tx, cart_id, reason.as_str(), detail).await?;
+    let Ok(cart_id) = uuid::Uuid::try_parse(item.message_id()) else {
+        return Ok(());
+    };
+    if reason == DeadLetterReason::PaymentUnknown {
+        // Not a rejection: the checkout stays pending until a person resolves the payment.
+        payments::store::mark_unknown(tx, cart_id, detail).await
+    } else {
+        orders::record_rejection(tx, cart_id, reason.as_str(), detail).await
     }
-    Ok(())
 }

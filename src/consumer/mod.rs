@@ -3,6 +3,7 @@
 //! gives back anything it still holds.
 
 pub mod convert;
+pub mod payment;
 
 use std::time::Duration;
 

@@ -293,14 +293,14 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for OptionalJson {
     }
 }
 
-fn field(pointer: &str, detail: impl Into<String>) -> FieldError {
+pub(super) fn field(pointer: &str, detail: impl Into<String>) -> FieldError {
     FieldError {
         pointer: pointer.into(),
         detail: detail.into(),
     }
 }
 
-fn optional_string(
+pub(super) fn optional_string(
     body: &Map<String, Value>,
     name: &str,
     max: usize,
@@ -323,7 +323,11 @@ fn optional_string(
     }
 }
 
-fn unknown_fields(body: &Map<String, Value>, known: &[&str], errors: &mut Vec<FieldError>) {
+pub(super) fn unknown_fields(
+    body: &Map<String, Value>,
+    known: &[&str],
+    errors: &mut Vec<FieldError>,
+) {
     for key in body.keys().filter(|k| !known.contains(&k.as_str())) {
         errors.push(field(
             &format!("/{}", key.replace('~', "~0").replace('/', "~1")),

@@ -115,7 +115,9 @@ pub struct CheckoutStatus {
     pub order_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_url: Option<String>,
-    /// Why it was rejected: `conflict`, `invalid`, `unknown-schema`, …
+    /// Why it was rejected (`conflict`, `invalid`, `unknown-schema`, `payment-declined`,
+    /// `payment-failed`, …) or is still pending (`payment-unknown`: the payment is being
+    /// checked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -295,6 +297,15 @@ fn from_state(cart_id: CartId, state: CheckoutState) -> CheckoutStatus {
             status: CheckoutStatusKind::Rejected,
             reason: Some(reason),
             detail: Some(detail),
+            ..pending(cart_id)
+        },
+        CheckoutState::PaymentUnknown => CheckoutStatus {
+            reason: Some("payment-unknown".into()),
+            detail: Some(
+                "we are checking with the payment service whether your payment went through; \
+                 this checkout is updated once that is known"
+                    .into(),
+            ),
             ..pending(cart_id)
         },
     }

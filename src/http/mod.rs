@@ -6,6 +6,7 @@ pub mod extract;
 mod ops;
 mod orders;
 mod outbox;
+mod payments;
 pub mod problem;
 
 use std::time::Instant;
@@ -44,7 +45,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "checkouts", description = "Taking carts in"),
         (name = "orders", description = "Purchase orders"),
         (name = "operations", description = "Health, metrics, this document"),
-        (name = "admin", description = "The drain switch (bearer CARTBUS_ADMIN_TOKEN)"),
+        (name = "admin", description = "The drain switch and payment resolution (bearer CARTBUS_ADMIN_TOKEN)"),
     )
 )]
 struct ApiDoc;
@@ -92,6 +93,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::history))
         .routes(routes!(outbox::list))
         .routes(routes!(outbox::retry))
+        .routes(routes!(payments::list))
+        .routes(routes!(payments::resolve))
 }
 
 /// The OpenAPI document, generated from the handlers.

@@ -58,7 +58,8 @@ pub async fn ready(State(app): State<AppState>) -> impl IntoResponse {
     (status, Json(readiness))
 }
 
-/// Prometheus metrics (text format). Queue depth is sampled at scrape time.
+/// Prometheus metrics (text format). Queue depth and unknown payments are sampled at
+/// scrape time.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
@@ -96,6 +97,14 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
                 })
                 .set(n);
         }
+    }
+    if let Ok(Ok(unknown)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        crate::payments::store::count_unknown(&app.db),
+    )
+    .await
+    {
+        app.metrics.payments_unknown.set(unknown);
     }
     app.metrics.ready.set(i64::from(app.is_ready()));
     app.metrics.queue_up.set(i64::from(app.queue.is_healthy()));

@@ -386,7 +386,12 @@ pub async fn record_rejection(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckoutState {
     Ordered(Uuid),
-    Rejected { reason: String, detail: String },
+    Rejected {
+        reason: String,
+        detail: String,
+    },
+    /// Still pending: the payment call's outcome is unknown until a person resolves it.
+    PaymentUnknown,
 }
 
 pub async fn checkout_state(
@@ -408,7 +413,11 @@ pub async fn checkout_state(
         .bind(cart_id.as_uuid())
         .fetch_optional(pool)
         .await?;
-        Ok(rejected.map(|(reason, detail)| CheckoutState::Rejected { reason, detail }))
+        if let Some((reason, detail)) = rejected {
+            return Ok(Some(CheckoutState::Rejected { reason, detail }));
+        }
+        let unknown = crate::payments::store::is_unknown(db, cart_id.as_uuid()).await?;
+        Ok(unknown.then_some(CheckoutState::PaymentUnknown))
     })
 }
 

@@ -75,6 +75,9 @@ pub enum DeadLetterReason {
     UnknownOrder,
     /// A partner reply about an order assigned to another partner.
     WrongPartner,
+    /// The payment endpoint was called and whether it captured is not known: never
+    /// called again; a person checks with the payment service and resolves it.
+    PaymentUnknown,
 }
 
 impl DeadLetterReason {
@@ -87,6 +90,7 @@ impl DeadLetterReason {
             DeadLetterReason::BadSignature => "bad-signature",
             DeadLetterReason::UnknownOrder => "unknown-order",
             DeadLetterReason::WrongPartner => "wrong-partner",
+            DeadLetterReason::PaymentUnknown => "payment-unknown",
         }
     }
 }

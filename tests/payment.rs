@@ -1,0 +1,648 @@
+//! Payment capture, at most once (DESIGN §8), against a real (fake) payment server on an
+//! ephemeral port that counts the calls per cart and answers as each test scripts it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use common::{Backend, Process, Settings, TestApp, client, eventually, get_json, post_cart};
+use serde_json::{Value, json};
+
+const ADMIN_TOKEN: &str = "payment-test-admin-token-0123";
+const PAYMENT_TOKEN: &str = "payment-test-bearer-token-0123";
+
+/// How the fake payment service answers for a cart.
+#[derive(Clone, Copy, Debug)]
+enum Behaviour {
+    Capture,
+    /// 402 Payment Required.
+    Decline,
+    /// Never answers (longer than any test's timeout).
+    Hang,
+    /// 500.
+    Fail,
+}
+
+#[derive(Clone, Debug)]
+struct Call {
+    body: Value,
+    idempotency_key: Option<String>,
+    authorization: Option<String>,
+}
+
+#[derive(Default)]
+struct Script {
+    behaviours: HashMap<String, Behaviour>,
+    calls: HashMap<String, Vec<Call>>,
+}
+
+type Shared = Arc<Mutex<Script>>;
+
+struct FakePayments {
+    url: String,
+    script: Shared,
+}
+
+impl FakePayments {
+    async fn start() -> FakePayments {
+        let script = Shared::default();
+        let router = axum::Router::new()
+            .route("/capture", axum::routing::post(capture))
+            .with_state(script.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake payment service");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        FakePayments {
+            url: format!("http://{address}/capture?key=query-key-never-logged"),
+            script,
+        }
+    }
+
+    fn answer(&self, cart: &Value, behaviour: Behaviour) {
+        self.script
+            .lock()
+            .expect("script lock")
+            .behaviours
+            .insert(id(cart), behaviour);
+    }
+
+    fn calls(&self, cart: &Value) -> Vec<Call> {
+        let script = self.script.lock().expect("script lock");
+        script.calls.get(&id(cart)).cloned().unwrap_or_default()
+    }
+}
+
+async fn capture(
+    State(script): State<Shared>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::response::Response {
+    let cart_id = body["cart_id"].as_str().unwrap_or_default().to_string();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let behaviour = {
+        let mut script = script.lock().expect("script lock");
+        script.calls.entry(cart_id.clone()).or_default().push(Call {
+            body: body.clone(),
+            idempotency_key: header("idempotency-key"),
+            authorization: header("authorization"),
+        });
+        script
+            .behaviours
+            .get(&cart_id)
+            .copied()
+            .unwrap_or(Behaviour::Capture)
+    };
+    match behaviour {
+        Behaviour::Capture => {
+            axum::Json(json!({ "payment_id": format!("pay-{cart_id}") })).into_response()
+        }
+        Behaviour::Decline => (
+            StatusCode::PAYMENT_REQUIRED,
+            axum::Json(json!({ "error": "card_declined" })),
+        )
+            .into_response(),
+        Behaviour::Hang => {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            StatusCode::OK.into_response()
+        }
+        Behaviour::Fail => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn id(cart: &Value) -> String {
+    cart["cart_id"].as_str().expect("cart_id").to_string()
+}
+
+fn settings(dir: &std::path::Path, backend: &Backend, payments: &FakePayments) -> Settings {
+    Settings::new(dir, backend)
+        .set("CARTBUS_PAYMENT_URL", payments.url.clone())
+        .set("CARTBUS_PAYMENT_TOKEN", PAYMENT_TOKEN)
+        .set("CARTBUS_PAYMENT_TIMEOUT_MS", "300")
+        .set("CARTBUS_ADMIN_TOKEN", ADMIN_TOKEN)
+}
+
+async fn checkout(http: &reqwest::Client, base: &str, cart: &Value) -> Value {
+    let (status, body) = get_json(http, base, &format!("/v1/checkouts/{}", id(cart))).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Polls until the checkout has `status` (and `reason`, when given).
+async fn wait_for_checkout(
+    http: &reqwest::Client,
+    base: &str,
+    cart: &Value,
+    status: &str,
+    reason: Option<&str>,
+) -> Value {
+    eventually(
+        &format!("checkout {} {status} {reason:?}", id(cart)),
+        || async {
+            let body = checkout(http, base, cart).await;
+            (body["status"] == status && reason.is_none_or(|r| body["reason"] == r)).then_some(body)
+        },
+    )
+    .await
+}
+
+async fn admin(
+    http: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = http
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-cartbus-actor", "ops-alice");
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("admin call");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn resolve(http: &reqwest::Client, base: &str, cart: &Value, body: Value) -> (u16, Value) {
+    let path = format!("/v1/admin/payments/{}/resolve", id(cart));
+    admin(http, base, reqwest::Method::POST, &path, Some(body)).await
+}
+
+async fn payments_listed(http: &reqwest::Client, base: &str, query: &str) -> Vec<Value> {
+    let path = format!("/v1/admin/payments{query}");
+    let (status, body) = admin(http, base, reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{body}");
+    body["items"].as_array().cloned().expect("items")
+}
+
+fn listed<'a>(items: &'a [Value], cart: &Value) -> Option<&'a Value> {
+    items.iter().find(|item| item["cart_id"] == cart["cart_id"])
+}
+
+/// `(message_id, reason)` of the dead letters in the orders database, read directly (the
+/// instance may be a child process).
+async fn dead_letters(backend: &Backend, dir: &std::path::Path) -> Vec<(String, String)> {
+    use sqlx::Connection;
+    const SQL: &str = "SELECT message_id, reason FROM dead_letters ORDER BY id";
+    match backend {
+        Backend::Sqlite => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(dir.join("cartbus.db"))
+                .read_only(true);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .expect("open orders file");
+            sqlx::query_as(SQL)
+                .fetch_all(&mut conn)
+                .await
+                .expect("read")
+        }
+        Backend::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::query_as(SQL)
+                .fetch_all(&mut conn)
+                .await
+                .expect("read")
+        }
+    }
+}
+
+async fn metric(http: &reqwest::Client, base: &str, sample: &str) -> f64 {
+    common::metric(&common::metrics_text(http, base).await, sample)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_cart_becomes_an_order_and_is_charged_once() {
+    for backend in Backend::all("a_captured_cart_becomes_an_order_and_is_charged_once").await {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let payments = FakePayments::start().await;
+        let app = TestApp::spawn(&settings(dir.path(), &backend, &payments)).await;
+        let http = &app.client;
+        let cart = common::cart();
+
+        assert_eq!(app.post_cart(&cart).await.status(), 202);
+        let order = app.wait_for_order(&id(&cart)).await;
+        let calls = payments.calls(&cart);
+        assert_eq!(calls.len(), 1, "{backend:?}");
+        // The contract of the call.
+        let call = &calls[0];
+        assert_eq!(
+            call.body,
+            json!({ "cart_id": id(&cart), "amount": cart["total"], "currency": "GBP",
+                    "customer_id": "cust-42" })
+        );
+        assert_eq!(call.idempotency_key.as_deref(), Some(id(&cart).as_str()));
+        assert_eq!(call.authorization, Some(format!("Bearer {PAYMENT_TOKEN}")));
+
+        let all = payments_listed(http, &app.base, "?state=all").await;
+        let step = listed(&all, &cart).expect("payment step listed");
+        assert_eq!(step["state"], "captured");
+        assert_eq!(step["payment_id"], format!("pay-{}", id(&cart)));
+        assert_eq!(step["order_id"], order["order_id"]);
+        assert_eq!(step["amount"], cart["total"]);
+        assert!(
+            listed(&payments_listed(http, &app.base, "").await, &cart).is_none(),
+            "a captured payment is not unknown"
+        );
+
+        // The same cart again: it has its order, so nothing is called.
+        assert_eq!(app.post_cart(&cart).await.status(), 202);
+        eventually("the second message settled as a duplicate", || async {
+            let duplicates = metric(
+                http,
+                &app.base,
+                r#"cartbus_consumer_messages_total{outcome="duplicate"}"#,
+            )
+            .await;
+            (duplicates == 1.0).then_some(())
+        })
+        .await;
+        assert_eq!(payments.calls(&cart).len(), 1, "never charged twice");
+        assert_eq!(common::count_orders_for(&app.state, &id(&cart)).await, 1);
+        assert_eq!(
+            metric(
+                http,
+                &app.base,
+                r#"cartbus_payment_calls_total{outcome="captured"}"#
+            )
+            .await,
+            1.0
+        );
+        app.stop().await.expect("clean stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_payment_rejects_the_checkout_without_an_order() {
+    for backend in Backend::all("a_declined_payment_rejects_the_checkout_without_an_order").await {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let payments = FakePayments::start().await;
+        let app = TestApp::spawn(&settings(dir.path(), &backend, &payments)).await;
+        let cart = common::cart();
+        payments.answer(&cart, Behaviour::Decline);
+
+        assert_eq!(app.post_cart(&cart).await.status(), 202);
+        let status = wait_for_checkout(
+            &app.client,
+            &app.base,
+            &cart,
+            "rejected",
+            Some("payment-declined"),
+        )
+        .await;
+        assert!(status["order_id"].is_null(), "{status}");
+        assert_eq!(common::count_orders_for(&app.state, &id(&cart)).await, 0);
+        assert_eq!(payments.calls(&cart).len(), 1, "{backend:?}");
+        // A business outcome: the message is accepted, not dead-lettered.
+        eventually("the queue empty", || async {
+            (common::queued_messages(dir.path()).await == 0).then_some(())
+        })
+        .await;
+        assert!(dead_letters(&backend, dir.path()).await.is_empty());
+        assert!(common::dead_letters(dir.path()).await.is_empty());
+        let all = payments_listed(&app.client, &app.base, "?state=all").await;
+        assert_eq!(listed(&all, &cart).expect("listed")["state"], "declined");
+        app.stop().await.expect("clean stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_an_answer_is_never_repeated() {
+    for backend in Backend::all("a_call_without_an_answer_is_never_repeated").await {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let payments = FakePayments::start().await;
+        let app = TestApp::spawn(&settings(dir.path(), &backend, &payments)).await;
+        let http = &app.client;
+        let hangs = common::cart();
+        payments.answer(&hangs, Behaviour::Hang);
+        let fails = common::cart();
+        payments.answer(&fails, Behaviour::Fail);
+
+        for cart in [&hangs, &fails] {
+            assert_eq!(app.post_cart(cart).await.status(), 202);
+        }
+        for cart in [&hangs, &fails] {
+            let status =
+                wait_for_checkout(http, &app.base, cart, "pending", Some("payment-unknown")).await;
+            assert!(status["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        }
+        let mut dead = eventually("both dead-lettered payment-unknown", || async {
+            let dead = dead_letters(&backend, dir.path()).await;
+            (dead.len() == 2).then_some(dead)
+        })
+        .await;
+        dead.sort();
+        let mut expected = vec![
+            (id(&hangs), "payment-unknown".to_string()),
+            (id(&fails), "payment-unknown".to_string()),
+        ];
+        expected.sort();
+        assert_eq!(dead, expected, "{backend:?}");
+
+        // Delivered again (the storefront retries the checkout): still never called again.
+        for _ in 0..2 {
+            for cart in [&hangs, &fails] {
+                assert_eq!(app.post_cart(cart).await.status(), 202);
+            }
+        }
+        eventually("six payment-unknown dead letters", || async {
+            let unknown = metric(
+                http,
+                &app.base,
+                r#"cartbus_consumer_messages_total{outcome="payment_unknown"}"#,
+            )
+            .await;
+            (unknown == 6.0).then_some(())
+        })
+        .await;
+        for cart in [&hangs, &fails] {
+            assert_eq!(payments.calls(cart).len(), 1, "{backend:?}: called once");
+            assert_eq!(common::count_orders_for(&app.state, &id(cart)).await, 0);
+        }
+        let text = common::metrics_text(http, &app.base).await;
+        assert_eq!(
+            common::metric(&text, r#"cartbus_payment_calls_total{outcome="unknown"}"#),
+            2.0
+        );
+        assert_eq!(common::metric(&text, "cartbus_payments_unknown "), 2.0);
+        app.stop().await.expect("clean stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_payment_service_charges_nothing_and_the_cart_waits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A port that nothing listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let app = TestApp::spawn(
+        &Settings::new(dir.path(), &Backend::Sqlite)
+            .set("CARTBUS_PAYMENT_URL", format!("http://{closed}/capture"))
+            .set("CARTBUS_ADMIN_TOKEN", ADMIN_TOKEN),
+    )
+    .await;
+    let cart = common::cart();
+    assert_eq!(app.post_cart(&cart).await.status(), 202);
+    // Counted as released once the step is over, i.e. after the flag was cleared.
+    eventually("a call not sent and the message released", || async {
+        let text = common::metrics_text(&app.client, &app.base).await;
+        let not_sent = common::metric(&text, r#"cartbus_payment_calls_total{outcome="not_sent"}"#);
+        let released = common::metric(
+            &text,
+            r#"cartbus_consumer_messages_total{outcome="released"}"#,
+        );
+        (not_sent >= 1.0 && released >= 1.0).then_some(())
+    })
+    .await;
+    // Known not called: the flag is cleared and the cart waits for another try.
+    let status = checkout(&app.client, &app.base, &cart).await;
+    assert_eq!(
+        (status["status"].as_str(), status.get("reason")),
+        (Some("pending"), None)
+    );
+    assert!(
+        payments_listed(&app.client, &app.base, "?state=all")
+            .await
+            .is_empty()
+    );
+    assert_eq!(common::queued_messages(dir.path()).await, 1);
+    assert!(dead_letters(&Backend::Sqlite, dir.path()).await.is_empty());
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_call_the_cart_is_dead_lettered_and_never_charged_again() {
+    for backend in
+        Backend::all("killed_after_the_call_the_cart_is_dead_lettered_and_never_charged_again")
+            .await
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let payments = FakePayments::start().await;
+        let settings = settings(dir.path(), &backend, &payments);
+        let http = client();
+        let cart = common::cart();
+
+        // The payment service captures; the process dies before it records that.
+        let mut first = Process::start(&settings, &[("FAILPOINTS", "payment-after-call=return")]);
+        assert_eq!(post_cart(&http, &first.base, &cart).await.status(), 202);
+        eventually("the call made and the process stopped after it", || async {
+            (payments.calls(&cart).len() == 1 && first.logs_contain("fail point hit")).then_some(())
+        })
+        .await;
+        first.kill();
+
+        let second = Process::start(&settings, &[]);
+        eventually(
+            "the redelivered cart dead-lettered payment-unknown",
+            || async {
+                dead_letters(&backend, dir.path())
+                    .await
+                    .contains(&(id(&cart), "payment-unknown".to_string()))
+                    .then_some(())
+            },
+        )
+        .await;
+        wait_for_checkout(
+            &http,
+            &second.base,
+            &cart,
+            "pending",
+            Some("payment-unknown"),
+        )
+        .await;
+        assert_eq!(
+            payments.calls(&cart).len(),
+            1,
+            "{backend:?}: called once, never again"
+        );
+        assert_eq!(common::order_counts(&backend, dir.path()).await.0, 0);
+        let unknown = payments_listed(&http, &second.base, "").await;
+        let step = listed(&unknown, &cart).expect("listed as unknown");
+        assert_eq!(step["state"], "unknown");
+        assert!(
+            step["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("not called again"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_and_resolve_unknown_payments() {
+    for backend in Backend::all("operators_list_and_resolve_unknown_payments").await {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let payments = FakePayments::start().await;
+        let app = TestApp::spawn(&settings(dir.path(), &backend, &payments)).await;
+        let http = &app.client;
+        let base = &app.base;
+        let (taken, lost, paid) = (common::cart_with_lines(3), common::cart(), common::cart());
+        payments.answer(&taken, Behaviour::Hang);
+        payments.answer(&lost, Behaviour::Hang);
+        for cart in [&taken, &lost, &paid] {
+            assert_eq!(app.post_cart(cart).await.status(), 202);
+        }
+        app.wait_for_order(&id(&paid)).await;
+        for cart in [&taken, &lost] {
+            wait_for_checkout(http, base, cart, "pending", Some("payment-unknown")).await;
+        }
+
+        let unknown = payments_listed(http, base, "?state=unknown").await;
+        assert_eq!(unknown.len(), 2, "{unknown:?}");
+        let step = listed(&unknown, &taken).expect("listed");
+        assert_eq!(
+            (&step["state"], &step["amount"], &step["currency"]),
+            (&json!("unknown"), &taken["total"], &json!("GBP"))
+        );
+        assert!(step["called_at"].is_string() && step["result_at"].is_string());
+        assert_eq!(
+            payments_listed(http, base, "?state=all&limit=1")
+                .await
+                .len(),
+            1
+        );
+
+        // Only with the admin token.
+        let path = format!("/v1/admin/payments/{}/resolve", id(&taken));
+        let body = json!({ "outcome": "captured", "reason": "seen in the dashboard" });
+        for token in [None, Some("wrong-token-wrong-token")] {
+            let mut request = http.post(app.url(&path)).json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.expect("resolve");
+            assert_eq!(response.status(), 401);
+            let response = http
+                .get(app.url("/v1/admin/payments"))
+                .send()
+                .await
+                .expect("list");
+            assert_eq!(response.status(), 401);
+        }
+
+        // Bad bodies name their field.
+        for (body, pointer) in [
+            (json!({ "reason": "checked" }), "/outcome"),
+            (
+                json!({ "outcome": "maybe", "reason": "checked" }),
+                "/outcome",
+            ),
+            (json!({ "outcome": "captured" }), "/reason"),
+            (json!({ "outcome": "captured", "reason": "  " }), "/reason"),
+            (
+                json!({ "outcome": "captured", "reason": "x".repeat(501) }),
+                "/reason",
+            ),
+            (json!({ "outcome": "captured", "reason": 7 }), "/reason"),
+            (
+                json!({ "outcome": "failed", "reason": "checked", "payment_id": "p-1" }),
+                "/payment_id",
+            ),
+            (
+                json!({ "outcome": "captured", "reason": "checked", "color": "red" }),
+                "/color",
+            ),
+        ] {
+            let (status, problem) = resolve(http, base, &taken, body.clone()).await;
+            assert_eq!(status, 422, "{body} → {problem}");
+            let pointers: Vec<&str> = problem["errors"]
+                .as_array()
+                .expect("errors")
+                .iter()
+                .filter_map(|e| e["pointer"].as_str())
+                .collect();
+            assert!(pointers.contains(&pointer), "{body} → {problem}");
+        }
+        for query in ["?state=maybe", "?limit=0", "?limit=1001"] {
+            let path = format!("/v1/admin/payments{query}");
+            let (status, _) = admin(http, base, reqwest::Method::GET, &path, None).await;
+            assert_eq!(status, 422, "{query}");
+        }
+
+        // Captured: the order is made from the stored cart, with its lines.
+        let resolution = json!({ "outcome": "captured", "reason": "charge seen in the dashboard",
+                                 "payment_id": "ch_123" });
+        let (status, resolved) = resolve(http, base, &taken, resolution.clone()).await;
+        assert_eq!(status, 200, "{resolved}");
+        assert_eq!(resolved["state"], "resolved-captured");
+        assert_eq!(resolved["payment_id"], "ch_123");
+        assert_eq!(resolved["resolved_reason"], "charge seen in the dashboard");
+        assert!(
+            resolved["resolved_by"]
+                .as_str()
+                .is_some_and(|by| by.starts_with("ops-alice"))
+        );
+        assert!(resolved["resolved_at"].is_string());
+        let order = app.wait_for_order(&id(&taken)).await;
+        assert_eq!(resolved["order_id"], order["order_id"]);
+        assert_eq!(order["source"], "queue");
+        assert_eq!(order["total"], taken["total"]);
+        let lines: Vec<Value> = order["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .map(|l| {
+                json!({ "sku": l["sku"], "name": l["name"], "quantity": l["quantity"],
+                             "unit_price": l["unit_price"] })
+            })
+            .collect();
+        assert_eq!(Value::from(lines), taken["lines"]);
+        // The same resolution again answers the same; the other one conflicts.
+        let (status, again) = resolve(http, base, &taken, resolution).await;
+        assert_eq!((status, &again["order_id"]), (200, &order["order_id"]));
+        let (status, problem) = resolve(
+            http,
+            base,
+            &taken,
+            json!({ "outcome": "failed", "reason": "changed my mind" }),
+        )
+        .await;
+        assert_eq!(status, 409, "{problem}");
+
+        // Failed: the checkout is rejected, no order.
+        let failed = json!({ "outcome": "failed", "reason": "no charge at the provider" });
+        let (status, resolved) = resolve(http, base, &lost, failed.clone()).await;
+        assert_eq!(
+            (status, &resolved["state"]),
+            (200, &json!("resolved-failed"))
+        );
+        wait_for_checkout(http, base, &lost, "rejected", Some("payment-failed")).await;
+        assert_eq!(common::count_orders_for(&app.state, &id(&lost)).await, 0);
+        assert_eq!(resolve(http, base, &lost, failed).await.0, 200);
+
+        // A payment with a result, or no payment step at all, is not for resolving.
+        let body = json!({ "outcome": "captured", "reason": "checked" });
+        assert_eq!(resolve(http, base, &paid, body.clone()).await.0, 409);
+        assert_eq!(resolve(http, base, &common::cart(), body).await.0, 404);
+
+        assert!(payments_listed(http, base, "").await.is_empty());
+        assert_eq!(payments_listed(http, base, "?state=all").await.len(), 3);
+        // The storefront retries the resolved checkouts: no call, nothing changes.
+        for cart in [&taken, &lost] {
+            assert_eq!(app.post_cart(cart).await.status(), 202);
+        }
+        eventually("the queue empty", || async {
+            (common::queued_messages(dir.path()).await == 0).then_some(())
+        })
+        .await;
+        for cart in [&taken, &lost, &paid] {
+            assert_eq!(payments.calls(cart).len(), 1, "{backend:?}");
+        }
+        assert_eq!(common::count_orders(&app.state).await, 2);
+        wait_for_checkout(http, base, &lost, "rejected", Some("payment-failed")).await;
+        app.stop().await.expect("clean stop");
+    }
+}
