@@ -646,3 +646,60 @@ async fn operators_list_and_resolve_unknown_payments() {
         app.stop().await.expect("clean stop");
     }
 }
+
+/// The queue down: the cart is written directly, and still paid for exactly once; a
+/// declined card gives no order, an unanswered call is never repeated.
+#[tokio::test]
+async fn a_direct_write_captures_the_payment_once_too() {
+    for backend in Backend::all("a_direct_write_captures_the_payment_once_too").await {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let payments = FakePayments::start().await;
+        let not_a_directory = dir.path().join("not-a-directory");
+        std::fs::write(&not_a_directory, b"x").expect("write");
+        let settings = settings(dir.path(), &backend, &payments)
+            .set(
+                "CARTBUS_QUEUE_URL",
+                format!("embedded:{}", not_a_directory.join("queue.db").display()),
+            )
+            .set("CARTBUS_PAYMENT_TIMEOUT_MS", "300");
+        let app = TestApp::spawn(&settings).await;
+
+        let paid = common::cart();
+        let response = app.post_cart(&paid).await;
+        assert_eq!(response.status(), 201, "{backend:?}");
+        assert_eq!(app.post_cart(&paid).await.status(), 201, "posted again");
+        assert_eq!(common::count_orders_for(&app.state, &id(&paid)).await, 1);
+        assert_eq!(payments.calls(&paid).len(), 1, "{backend:?}: charged once");
+
+        let declined = common::cart();
+        payments.answer(&declined, Behaviour::Decline);
+        assert_eq!(app.post_cart(&declined).await.status(), 202);
+        let status = checkout(&app.client, &app.base, &declined).await;
+        assert_eq!(status["status"], "rejected", "{status}");
+        assert_eq!(status["reason"], "payment-declined");
+        assert_eq!(
+            common::count_orders_for(&app.state, &id(&declined)).await,
+            0
+        );
+
+        let unanswered = common::cart();
+        payments.answer(&unanswered, Behaviour::Hang);
+        assert_eq!(app.post_cart(&unanswered).await.status(), 202);
+        assert_eq!(app.post_cart(&unanswered).await.status(), 202, "again");
+        let status = checkout(&app.client, &app.base, &unanswered).await;
+        assert_eq!(status["status"], "pending", "{status}");
+        assert_eq!(status["reason"], "payment-unknown");
+        assert_eq!(
+            payments.calls(&unanswered).len(),
+            1,
+            "{backend:?}: never again"
+        );
+        assert!(
+            dead_letters(&backend, dir.path())
+                .await
+                .iter()
+                .any(|(id, reason)| *id == self::id(&unanswered) && reason == "payment-unknown")
+        );
+        app.stop().await.expect("clean stop");
+    }
+}

@@ -6,7 +6,14 @@ use uuid::Uuid;
 
 use super::{Cart, message};
 use crate::app::App;
+use crate::consumer::payment::{self, Verdict};
+use crate::deadletters;
 use crate::orders::{self, Placement, Source};
+use crate::payments;
+use crate::queue::DeadLetterReason;
+
+/// Where a direct write's dead letters say they came from (no queue was involved).
+const DIRECT_SOURCE: &str = "direct-write";
 
 /// Where an accepted cart went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +61,21 @@ async fn write_directly(app: &App, cart: &Cart) -> Result<Accepted, IntakeError>
         tracing::error!(cart_id = %cart.cart_id, "database down or its schema not ready; cannot write the order directly");
         return Err(IntakeError::Unavailable);
     }
+    if let Some(gateway) = &app.payments {
+        // The same at-most-once capture as the consumer's: no order without a payment.
+        match tokio::time::timeout(app.config.request_timeout / 2, pay(app, gateway, cart)).await {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(decided))) => return Ok(decided),
+            Ok(Err(e)) => {
+                tracing::error!(cart_id = %cart.cart_id, error = %e, "payment step of a direct write failed");
+                return Err(IntakeError::Unavailable);
+            }
+            Err(_) => {
+                tracing::error!(cart_id = %cart.cart_id, "payment step of a direct write timed out");
+                return Err(IntakeError::Unavailable);
+            }
+        }
+    }
     let write = async {
         let mut tx = app.db.begin().await?;
         let placement = orders::place(&mut tx, cart, &cart.payload_hash(), Source::Direct).await?;
@@ -80,6 +102,61 @@ async fn write_directly(app: &App, cart: &Cart) -> Result<Accepted, IntakeError>
         Err(_) => {
             tracing::error!(cart_id = %cart.cart_id, "direct order write timed out");
             Err(IntakeError::Unavailable)
+        }
+    }
+}
+
+/// The payment step for a cart written directly. `None`: captured (or ordered before), go
+/// on and write the order. `Some(Queued)`: no order now; the checkout's status says why
+/// (`rejected` for a declined payment, `pending` with `payment-unknown` for a person to
+/// resolve). A call that never left answers 503 so that the storefront tries again.
+async fn pay(
+    app: &App,
+    gateway: &crate::payments::Gateway,
+    cart: &Cart,
+) -> Result<Option<Accepted>, IntakeError> {
+    let message = message::encode(cart, Utc::now());
+    let cart_id = cart.cart_id.as_uuid();
+    let db_failed = |e: sqlx::Error| {
+        tracing::error!(%cart_id, error = %e, "payment step of a direct write failed");
+        IntakeError::Unavailable
+    };
+    let verdict = payment::decide(app, gateway, &[(cart, &message)])
+        .await
+        .map_err(db_failed)?
+        .remove(&cart_id)
+        .unwrap_or(Verdict::Proceed);
+    let write = async {
+        let mut tx = app.db.begin().await?;
+        match &verdict {
+            Verdict::Refused { reason, detail } => {
+                orders::record_rejection(&mut tx, cart_id, reason, detail).await?
+            }
+            Verdict::Unknown(detail) => {
+                deadletters::record(
+                    &mut tx,
+                    DIRECT_SOURCE,
+                    &message,
+                    DeadLetterReason::PaymentUnknown,
+                    detail,
+                    0,
+                )
+                .await?;
+                payments::store::mark_unknown(&mut tx, cart_id, detail).await?
+            }
+            Verdict::Proceed | Verdict::Retry(_) => {}
+        }
+        tx.commit().await
+    };
+    match verdict {
+        Verdict::Proceed => Ok(None),
+        Verdict::Retry(ref why) => {
+            tracing::warn!(%cart_id, why, "payment not attempted; the storefront should retry");
+            Err(IntakeError::Unavailable)
+        }
+        Verdict::Refused { .. } | Verdict::Unknown(_) => {
+            write.await.map_err(db_failed)?;
+            Ok(Some(Accepted::Queued))
         }
     }
 }
