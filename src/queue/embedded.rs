@@ -106,10 +106,20 @@ impl EmbeddedQueue {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
         let mut writer = connect.connect().await?;
-        migrator()
-            .run(&mut writer)
-            .await
-            .map_err(|e| QueueError::Unavailable(format!("queue migration failed: {e}")))?;
+        // Another process on the same file (a second instance, the partner simulator) may
+        // be migrating it this very moment, and SQLite migrations take no lock: a failed
+        // run is tried again, and then finds the migration applied.
+        let mut tries = 0;
+        while let Err(e) = migrator().run(&mut writer).await {
+            tries += 1;
+            if tries == 5 {
+                return Err(QueueError::Unavailable(format!(
+                    "queue migration failed: {e}"
+                )));
+            }
+            tracing::debug!(error = %e, "queue migration failed; trying again");
+            tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+        }
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(connect)
