@@ -345,7 +345,10 @@ const UNPREFIXED: &[(&str, &str)] = &[("DATABASE_URL", "database_url")];
 impl Config {
     /// Reads defaults ← `file` ← the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::from_figment(Self::figment(file, Env::prefixed("CARTBUS_"), Env::raw()))
+        Self::from_figment(
+            Self::figment(file, Env::prefixed("CARTBUS_"), Env::raw()),
+            partner_vars(std::env::vars()),
+        )
     }
 
     /// Reads defaults ← the given variables only; for tests and tools that must not see
@@ -353,6 +356,8 @@ impl Config {
     pub fn from_vars<'a>(
         vars: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Config, ConfigError> {
+        let vars: Vec<(&str, &str)> = vars.into_iter().collect();
+        let partners = partner_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut figment = Figment::new();
         for (key, value) in vars {
             let name = match key.strip_prefix("CARTBUS_") {
@@ -367,7 +372,7 @@ impl Config {
                 value.parse().expect("parsing a value is infallible");
             figment = figment.merge((name, value));
         }
-        Self::from_figment(figment)
+        Self::from_figment(figment, partners)
     }
 
     fn figment(file: Option<&Path>, prefixed: Env, raw: Env) -> Figment {
@@ -388,7 +393,13 @@ impl Config {
             }))
     }
 
-    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+    /// `environment_partners`: the `CARTBUS_PARTNER_*` variables as the environment holds
+    /// them; they win over figment's reading, which takes an all-digit secret for a number
+    /// (and would drop its leading zeros).
+    fn from_figment(
+        figment: Figment,
+        environment_partners: Vec<(String, String)>,
+    ) -> Result<Config, ConfigError> {
         let raw: Raw = figment.extract().map_err(|e| {
             let setting = e
                 .path
@@ -401,7 +412,7 @@ impl Config {
         let all: BTreeMap<String, figment::value::Value> = figment
             .extract()
             .map_err(|e| ConfigError::Source(e.to_string()))?;
-        let partner_keys = all
+        let mut partner_keys: BTreeMap<String, String> = all
             .into_iter()
             .filter(|(key, _)| key.starts_with("partner_"))
             .map(|(key, value)| {
@@ -420,13 +431,25 @@ impl Config {
                 (key, text)
             })
             .collect();
-        raw.validate(partner_keys)
+        partner_keys.extend(environment_partners);
+        raw.validate(partner_keys.into_iter().collect())
     }
 
     /// Whether the admin API is switched on.
     pub fn admin_enabled(&self) -> bool {
         self.admin_token.is_some()
     }
+}
+
+/// `CARTBUS_PARTNER_*` variables as (lower-case key without `CARTBUS_`, raw value).
+fn partner_vars(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.filter_map(|(key, value)| {
+        let rest = key.strip_prefix("CARTBUS_")?;
+        rest.to_ascii_lowercase()
+            .starts_with("partner_")
+            .then(|| (rest.to_ascii_lowercase(), value))
+    })
+    .collect()
 }
 
 fn env_name(key: &str) -> String {
@@ -836,6 +859,25 @@ mod tests {
             (amqp.tls, amqp.port, amqp.vhost.as_deref()),
             (false, 5672, None)
         );
+    }
+
+    #[test]
+    fn an_all_digit_partner_secret_keeps_its_leading_zeros() {
+        let config = Config::from_vars([
+            ("CARTBUS_ROUTES", "*=acme"),
+            ("CARTBUS_PARTNER_ACME_SECRET", "0012345678901234567890"),
+        ])
+        .expect("valid");
+        let acme = config.fulfilment.partner("acme").expect("acme");
+        assert_eq!(
+            acme.secret.as_ref().map(|s| s.expose_secret()),
+            Some("0012345678901234567890")
+        );
+        assert_eq!(acme.address, "partner-acme");
+        let err = Config::from_vars([("CARTBUS_PARTNER_ACME_KEY", "x")])
+            .expect_err("unknown partner setting")
+            .to_string();
+        assert!(err.contains("CARTBUS_PARTNER_ACME_KEY"), "{err}");
     }
 
     #[test]

@@ -677,6 +677,10 @@ async fn partner_replies_fill_the_history_once_in_order_and_only_when_signed() {
             "{stack:?}"
         );
         assert_eq!(order["status"], "shipped");
+        assert_eq!(
+            order["tracking_id"], "TRK-shipped",
+            "the late reply keeps the newer id"
+        );
 
         // Refused, recorded as dead letters, nothing changed.
         reply(&app, one, "shipped", "contoso", "not-contoso-secret").await;
@@ -795,4 +799,95 @@ async fn the_partner_simulator_plays_the_whole_loop() {
         assert_eq!(stats.orders.load(std::sync::atomic::Ordering::Relaxed), 1);
         app.stop().await.expect("stops");
     }
+}
+
+async fn admin_post(app: &TestApp, path: &str, body: Value) -> Value {
+    let response = app
+        .client
+        .post(app.url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .expect("admin POST");
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.expect("JSON")
+}
+
+/// The relay and the reply reader pause with the drain switch: nothing is sent and no
+/// reply is applied while paused (watched for a second, twenty relay polls), and both
+/// pick up where they were on resume.
+#[tokio::test]
+async fn the_relay_and_the_reply_reader_pause_with_the_drain_switch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(&settings(
+        dir.path(),
+        &Backend::Sqlite,
+        &Stack::Embedded,
+        "x",
+    ))
+    .await;
+    let cart = cart_to("GB", Some("LND"), 1_000);
+    assert!(app.post_cart(&cart).await.status().is_success());
+    let order = app.wait_for_order(&cart_id(&cart).to_string()).await;
+    let order_id = Uuid::parse_str(order["order_id"].as_str().expect("id")).expect("uuid");
+    wait_all_processed(&app, 1).await;
+    take_all(&app.state.queue, &address_of(&app, "contoso"), 1).await;
+
+    let paused = admin_post(
+        &app,
+        "/v1/admin/consumer/pause",
+        json!({ "wait_seconds": 10, "reason": "fulfilment test" }),
+    )
+    .await;
+    assert_eq!(paused["drained"], true, "{paused}");
+    // Work for both while paused: the row due again, and a good reply.
+    cartbus::on_db!(&app.state.db, |pool| sqlx::query(
+        "UPDATE order_dispatch SET process_status = 'pending', next_attempt_at = $1"
+    )
+    .bind(chrono::Utc::now())
+    .execute(pool)
+    .await
+    .map(drop)
+    .expect("row due again"));
+    reply(
+        &app,
+        order_id,
+        "received_by_partner",
+        "contoso",
+        secret("contoso"),
+    )
+    .await;
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(1) {
+        let rows = dispatch_rows(&app).await;
+        assert_eq!(rows[0].1, "pending", "the relay sent while paused");
+        let (h, _) = history(&app, order_id).await;
+        assert_eq!(
+            h,
+            ["placed", "sent_to_partner"],
+            "a reply was applied while paused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    admin_post(&app, "/v1/admin/consumer/resume", json!({})).await;
+    wait_all_processed(&app, 1).await;
+    eventually("the reply applied after resume", || async {
+        let (h, _) = history(&app, order_id).await;
+        (h.len() == 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        take_all(&app.state.queue, &address_of(&app, "contoso"), 1)
+            .await
+            .len(),
+        1,
+        "sent once more after resume"
+    );
+    app.stop().await.expect("stops");
 }

@@ -45,7 +45,11 @@ pub async fn run(app: AppState, stop: CancellationToken) {
         if !control::until_working(&app, &mut modes, &stop).await {
             break;
         }
-        match relay_batch(&app).await {
+        // Counted as consuming while a batch is out, so `drained` waits for it.
+        app.control.set_consuming(true);
+        let batch = relay_batch(&app).await;
+        app.control.set_consuming(false);
+        match batch {
             Ok(claimed) if claimed >= settings.relay.batch => continue,
             Ok(_) => {
                 tokio::select! {
@@ -88,15 +92,23 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
     let orders = orders::find_many(&app.db, &ids).await?;
 
     // Route every order; one that no rule covers fails like a send would.
+    // An order routed by an earlier attempt stays with that partner (its send may have
+    // reached the partner even though it counted as failed, and the partner's replies are
+    // checked against it), whatever the routes say now.
     let mut routed: Vec<(&OrderView, &str)> = Vec::with_capacity(orders.len());
     let mut failures: Vec<(Uuid, String)> = Vec::new();
     for order in &orders {
         let address = &order.shipping_address;
-        match settings
-            .routes
-            .as_ref()
-            .and_then(|routes| routes.partner_for(&address.country, address.region.as_deref()))
-        {
+        let earlier = claimed
+            .iter()
+            .find(|row| row.order_id == order.order_id)
+            .and_then(|row| row.partner.as_deref());
+        match earlier.or_else(|| {
+            settings
+                .routes
+                .as_ref()
+                .and_then(|routes| routes.partner_for(&address.country, address.region.as_deref()))
+        }) {
             Some(partner) => routed.push((order, partner)),
             None => failures.push((
                 order.order_id,
@@ -141,9 +153,9 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
     app.metrics.outbox("sent", marked.len() as u64);
     if marked.len() < sent.len() {
         tracing::warn!(
-            lapsed = sent.len() - marked.len(),
+            taken = sent.len() - marked.len(),
             lease = ?settings.relay.lease,
-            "outbox lease lapsed while sending: those orders will be sent again (partners dedupe on message-id)"
+            "outbox lease lapsed while sending and another relay took rows: they are sent again (partners dedupe on message-id)"
         );
     }
     let retry_count = |order_id: Uuid| {
@@ -193,7 +205,8 @@ async fn send_order(app: &AppState, order: &OrderView, partner: &str) -> Result<
         return Err("fail point relay-send".into());
     }
     let message = message::new_order(order, partner, &settings.status_address);
-    let audit = (order.total > settings.audit_threshold).then(|| message.clone());
+    let audit = (order.total > audit_threshold(settings.audit_threshold, &order.currency))
+        .then(|| message.clone());
     app.outbox_queue
         .send(address, message)
         .await
@@ -206,4 +219,32 @@ async fn send_order(app: &AppState, order: &OrderView, partner: &str) -> Result<
         app.metrics.outbox("audit_copy", 1);
     }
     Ok(())
+}
+
+/// The audit threshold in `currency`'s minor units. `CARTBUS_AUDIT_THRESHOLD` is in the
+/// minor units of a two-decimal currency (1000000 = 10,000.00), so it means the same
+/// amount in yen (no decimals: ¥10,000) or dinars (three: 10,000.000).
+fn audit_threshold(threshold: i64, currency: &str) -> i64 {
+    let exponent = iso_currency::Currency::from_code(currency)
+        .and_then(|c| c.exponent())
+        .unwrap_or(2);
+    match exponent {
+        0 => threshold / 100,
+        1 => threshold / 10,
+        2 => threshold,
+        e => threshold.saturating_mul(10_i64.saturating_pow(u32::from(e) - 2)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::audit_threshold;
+
+    #[test]
+    fn the_audit_threshold_is_the_same_amount_in_every_currency() {
+        assert_eq!(audit_threshold(1_000_000, "GBP"), 1_000_000);
+        assert_eq!(audit_threshold(1_000_000, "JPY"), 10_000);
+        assert_eq!(audit_threshold(1_000_000, "KWD"), 10_000_000);
+        assert_eq!(audit_threshold(1_000_000, "XXX"), 1_000_000);
+    }
 }

@@ -46,9 +46,13 @@ pub async fn run(app: AppState, stop: CancellationToken) {
         if !control::until_working(&app, &mut modes, &stop).await {
             break;
         }
+        // Counted as consuming for the whole session, like the cart consumer: `drained`
+        // waits until replies in hand are committed and the receiver is closed.
+        app.control.set_consuming(true);
         let receiver = match app.queue.receiver(&address).await {
             Ok(receiver) => receiver,
             Err(e) => {
+                app.control.set_consuming(false);
                 tracing::warn!(error = %e, %address, retry_in = ?backoff, "cannot open the partner status receiver");
                 pause(&stop, backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -65,7 +69,12 @@ pub async fn run(app: AppState, stop: CancellationToken) {
                 session.cancel();
             })
         };
+        if *modes.borrow_and_update() != Mode::Consume {
+            session.cancel();
+        }
         let result = consume(&app, receiver, &session, &mut backoff).await;
+        app.control.set_consuming(false);
+        app.control.nudge();
         switch_watch.abort();
         if let Err(e) = result {
             tracing::warn!(error = %e, retry_in = ?backoff, "partner status receiver lost");
@@ -290,14 +299,25 @@ async fn record(
         return Ok(Ok(Recorded::Duplicate));
     }
     if let Some(tracking) = &reply.tracking_id {
-        on_tx!(tx, |c| sqlx::query(
-            "UPDATE orders SET tracking_id = $1 WHERE id = $2"
+        // A late reply (received_by_partner after shipped) keeps the newer tracking id.
+        let recorded: Vec<String> = on_tx!(tx, |c| sqlx::query_scalar(
+            "SELECT status FROM order_status WHERE order_id = $1"
         )
-        .bind(tracking.trim())
         .bind(reply.order_id)
-        .execute(&mut *c)
-        .await
-        .map(drop))?;
+        .fetch_all(&mut *c)
+        .await)?;
+        let step = |status: &str| PARTNER_STATUSES.iter().position(|s| *s == status);
+        let furthest = recorded.iter().filter_map(|s| step(s)).max();
+        if furthest <= step(&reply.status) {
+            on_tx!(tx, |c| sqlx::query(
+                "UPDATE orders SET tracking_id = $1 WHERE id = $2"
+            )
+            .bind(tracking.trim())
+            .bind(reply.order_id)
+            .execute(&mut *c)
+            .await
+            .map(drop))?;
+        }
     }
     Ok(Ok(Recorded::Applied))
 }

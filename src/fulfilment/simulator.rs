@@ -14,7 +14,8 @@ use tokio_util::task::TaskTracker;
 use super::message::{self, NewOrder, StatusReply};
 use crate::queue::{DeadLetterReason, Queue, QueueError, Settlement};
 
-#[derive(Clone, Debug)]
+/// Not `Debug`: it holds the shared secret.
+#[derive(Clone)]
 pub struct SimulatorOptions {
     /// The partner's name, as in `CARTBUS_ROUTES`.
     pub partner: String,

@@ -15,6 +15,8 @@ use crate::on_db;
 pub struct Claimed {
     pub order_id: Uuid,
     pub retry_count: i32,
+    /// Set when an earlier attempt routed it: the order stays with that partner.
+    pub partner: Option<String>,
 }
 
 /// Locks up to `limit` due rows for `batch_id` until `until`: rows that are pending or
@@ -42,7 +44,7 @@ pub async fn claim(
                        LIMIT $5
                        FOR UPDATE SKIP LOCKED) due
                  WHERE d.order_id = due.order_id
-                 RETURNING d.order_id, d.retry_count",
+                 RETURNING d.order_id, d.retry_count, d.partner",
             )
             .bind(instance)
             .bind(until)
@@ -62,7 +64,7 @@ pub async fn claim(
                          AND (locked_until IS NULL OR locked_until < $4)
                        ORDER BY next_attempt_at
                        LIMIT $5)
-                 RETURNING order_id, retry_count",
+                 RETURNING order_id, retry_count, partner",
             )
             .bind(instance)
             .bind(until)
@@ -102,11 +104,12 @@ pub async fn assign_partners(
             .await?;
             sqlx::query(
                 "UPDATE orders o SET transport_partner = t.partner
-                 FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
-                 WHERE o.id = t.order_id",
+                 FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner), order_dispatch d
+                 WHERE o.id = t.order_id AND d.order_id = t.order_id AND d.batch_id = $3",
             )
             .bind(&ids)
             .bind(&partners)
+            .bind(batch_id)
             .execute(&mut *tx)
             .await?;
             tx.commit().await
@@ -122,11 +125,16 @@ pub async fn assign_partners(
                 .bind(batch_id)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE orders SET transport_partner = $1 WHERE id = $2")
-                    .bind(partner)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE orders SET transport_partner = $1
+                     WHERE id = $2
+                       AND EXISTS (SELECT 1 FROM order_dispatch WHERE order_id = $2 AND batch_id = $3)",
+                )
+                .bind(partner)
+                .bind(id)
+                .bind(batch_id)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await
         }
@@ -134,7 +142,9 @@ pub async fn assign_partners(
 }
 
 /// Marks sent rows `processed` and appends `sent_to_partner`, in one transaction, for the
-/// rows this batch still holds. Returns the ids marked; the others' lease lapsed.
+/// rows this batch still holds. Returns the ids marked; the others were claimed by
+/// another relay after this one's lease lapsed (every claim writes a new batch id, so
+/// the batch id alone says who holds a row).
 pub async fn mark_sent(
     db: &Db,
     batch_id: Uuid,
@@ -151,7 +161,7 @@ pub async fn mark_sent(
                 "UPDATE order_dispatch
                  SET process_status = 'processed', processed_at = $3, locked_until = NULL,
                      last_error = NULL, version = version + 1
-                 WHERE order_id = ANY($1) AND batch_id = $2 AND locked_until > $3
+                 WHERE order_id = ANY($1) AND batch_id = $2
                  RETURNING order_id",
             )
             .bind(order_ids)
@@ -179,7 +189,7 @@ pub async fn mark_sent(
                     "UPDATE order_dispatch
                      SET process_status = 'processed', processed_at = $3, locked_until = NULL,
                          last_error = NULL, version = version + 1
-                     WHERE order_id = $1 AND batch_id = $2 AND locked_until > $3",
+                     WHERE order_id = $1 AND batch_id = $2",
                 )
                 .bind(id)
                 .bind(batch_id)
@@ -214,7 +224,7 @@ pub enum AfterFailure {
     GiveUp,
 }
 
-/// Records a failed send of a row this batch still holds; false when the lease lapsed.
+/// Records a failed send of a row this batch still holds; false when another relay has it.
 pub async fn mark_failed(
     db: &Db,
     batch_id: Uuid,
@@ -232,14 +242,13 @@ pub async fn mark_failed(
             "UPDATE order_dispatch
              SET process_status = $1, next_attempt_at = $2, retry_count = retry_count + 1,
                  last_error = $3, locked_until = NULL, version = version + 1
-             WHERE order_id = $4 AND batch_id = $5 AND locked_until > $6",
+             WHERE order_id = $4 AND batch_id = $5",
         )
         .bind(status)
         .bind(next)
         .bind(error)
         .bind(order_id)
         .bind(batch_id)
-        .bind(now)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -299,14 +308,15 @@ pub async fn list(
 }
 
 /// Sends a `critical_error` (or `error`) row again from scratch; false when it is in
-/// neither state.
+/// neither state, or a relay holds it right now (breaking its lease would send it twice).
 pub async fn retry(db: &Db, order_id: Uuid, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
     on_db!(db, |pool| {
         let done = sqlx::query(
             "UPDATE order_dispatch
              SET process_status = 'pending', retry_count = 0, next_attempt_at = $2,
                  locked_until = NULL, version = version + 1
-             WHERE order_id = $1 AND process_status IN ('critical_error', 'error')",
+             WHERE order_id = $1 AND process_status IN ('critical_error', 'error')
+               AND (locked_until IS NULL OR locked_until < $2)",
         )
         .bind(order_id)
         .bind(now)

@@ -167,7 +167,8 @@ async fn embedded(args: &RunArgs, binary: &Path, table: &mut Table) -> anyhow::R
     let dir = tempfile::tempdir()?;
     let data = dir.path().to_path_buf();
     let raw_append = raw_sqlite_append(&dir.path().join("raw.db"), args.backlog).await?;
-    let env = vec![("CARTBUS_DATA_DIR".to_string(), data.display().to_string())];
+    let mut env = vec![("CARTBUS_DATA_DIR".to_string(), data.display().to_string())];
+    env.extend(hand_off("partner-bench"));
     stack(
         args,
         binary,
@@ -210,12 +211,14 @@ async fn broker(args: &RunArgs, binary: &Path, table: &mut Table) -> anyhow::Res
         None,
         "plain fe2o3-amqp, durable 1 KB",
     );
-    let env = vec![
+    let mut env = vec![
         ("CARTBUS_DATA_DIR".to_string(), data.display().to_string()),
         ("DATABASE_URL".to_string(), database.clone()),
         ("CARTBUS_QUEUE_URL".to_string(), args.amqp.clone()),
         ("CARTBUS_CART_ADDRESS".to_string(), address.clone()),
     ];
+    let partner_queue = format!("{queue}-partner");
+    env.extend(hand_off(&format!("/queue/{partner_queue}")));
     let rtt_p99 = percentile(&rtt, 0.99);
     table.add(
         "raw publish round trip p99",
@@ -242,10 +245,25 @@ async fn broker(args: &RunArgs, binary: &Path, table: &mut Table) -> anyhow::Res
         None,
         "target ≤ 2",
     );
-    let _ = Command::new("rabbitmqctl")
-        .args(["delete_queue", &queue])
-        .output();
+    for queue in [&queue, &partner_queue] {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_queue", queue])
+            .output();
+    }
     Ok(())
+}
+
+/// The fulfilment hand-off switched on, as in production: every order is also relayed
+/// to one partner at `address` while the phases run.
+fn hand_off(address: &str) -> [(String, String); 3] {
+    [
+        ("CARTBUS_ROUTES".into(), "*=bench".into()),
+        ("CARTBUS_PARTNER_BENCH_ADDRESS".into(), address.into()),
+        (
+            "CARTBUS_PARTNER_BENCH_SECRET".into(),
+            "bench-partner-secret-0001".into(),
+        ),
+    ]
 }
 
 /// The phases both stacks share.
@@ -323,6 +341,15 @@ async fn stack(
         "ord/s",
         Some(rate),
         "target ≥ 1.2",
+    );
+    // The relay ran alongside the drain; when has every order reached its partner?
+    wait_for_dispatched(&db, target, Duration::from_secs(600)).await?;
+    table.add(
+        "hand-off to partner (outbox relay)",
+        load.ok as f64 / started.elapsed().as_secs_f64(),
+        "ord/s",
+        Some(drain),
+        "from resume until every order is sent; vs drain",
     );
 
     // Mixed: a backlog and intake at once; the backlog must shrink.
@@ -816,6 +843,24 @@ async fn count_orders(db: &Db) -> anyhow::Result<i64> {
     )
     .fetch_one(pool)
     .await)?)
+}
+
+async fn wait_for_dispatched(db: &Db, target: i64, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let sent: i64 = cartbus::on_db!(db, |pool| sqlx::query_scalar(
+            "SELECT count(*) FROM order_dispatch WHERE process_status = 'processed'"
+        )
+        .fetch_one(pool)
+        .await)?;
+        if sent >= target {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the relay had sent {sent} of {target} orders after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn wait_for_orders(db: &Db, target: i64, limit: Duration) -> anyhow::Result<()> {
