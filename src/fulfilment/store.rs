@@ -19,7 +19,7 @@ pub struct Claimed {
     pub partner: Option<String>,
 }
 
-/// Locks up to `limit` due rows for `batch_id` until `until`: rows that are pending or
+/// Locks up to `limit` due rows for `batch_id` for `until - now`: rows that are pending or
 /// waiting to retry, due, and not leased (or whose lease lapsed). PostgreSQL skips rows
 /// another relay is claiming at this moment; SQLite has one writer, so one statement is
 /// atomic.
@@ -34,22 +34,25 @@ pub async fn claim(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     match db {
         Db::Postgres(pool) => {
+            // Leases on the database's clock: instances whose clocks disagree still agree
+            // on whether a lease has lapsed.
+            let lease_ms = (until - now).num_milliseconds();
             sqlx::query_as(
                 "UPDATE order_dispatch d
-                 SET locked_by = $1, locked_until = $2, batch_id = $3, version = d.version + 1
+                 SET locked_by = $1, locked_until = now() + make_interval(secs => $2::float8 / 1000),
+                     batch_id = $3, version = d.version + 1
                  FROM (SELECT order_id FROM order_dispatch
-                       WHERE process_status IN ('pending', 'error') AND next_attempt_at <= $4
-                         AND (locked_until IS NULL OR locked_until < $4)
+                       WHERE process_status IN ('pending', 'error') AND next_attempt_at <= now()
+                         AND (locked_until IS NULL OR locked_until < now())
                        ORDER BY next_attempt_at
-                       LIMIT $5
+                       LIMIT $4
                        FOR UPDATE SKIP LOCKED) due
                  WHERE d.order_id = due.order_id
                  RETURNING d.order_id, d.retry_count, d.partner",
             )
             .bind(instance)
-            .bind(until)
+            .bind(lease_ms as f64)
             .bind(batch_id)
-            .bind(now)
             .bind(limit)
             .fetch_all(pool)
             .await
