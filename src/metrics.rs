@@ -20,6 +20,11 @@ pub struct StatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
     pub route: String,
@@ -54,6 +59,8 @@ pub struct Metrics {
     pub outbox_rows: Family<StatusLabel, Gauge>,
     /// Partner status replies by outcome: applied, duplicate, or the dead-letter reason.
     pub partner_replies: Family<Outcome, Counter>,
+    /// Dead letters not deleted, by reason (sampled at scrape).
+    pub dead_letters: Family<ReasonLabel, Gauge>,
     /// Payment capture calls by outcome: captured, declined, unknown, not_sent.
     pub payment_calls: Family<Outcome, Counter>,
     /// Payments whose outcome is unknown and unresolved (sampled at scrape).
@@ -181,7 +188,14 @@ impl Metrics {
             "Carts whose payment outcome is unknown and not yet resolved (sampled at scrape)",
             payments_unknown.clone(),
         );
+        let dead_letters = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "dead_letters",
+            "Dead letters waiting for a person (not deleted), by reason (sampled at scrape)",
+            dead_letters.clone(),
+        );
         Metrics {
+            dead_letters,
             outbox_events,
             outbox_rows,
             partner_replies,

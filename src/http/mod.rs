@@ -2,6 +2,7 @@
 
 mod admin;
 mod checkouts;
+mod deadletters;
 pub mod extract;
 mod ops;
 mod orders;
@@ -91,6 +92,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::pause))
         .routes(routes!(admin::resume))
         .routes(routes!(admin::history))
+        .routes(routes!(deadletters::list))
+        .routes(routes!(deadletters::get, deadletters::delete))
         .routes(routes!(outbox::list))
         .routes(routes!(outbox::retry))
         .routes(routes!(payments::list))

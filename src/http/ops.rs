@@ -106,6 +106,21 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     {
         app.metrics.payments_unknown.set(unknown);
     }
+    if let Ok(Ok(counts)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        crate::deadletters::counts_by_reason(&app.db),
+    )
+    .await
+    {
+        // A reason with none left disappears rather than keep its last value.
+        app.metrics.dead_letters.clear();
+        for (reason, n) in counts {
+            app.metrics
+                .dead_letters
+                .get_or_create(&crate::metrics::ReasonLabel { reason })
+                .set(n);
+        }
+    }
     app.metrics.ready.set(i64::from(app.is_ready()));
     app.metrics.queue_up.set(i64::from(app.queue.is_healthy()));
     let control = &app.control;

@@ -1,8 +1,6 @@
 //! The fulfilment outbox for operators: what is stuck and why, and a way to send a
 //! `critical_error` order again once its cause is fixed.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use chrono::Utc;
@@ -70,8 +68,10 @@ pub async fn list(
     };
     let items = store::list(&app.db, status, after, limit + 1)
         .await
-        .map_err(unavailable)?;
-    let counts = store::counts(&app.db).await.map_err(unavailable)?;
+        .map_err(ApiError::database_unavailable)?;
+    let counts = store::counts(&app.db)
+        .await
+        .map_err(ApiError::database_unavailable)?;
     let more = items.len() as i64 > limit;
     let items: Vec<DispatchRow> = items.into_iter().take(limit as usize).collect();
     Ok(Json(OutboxPage {
@@ -103,7 +103,7 @@ pub async fn retry(
         Uuid::try_parse(&order_id).map_err(|_| ApiError::field("/order_id", "must be a UUID"))?;
     if !store::retry(&app.db, order_id, Utc::now())
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::database_unavailable)?
     {
         return Err(ApiError::Conflict(format!(
             "order {order_id} has no outbox row in critical_error or error"
@@ -112,12 +112,4 @@ pub async fn retry(
     tracing::warn!(%order_id, by = %auth.actor, "outbox row sent back to the relay by an operator");
     app.outbox_wake.notify_one();
     Ok(axum::http::StatusCode::ACCEPTED)
-}
-
-fn unavailable(e: sqlx::Error) -> ApiError {
-    tracing::error!(error = %e, "outbox unavailable");
-    ApiError::Unavailable {
-        detail: "the orders database is unavailable".into(),
-        retry_after: Duration::from_secs(5),
-    }
 }

@@ -64,6 +64,15 @@ impl ApiError {
         }
     }
 
+    /// The orders database failed a read or write an admin call needed.
+    pub fn database_unavailable(e: sqlx::Error) -> ApiError {
+        tracing::error!(error = %e, "orders database unavailable to an admin call");
+        ApiError::Unavailable {
+            detail: "the orders database is unavailable".into(),
+            retry_after: std::time::Duration::from_secs(5),
+        }
+    }
+
     pub fn field(pointer: &str, detail: impl Into<String>) -> ApiError {
         ApiError::Validation(vec![FieldError {
             pointer: pointer.into(),
