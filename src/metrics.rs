@@ -54,10 +54,13 @@ pub struct Metrics {
     pub outbox_rows: Family<StatusLabel, Gauge>,
     /// Partner status replies by outcome: applied, duplicate, or the dead-letter reason.
     pub partner_replies: Family<Outcome, Counter>,
-    /// Payment capture calls by outcome: captured, declined, unknown, not_sent.
+    /// Payment capture calls by outcome: captured, declined, unknown, not_sent; and
+    /// late_after_resolution for a call that answered after an operator resolved it.
     pub payment_calls: Family<Outcome, Counter>,
     /// Payments whose outcome is unknown and unresolved (sampled at scrape).
     pub payments_unknown: Gauge,
+    /// Captured payments left without an order (sampled at scrape).
+    pub payments_captured_without_order: Gauge,
 }
 
 impl Default for Metrics {
@@ -172,7 +175,7 @@ impl Metrics {
         let payment_calls = Family::<Outcome, Counter>::default();
         registry.register(
             "payment_calls",
-            "Payment capture calls by outcome (captured, declined, unknown, not_sent)",
+            "Payment capture calls by outcome (captured, declined, unknown, not_sent; late_after_resolution: answered after an operator resolved it)",
             payment_calls.clone(),
         );
         let payments_unknown = Gauge::default();
@@ -181,6 +184,12 @@ impl Metrics {
             "Carts whose payment outcome is unknown and not yet resolved (sampled at scrape)",
             payments_unknown.clone(),
         );
+        let payments_captured_without_order = Gauge::default();
+        registry.register(
+            "payments_captured_without_order",
+            "Captured payments whose order was not written (the order write failed or its process died; sampled at scrape)",
+            payments_captured_without_order.clone(),
+        );
         Metrics {
             outbox_events,
             outbox_rows,
@@ -188,6 +197,7 @@ impl Metrics {
             registry,
             payment_calls,
             payments_unknown,
+            payments_captured_without_order,
             consumer_running,
             consumer_in_flight,
             intake_per_second,
