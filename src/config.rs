@@ -656,6 +656,18 @@ impl Raw {
             100,
             60_000,
         )?);
+        // A direct write's payment call must end well inside its request, so that the
+        // request (which waits for it at most half its timeout) sees the outcome.
+        if payment_url.is_some() && payment_timeout >= request_timeout / 2 {
+            return Err(invalid(
+                "CARTBUS_PAYMENT_TIMEOUT_MS",
+                format!(
+                    "must be below half of CARTBUS_REQUEST_TIMEOUT_SECONDS ({} ms), got {} ms",
+                    (request_timeout / 2).as_millis(),
+                    payment_timeout.as_millis()
+                ),
+            ));
+        }
         let payment_token = secret("CARTBUS_PAYMENT_TOKEN", self.payment_token)?;
 
         Ok(Config {
@@ -827,6 +839,32 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{err:?} should name {key}");
         }
+    }
+
+    #[test]
+    fn a_payment_timeout_must_end_inside_half_the_request_timeout() {
+        let with = |payment_ms: &str, request_s: &str| {
+            Config::from_vars([
+                ("CARTBUS_PAYMENT_URL", "https://pay.example/capture"),
+                ("CARTBUS_PAYMENT_TIMEOUT_MS", payment_ms),
+                ("CARTBUS_REQUEST_TIMEOUT_SECONDS", request_s),
+            ])
+        };
+        assert!(with("4999", "10").is_ok());
+        for (payment_ms, request_s) in [("5000", "10"), ("5000", "9"), ("60000", "30")] {
+            let err = with(payment_ms, request_s)
+                .expect_err("too long")
+                .to_string();
+            assert!(err.contains("CARTBUS_PAYMENT_TIMEOUT_MS"), "{err}");
+        }
+        // No payment endpoint: the timeout is unused, so not held against the request's.
+        assert!(
+            Config::from_vars([
+                ("CARTBUS_PAYMENT_TIMEOUT_MS", "5000"),
+                ("CARTBUS_REQUEST_TIMEOUT_SECONDS", "5")
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -61,10 +61,13 @@ pub struct Metrics {
     pub partner_replies: Family<Outcome, Counter>,
     /// Dead letters not deleted, by reason (sampled at scrape).
     pub dead_letters: Family<ReasonLabel, Gauge>,
-    /// Payment capture calls by outcome: captured, declined, unknown, not_sent.
+    /// Payment capture calls by outcome: captured, declined, unknown, not_sent; and
+    /// late_after_resolution for a call that answered after an operator resolved it.
     pub payment_calls: Family<Outcome, Counter>,
     /// Payments whose outcome is unknown and unresolved (sampled at scrape).
     pub payments_unknown: Gauge,
+    /// Captured payments left without an order (sampled at scrape).
+    pub payments_captured_without_order: Gauge,
 }
 
 impl Default for Metrics {
@@ -179,7 +182,7 @@ impl Metrics {
         let payment_calls = Family::<Outcome, Counter>::default();
         registry.register(
             "payment_calls",
-            "Payment capture calls by outcome (captured, declined, unknown, not_sent)",
+            "Payment capture calls by outcome (captured, declined, unknown, not_sent; late_after_resolution: answered after an operator resolved it)",
             payment_calls.clone(),
         );
         let payments_unknown = Gauge::default();
@@ -194,6 +197,12 @@ impl Metrics {
             "Dead letters waiting for a person (not deleted), by reason (sampled at scrape)",
             dead_letters.clone(),
         );
+        let payments_captured_without_order = Gauge::default();
+        registry.register(
+            "payments_captured_without_order",
+            "Captured payments whose order was not written (the order write failed or its process died; sampled at scrape)",
+            payments_captured_without_order.clone(),
+        );
         Metrics {
             dead_letters,
             outbox_events,
@@ -202,6 +211,7 @@ impl Metrics {
             registry,
             payment_calls,
             payments_unknown,
+            payments_captured_without_order,
             consumer_running,
             consumer_in_flight,
             intake_per_second,

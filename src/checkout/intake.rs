@@ -1,11 +1,13 @@
 //! Taking a checkout in: onto the queue when it takes the cart, otherwise straight into
 //! the database as an order (DESIGN §1). Either way, at most one order per cart_id.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use uuid::Uuid;
 
 use super::{Cart, message};
-use crate::app::App;
+use crate::app::{App, AppState};
 use crate::consumer::payment::{self, Verdict};
 use crate::deadletters;
 use crate::orders::{self, Placement, Source};
@@ -31,7 +33,7 @@ pub enum IntakeError {
     Unavailable,
 }
 
-pub async fn submit(app: &App, cart: &Cart) -> Result<Accepted, IntakeError> {
+pub async fn submit(app: &AppState, cart: &Cart) -> Result<Accepted, IntakeError> {
     let message = message::encode(cart, Utc::now());
     let address = &app.config.cart_address;
     match tokio::time::timeout(app.config.send_timeout, app.queue.send(address, message)).await {
@@ -56,25 +58,43 @@ pub async fn submit(app: &App, cart: &Cart) -> Result<Accepted, IntakeError> {
     result
 }
 
-async fn write_directly(app: &App, cart: &Cart) -> Result<Accepted, IntakeError> {
+/// Writes the order (after its payment) in a task of its own: the request future may be
+/// dropped (its timeout, or the client gone), and a capture must not then be left
+/// without its result or its order. The request waits for the task at most half its
+/// timeout; past that the task still finishes, and a retry finds what it did.
+async fn write_directly(app: &AppState, cart: &Cart) -> Result<Accepted, IntakeError> {
     if !app.can_write_orders() {
         tracing::error!(cart_id = %cart.cart_id, "database down or its schema not ready; cannot write the order directly");
         return Err(IntakeError::Unavailable);
     }
+    let task = tokio::spawn({
+        let app = Arc::clone(app);
+        let cart = cart.clone();
+        async move { pay_and_place(&app, &cart).await }
+    });
+    match tokio::time::timeout(app.config.request_timeout / 2, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => {
+            tracing::error!(cart_id = %cart.cart_id, error = %e, "direct write task failed");
+            Err(IntakeError::Unavailable)
+        }
+        Err(_) => {
+            tracing::error!(cart_id = %cart.cart_id, "direct write still running at half the request timeout; it goes on in the background and a retry finds its result");
+            Err(IntakeError::Unavailable)
+        }
+    }
+}
+
+/// The payment step, then the order. Not to be cancelled once started: no timeout wraps
+/// it (the capture call has its own, `CARTBUS_PAYMENT_TIMEOUT_MS`).
+async fn pay_and_place(app: &App, cart: &Cart) -> Result<Accepted, IntakeError> {
     if let Some(gateway) = &app.payments {
         // The same at-most-once capture as the consumer's: no order without a payment.
-        match tokio::time::timeout(app.config.request_timeout / 2, pay(app, gateway, cart)).await {
-            Ok(Ok(None)) => {}
-            Ok(Ok(Some(decided))) => return Ok(decided),
-            Ok(Err(e)) => {
-                tracing::error!(cart_id = %cart.cart_id, error = %e, "payment step of a direct write failed");
-                return Err(IntakeError::Unavailable);
-            }
-            Err(_) => {
-                tracing::error!(cart_id = %cart.cart_id, "payment step of a direct write timed out");
-                return Err(IntakeError::Unavailable);
-            }
+        if let Some(decided) = pay(app, gateway, cart).await? {
+            return Ok(decided);
         }
+        // Test-only: die between the capture and its order.
+        crate::fault::freeze_if_hit("direct-after-payment").await;
     }
     let write = async {
         let mut tx = app.db.begin().await?;
@@ -87,20 +107,16 @@ async fn write_directly(app: &App, cart: &Cart) -> Result<Accepted, IntakeError>
         tx.commit().await?;
         Ok::<_, sqlx::Error>(placement)
     };
-    match tokio::time::timeout(app.config.request_timeout / 2, write).await {
-        Ok(Ok(Placement::Created(order_id) | Placement::Duplicate(order_id))) => {
+    match write.await {
+        Ok(Placement::Created(order_id) | Placement::Duplicate(order_id)) => {
             Ok(Accepted::Ordered(order_id))
         }
-        Ok(Ok(Placement::Conflict(order_id))) => Err(IntakeError::Conflict {
+        Ok(Placement::Conflict(order_id)) => Err(IntakeError::Conflict {
             cart_id: cart.cart_id.as_uuid(),
             order_id,
         }),
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::error!(cart_id = %cart.cart_id, error = %e, "direct order write failed");
-            Err(IntakeError::Unavailable)
-        }
-        Err(_) => {
-            tracing::error!(cart_id = %cart.cart_id, "direct order write timed out");
             Err(IntakeError::Unavailable)
         }
     }
@@ -109,7 +125,8 @@ async fn write_directly(app: &App, cart: &Cart) -> Result<Accepted, IntakeError>
 /// The payment step for a cart written directly. `None`: captured (or ordered before), go
 /// on and write the order. `Some(Queued)`: no order now; the checkout's status says why
 /// (`rejected` for a declined payment, `pending` with `payment-unknown` for a person to
-/// resolve). A call that never left answers 503 so that the storefront tries again.
+/// resolve). A call that never left, or a first call that may still be in flight, answers
+/// 503 so that the storefront tries again.
 async fn pay(
     app: &App,
     gateway: &crate::payments::Gateway,

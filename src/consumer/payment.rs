@@ -1,6 +1,7 @@
 //! The payment step of a consumer batch (DESIGN §8), before the orders transaction: what
 //! the database knows already decides most carts; the rest are flagged (committed), then
-//! called, then their results recorded.
+//! called, then their results recorded. A cart found flagged without a result while its
+//! first call may still be running is retried later, not called unknown.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,7 +11,7 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::checkout::Cart;
 use crate::payments::store::{self, Known};
-use crate::payments::{CallOutcome, Gateway};
+use crate::payments::{self, CallOutcome, Gateway};
 use crate::queue::Message;
 
 /// Capture calls in flight at once per batch.
@@ -29,8 +30,8 @@ pub enum Verdict {
     },
     /// Called before, or just now, without a result: never call again; dead-letter it.
     Unknown(String),
-    /// Not called (the request never left, or another consumer holds the flag): give the
-    /// message back for later.
+    /// Not called (the request never left, another consumer holds the flag, or the first
+    /// call may still be in flight): give the message back for later.
     Retry(String),
 }
 
@@ -48,7 +49,8 @@ pub async fn decide(
         .copied()
         .collect();
     let ids: Vec<Uuid> = carts.iter().map(|(c, _)| c.cart_id.as_uuid()).collect();
-    let known = store::known(&app.db, &ids).await?;
+    let in_flight_since = payments::in_flight_since(app.config.payment_timeout);
+    let known = store::known(&app.db, &ids, in_flight_since).await?;
 
     let mut verdicts = HashMap::with_capacity(carts.len());
     let mut to_call: Vec<(&Cart, &[u8])> = Vec::new();
@@ -112,9 +114,11 @@ pub async fn decide(
         .collect();
     for (cart_id, outcome) in results {
         let verdict = if taken.contains(&cart_id) {
-            // Resolved by an operator while the call was in flight: the resolution
-            // stands, and the redelivery follows it.
-            tracing::warn!(%cart_id, call = outcome.label(), "payment resolved by an operator during the call; keeping the resolution");
+            // Resolved by an operator while the call was (still, unexpectedly) in flight:
+            // the resolution stands and the redelivery follows it; what the call came to
+            // is kept in the step's detail for a person to reconcile.
+            app.metrics.payment_call("late_after_resolution");
+            tracing::error!(%cart_id, call = outcome.label(), ?outcome, "payment call answered after an operator resolved it; keeping the resolution — reconcile with the payment service");
             Verdict::Retry("resolved by an operator during the call".into())
         } else {
             match outcome {
@@ -155,6 +159,10 @@ fn recorded(known: &Known) -> Option<Verdict> {
                 .clone()
                 .unwrap_or_else(|| "the payment was declined".into()),
         }),
+        Some(None) if known.in_flight => Some(Verdict::Retry(
+            "the first payment call for this cart may still be in flight; trying again later"
+                .into(),
+        )),
         Some(None) => Some(Verdict::Unknown(
             "the payment endpoint was called for this cart before and no result was recorded: \
              it may or may not have captured, so it is not called again"

@@ -58,8 +58,8 @@ pub async fn ready(State(app): State<AppState>) -> impl IntoResponse {
     (status, Json(readiness))
 }
 
-/// Prometheus metrics (text format). Queue depth and unknown payments are sampled at
-/// scrape time.
+/// Prometheus metrics (text format). Queue depth, unknown payments and captures without
+/// an order are sampled at scrape time.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
@@ -98,9 +98,10 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
                 .set(n);
         }
     }
+    let abandoned_before = crate::payments::abandoned_before(app.config.payment_timeout);
     if let Ok(Ok(unknown)) = tokio::time::timeout(
         Duration::from_secs(1),
-        crate::payments::store::count_unknown(&app.db),
+        crate::payments::store::count_unknown(&app.db, abandoned_before),
     )
     .await
     {
@@ -120,6 +121,14 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
                 .get_or_create(&crate::metrics::ReasonLabel { reason })
                 .set(n);
         }
+    }
+    if let Ok(Ok(stuck)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        crate::payments::store::count_captured_without_order(&app.db, abandoned_before),
+    )
+    .await
+    {
+        app.metrics.payments_captured_without_order.set(stuck);
     }
     app.metrics.ready.set(i64::from(app.is_ready()));
     app.metrics.queue_up.set(i64::from(app.queue.is_healthy()));

@@ -21,7 +21,9 @@ const MAX_LIMIT: i64 = 1000;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
-    /// `unknown` (default): calls without a result, waiting for a person; `all`: every step.
+    /// `unknown` (default): calls without a result that are no longer in flight, waiting
+    /// for a person; `captured-without-order`: captures left without their order;
+    /// `all`: every step.
     state: Option<String>,
     /// Most items to return, newest call first (1–1000, default 100).
     limit: Option<i64>,
@@ -33,7 +35,10 @@ pub struct PaymentList {
     pub items: Vec<PaymentView>,
 }
 
-/// Payment steps, newest call first: by default those whose outcome is unknown.
+/// Payment steps, newest call first: by default those whose outcome is unknown (marked
+/// unknown, or called longer ago than the payment timeout + 30 s without a result — a
+/// call still in flight is not listed), or with `state=captured-without-order` captures
+/// whose order was never written.
 #[utoipa::path(get, path = "/v1/admin/payments", tag = "admin",
     security(("admin_token" = [])),
     params(ListQuery),
@@ -50,12 +55,16 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<PaymentList>, ApiError> {
     let mut errors = Vec::new();
-    let all = match query.state.as_deref() {
-        None | Some("unknown") => false,
-        Some("all") => true,
+    let filter = match query.state.as_deref() {
+        None | Some("unknown") => store::Filter::Unknown,
+        Some("captured-without-order") => store::Filter::CapturedWithoutOrder,
+        Some("all") => store::Filter::All,
         Some(_) => {
-            errors.push(field("/state", "must be unknown or all"));
-            false
+            errors.push(field(
+                "/state",
+                "must be unknown, captured-without-order or all",
+            ));
+            store::Filter::Unknown
         }
     };
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
@@ -65,7 +74,8 @@ pub async fn list(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let items = store::list(&app.db, all, limit)
+    let cutoff = payments::abandoned_before(app.config.payment_timeout);
+    let items = store::list(&app.db, filter, cutoff, limit)
         .await
         .map_err(|e| unavailable(&app, e))?;
     Ok(Json(PaymentList { items }))
@@ -77,7 +87,8 @@ pub async fn list(
 #[allow(dead_code)]
 pub struct ResolveRequest {
     /// What the payment service says happened: `captured` places the order, `failed`
-    /// rejects the checkout (`payment-failed`).
+    /// rejects the checkout (`payment-failed`). A capture left without its order can be
+    /// resolved `captured` too, which places the order.
     #[schema(example = "captured")]
     outcome: String,
     /// Why (kept in the audit record), 1 to 500 characters.
@@ -89,7 +100,9 @@ pub struct ResolveRequest {
 }
 
 /// Resolve a payment whose outcome is unknown, once someone has checked with the payment
-/// service. Resolving the same way again answers as the first time did.
+/// service, or finish a capture left without its order (`captured`). A call still in
+/// flight cannot be resolved (409). Resolving the same way again answers as the first
+/// time did.
 #[utoipa::path(post, path = "/v1/admin/payments/{cart_id}/resolve", tag = "admin",
     security(("admin_token" = [])),
     params(("cart_id" = String, Path, description = "The cart's UUID")),
@@ -99,7 +112,7 @@ pub struct ResolveRequest {
         (status = 400, description = "Not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No payment step for this cart, or admin API off", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The payment is not unknown (it has a result, or was resolved the other way)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The payment is not unknown (it has a result, was resolved the other way, or its call may still be in flight: try again after the time the detail names)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A bad field", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "This instance cannot write orders now", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -163,6 +176,7 @@ pub async fn resolve(
         payment_id.as_deref(),
         &auth.actor,
         &reason,
+        app.config.payment_timeout,
     )
     .await
     .map(Json)

@@ -1,10 +1,13 @@
 //! Payment capture, at most once (DESIGN §8). Before a capture call, `calling_payment` is
 //! set in its own committed write; the result follows in another. A cart found flagged
-//! with no result is never called for again: its outcome is unknown until an operator
-//! checks with the payment service and resolves it ([`resolve`]).
+//! with no result is never called for again: while the first call may still be running
+//! it is retried later; after that its outcome is unknown until an operator checks with
+//! the payment service and resolves it ([`resolve`]).
 
 pub mod gateway;
 pub mod store;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -18,15 +21,47 @@ use crate::queue::Message;
 
 pub use gateway::{CallOutcome, Gateway};
 
+/// How much longer than `CARTBUS_PAYMENT_TIMEOUT_MS` a first call may still be running
+/// when the cart comes back: until then the cart is retried rather than called unknown.
+pub const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(5);
+/// How much longer than `CARTBUS_PAYMENT_TIMEOUT_MS` after its call a step without a
+/// result (or a capture without an order) is taken as abandoned — its process died, and
+/// no redelivery came — so that an operator may resolve it.
+pub const ABANDONED_MARGIN: Duration = Duration::from_secs(30);
+
+/// Calls made after this instant may still be in flight (see [`IN_FLIGHT_MARGIN`]).
+pub fn in_flight_since(payment_timeout: Duration) -> DateTime<Utc> {
+    Utc::now() - chrono_duration(payment_timeout + IN_FLIGHT_MARGIN)
+}
+
+/// Steps whose call (or capture) is older than this are abandoned if still unfinished
+/// (see [`ABANDONED_MARGIN`]).
+pub fn abandoned_before(payment_timeout: Duration) -> DateTime<Utc> {
+    Utc::now() - chrono_duration(payment_timeout + ABANDONED_MARGIN)
+}
+
+/// When a step called (or captured) at `at` counts as abandoned.
+pub fn abandoned_at(at: DateTime<Utc>, payment_timeout: Duration) -> DateTime<Utc> {
+    at + chrono_duration(payment_timeout + ABANDONED_MARGIN)
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
 /// Where a cart's payment stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PaymentState {
-    /// Called, no result: it may or may not have captured (or the call is in flight).
+    /// Called, no result, and no longer in flight (the call failed without an answer, or
+    /// its process died): it may or may not have captured; a person resolves it.
     Unknown,
+    /// Called moments ago, no result yet: the call may still be running. Not resolvable.
+    InFlight,
     Captured,
     Declined,
-    /// Was unknown; an operator found it captured (the order was then placed).
+    /// Was unknown (or captured without an order); an operator found it captured and the
+    /// order was then placed.
     ResolvedCaptured,
     /// Was unknown; an operator found it not captured (the checkout was rejected).
     ResolvedFailed,
@@ -36,6 +71,7 @@ impl PaymentState {
     pub fn as_str(self) -> &'static str {
         match self {
             PaymentState::Unknown => "unknown",
+            PaymentState::InFlight => "in-flight",
             PaymentState::Captured => "captured",
             PaymentState::Declined => "declined",
             PaymentState::ResolvedCaptured => "resolved-captured",
@@ -104,7 +140,9 @@ pub enum ResolveError {
 
 /// Resolves an unknown payment: `Captured` places the order from the stored cart
 /// message, `Failed` rejects the checkout, each in one transaction with the audit record.
-/// The same finding again answers as the first did; a different one is a conflict.
+/// A capture left without its order (abandoned) may be resolved `Captured` too: its order
+/// is placed the same way. The same finding again answers as the first did; a different
+/// one, or a call that may still be in flight, is a conflict.
 pub async fn resolve(
     db: &Db,
     cart_id: Uuid,
@@ -112,21 +150,47 @@ pub async fn resolve(
     payment_id: Option<&str>,
     by: &str,
     reason: &str,
+    payment_timeout: Duration,
 ) -> Result<PaymentView, ResolveError> {
     let mut tx = db.begin().await?;
     let captured = finding == Finding::Captured;
-    let Some(body) = store::resolve(&mut tx, cart_id, captured, payment_id, by, reason).await?
-    else {
-        let view = store::find(&mut tx, cart_id)
+    let cutoff = abandoned_before(payment_timeout);
+    let resolution = store::Resolution {
+        captured,
+        payment_id,
+        by,
+        reason,
+        abandoned_before: cutoff,
+    };
+    let Some(body) = store::resolve(&mut tx, cart_id, &resolution).await? else {
+        let view = store::find(&mut tx, cart_id, cutoff)
             .await?
             .ok_or(ResolveError::NotFound(cart_id))?;
-        return if view.state == finding.state() {
-            Ok(view)
-        } else {
-            Err(ResolveError::Conflict(format!(
+        return match view.state {
+            state if state == finding.state() => Ok(view),
+            PaymentState::InFlight => Err(ResolveError::Conflict(format!(
+                "payment call in flight; try again after {} (the call of cart {cart_id} \
+                 started at {} and may still capture)",
+                abandoned_at(view.called_at, payment_timeout).to_rfc3339(),
+                view.called_at.to_rfc3339()
+            ))),
+            PaymentState::Captured if view.order_id.is_none() => {
+                let since = view.result_at.unwrap_or(view.called_at);
+                Err(ResolveError::Conflict(match finding {
+                    Finding::Failed => format!(
+                        "the payment of cart {cart_id} was captured; it cannot be resolved as failed"
+                    ),
+                    Finding::Captured => format!(
+                        "the payment of cart {cart_id} was captured and its order may still be \
+                         being written; try again after {}",
+                        abandoned_at(since, payment_timeout).to_rfc3339()
+                    ),
+                }))
+            }
+            state => Err(ResolveError::Conflict(format!(
                 "the payment of cart {cart_id} is {}, not unknown",
-                view.state.as_str()
-            )))
+                state.as_str()
+            ))),
         };
     };
     match finding {
@@ -159,10 +223,10 @@ pub async fn resolve(
             orders::record_rejection(&mut tx, cart_id, "payment-failed", detail).await?;
         }
     }
-    let view = store::find(&mut tx, cart_id)
+    let view = store::find(&mut tx, cart_id, cutoff)
         .await?
         .ok_or(ResolveError::NotFound(cart_id))?;
     tx.commit().await?;
-    tracing::warn!(%cart_id, ?finding, by, "unknown payment resolved");
+    tracing::warn!(%cart_id, ?finding, by, "payment resolved by an operator");
     Ok(view)
 }

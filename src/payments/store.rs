@@ -26,6 +26,8 @@ pub struct Known {
     pub detail: Option<String>,
     /// An operator resolved it.
     pub resolved: bool,
+    /// No result yet, and the call started recently enough that it may still be running.
+    pub in_flight: bool,
 }
 
 #[derive(FromRow)]
@@ -35,16 +37,23 @@ struct KnownRow {
     payment_ok: Option<bool>,
     result_detail: Option<String>,
     resolved: bool,
+    in_flight: bool,
 }
 
-/// Orders and payment steps of `cart_ids`, in one query (per thousand carts).
-pub async fn known(db: &Db, cart_ids: &[Uuid]) -> Result<HashMap<Uuid, Known>, sqlx::Error> {
+/// Orders and payment steps of `cart_ids`, in one query (per thousand carts). A step
+/// without a result whose call started after `in_flight_since`, and was not marked
+/// unknown, is `in_flight`.
+pub async fn known(
+    db: &Db,
+    cart_ids: &[Uuid],
+    in_flight_since: DateTime<Utc>,
+) -> Result<HashMap<Uuid, Known>, sqlx::Error> {
     let mut known: HashMap<Uuid, Known> = HashMap::new();
     for chunk in cart_ids.chunks(CARTS_PER_STATEMENT) {
         let rows: Vec<KnownRow> = on_db!(db, |pool| {
             let mut select = sqlx::QueryBuilder::new(
                 "SELECT cart_id, TRUE AS is_order, NULL AS payment_ok, NULL AS result_detail,
-                        FALSE AS resolved
+                        FALSE AS resolved, FALSE AS in_flight
                  FROM orders WHERE cart_id IN (",
             );
             let mut ids = select.separated(", ");
@@ -53,9 +62,11 @@ pub async fn known(db: &Db, cart_ids: &[Uuid]) -> Result<HashMap<Uuid, Known>, s
             }
             select.push(
                 ") UNION ALL SELECT cart_id, FALSE, payment_ok, result_detail,
-                          resolved_at IS NOT NULL
-                   FROM payment_steps WHERE cart_id IN (",
+                          resolved_at IS NOT NULL,
+                          payment_ok IS NULL AND result_at IS NULL AND called_at > ",
             );
+            select.push_bind(in_flight_since);
+            select.push(" FROM payment_steps WHERE cart_id IN (");
             let mut ids = select.separated(", ");
             for id in chunk {
                 ids.push_bind(*id);
@@ -71,6 +82,7 @@ pub async fn known(db: &Db, cart_ids: &[Uuid]) -> Result<HashMap<Uuid, Known>, s
                 entry.step = Some(row.payment_ok);
                 entry.detail = row.result_detail;
                 entry.resolved = row.resolved;
+                entry.in_flight = row.in_flight;
             }
         }
     }
@@ -110,7 +122,8 @@ pub async fn flag(db: &Db, carts: &[(&Cart, &[u8])]) -> Result<Vec<Uuid>, sqlx::
 
 /// Records what the calls came to, in one transaction. A call that was never sent clears
 /// its flag (the row goes), so the cart can be tried again. Returns the carts whose row
-/// was no longer waiting for a result (an operator resolved it meanwhile).
+/// was no longer waiting for a result (an operator resolved it meanwhile); what such a
+/// call came to is appended to the row's `result_detail`, so the audit shows it.
 pub async fn record(db: &Db, results: &[(Uuid, CallOutcome)]) -> Result<Vec<Uuid>, sqlx::Error> {
     const WAITING: &str = "cart_id = $1 AND payment_ok IS NULL AND resolved_at IS NULL";
     let now = Utc::now();
@@ -148,6 +161,27 @@ pub async fn record(db: &Db, results: &[(Uuid, CallOutcome)]) -> Result<Vec<Uuid
             query.execute(&mut *c).await?.rows_affected()
         });
         if done == 0 {
+            let late = match outcome {
+                CallOutcome::Captured { payment_id } => format!(
+                    "late call result after the resolution: captured (payment_id {})",
+                    payment_id.as_deref().unwrap_or("not given")
+                ),
+                CallOutcome::Declined { detail } | CallOutcome::Unknown { detail } => {
+                    format!("late call result after the resolution: {detail}")
+                }
+                CallOutcome::NotSent { detail } => {
+                    format!("late call result after the resolution: not sent ({detail})")
+                }
+            };
+            on_tx!(&mut tx, |c| sqlx::query(
+                "UPDATE payment_steps SET result_detail = COALESCE(result_detail || '; ', '') || $2
+                 WHERE cart_id = $1 AND resolved_at IS NOT NULL"
+            )
+            .bind(*cart_id)
+            .bind(late)
+            .execute(&mut *c)
+            .await
+            .map(drop)?);
             taken.push(*cart_id);
         }
     }
@@ -201,9 +235,15 @@ struct Row {
     order_id: Option<Uuid>,
 }
 
-impl From<Row> for PaymentView {
-    fn from(row: Row) -> PaymentView {
+impl Row {
+    /// The view of this row; a call without a result that started after
+    /// `abandoned_before`, and was not marked unknown, is in flight.
+    fn view(self, abandoned_before: DateTime<Utc>) -> PaymentView {
+        let row = self;
         let state = match (row.resolved_at.is_some(), row.payment_ok) {
+            (_, None) if row.result_at.is_none() && row.called_at >= abandoned_before => {
+                PaymentState::InFlight
+            }
             (_, None) => PaymentState::Unknown,
             (false, Some(true)) => PaymentState::Captured,
             (false, Some(false)) => PaymentState::Declined,
@@ -232,62 +272,125 @@ const SELECT_VIEW: &str = "SELECT p.cart_id, p.amount, p.currency, p.payment_ok,
         p.resolved_at, o.id AS order_id
     FROM payment_steps p LEFT JOIN orders o ON o.cart_id = p.cart_id";
 
-/// Payment steps, newest call first; only the unknown ones unless `all`.
-pub async fn list(db: &Db, all: bool, limit: i64) -> Result<Vec<PaymentView>, sqlx::Error> {
-    let filter = if all {
-        ""
-    } else {
-        " WHERE p.payment_ok IS NULL AND p.resolved_at IS NULL"
-    };
-    let sql = format!("{SELECT_VIEW}{filter} ORDER BY p.called_at DESC, p.cart_id LIMIT $1");
-    let rows: Vec<Row> = on_db!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(limit)
-        .fetch_all(pool)
-        .await?);
-    Ok(rows.into_iter().map(PaymentView::from).collect())
+/// Which payment steps to list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// Unresolved, without a result, and no longer in flight: marked unknown, or called
+    /// before the cutoff.
+    Unknown,
+    /// Captured before the cutoff, yet no order exists.
+    CapturedWithoutOrder,
+    All,
 }
 
-pub async fn find(tx: &mut Tx, cart_id: Uuid) -> Result<Option<PaymentView>, sqlx::Error> {
+/// `$2` is the `abandoned_before` cutoff; with `p` (the step) and `o` (its order).
+const UNKNOWN: &str = "p.payment_ok IS NULL AND p.resolved_at IS NULL
+    AND (p.result_at IS NOT NULL OR p.called_at < $2)";
+const CAPTURED_WITHOUT_ORDER: &str = "p.payment_ok = TRUE AND p.resolved_at IS NULL
+    AND o.id IS NULL AND p.result_at < $2";
+
+/// Payment steps, newest call first. Calls or captures before `abandoned_before` that are
+/// still unfinished count as abandoned.
+pub async fn list(
+    db: &Db,
+    filter: Filter,
+    abandoned_before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<PaymentView>, sqlx::Error> {
+    let filter = match filter {
+        Filter::Unknown => UNKNOWN,
+        Filter::CapturedWithoutOrder => CAPTURED_WITHOUT_ORDER,
+        // Binds `$2` all the same, so that every variant takes the same parameters.
+        Filter::All => "$2 IS NOT NULL",
+    };
+    let sql = format!("{SELECT_VIEW} WHERE {filter} ORDER BY p.called_at DESC, p.cart_id LIMIT $1");
+    let rows: Vec<Row> = on_db!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(limit)
+        .bind(abandoned_before)
+        .fetch_all(pool)
+        .await?);
+    Ok(rows
+        .into_iter()
+        .map(|row| row.view(abandoned_before))
+        .collect())
+}
+
+pub async fn find(
+    tx: &mut Tx,
+    cart_id: Uuid,
+    abandoned_before: DateTime<Utc>,
+) -> Result<Option<PaymentView>, sqlx::Error> {
     let sql = format!("{SELECT_VIEW} WHERE p.cart_id = $1");
     let row: Option<Row> = on_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(cart_id)
         .fetch_optional(&mut *c)
         .await?);
-    Ok(row.map(PaymentView::from))
+    Ok(row.map(|row| row.view(abandoned_before)))
 }
 
-/// Carts whose capture is unknown and unresolved (the `cartbus_payments_unknown` gauge).
-pub async fn count_unknown(db: &Db) -> Result<i64, sqlx::Error> {
-    on_db!(db, |pool| sqlx::query_scalar(
-        "SELECT count(*) FROM payment_steps WHERE payment_ok IS NULL AND resolved_at IS NULL"
-    )
-    .fetch_one(pool)
-    .await)
+/// Carts whose capture is unknown (not merely in flight) and unresolved (the
+/// `cartbus_payments_unknown` gauge).
+pub async fn count_unknown(db: &Db, abandoned_before: DateTime<Utc>) -> Result<i64, sqlx::Error> {
+    count(db, UNKNOWN, abandoned_before).await
 }
 
-/// An operator's resolution, written if the step is still without a result. Returns the
-/// stored cart message when it was written, `None` when the step was not waiting.
+/// Captures left without an order past the cutoff (the
+/// `cartbus_payments_captured_without_order` gauge).
+pub async fn count_captured_without_order(
+    db: &Db,
+    abandoned_before: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    count(db, CAPTURED_WITHOUT_ORDER, abandoned_before).await
+}
+
+async fn count(db: &Db, filter: &str, abandoned_before: DateTime<Utc>) -> Result<i64, sqlx::Error> {
+    // `$1` unused but bound, so that the filters' `$2` lines up.
+    let sql = format!(
+        "SELECT count(*) FROM payment_steps p LEFT JOIN orders o ON o.cart_id = p.cart_id
+         WHERE $1 IS NOT NULL AND {filter}"
+    );
+    on_db!(db, |pool| sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(0_i64)
+        .bind(abandoned_before)
+        .fetch_one(pool)
+        .await)
+}
+
+/// An operator's finding, as [`resolve`] writes it.
+pub struct Resolution<'a> {
+    pub captured: bool,
+    pub payment_id: Option<&'a str>,
+    pub by: &'a str,
+    pub reason: &'a str,
+    /// Calls (or captures) before this are abandoned if still unfinished.
+    pub abandoned_before: DateTime<Utc>,
+}
+
+/// An operator's resolution, written if the step is unknown (without a result and no
+/// longer in flight), or — for a finding of captured — captured without an order past
+/// the cutoff. Returns the stored cart message when it was written, `None` otherwise.
 pub async fn resolve(
     tx: &mut Tx,
     cart_id: Uuid,
-    captured: bool,
-    payment_id: Option<&str>,
-    by: &str,
-    reason: &str,
+    resolution: &Resolution<'_>,
 ) -> Result<Option<Vec<u8>>, sqlx::Error> {
     on_tx!(tx, |c| sqlx::query_scalar(
         "UPDATE payment_steps SET payment_ok = $2, completed = TRUE,
-             payment_id = COALESCE($3, payment_id), resolved_by = $4, resolved_reason = $5,
+             payment_id = COALESCE(payment_id, $3), resolved_by = $4, resolved_reason = $5,
              resolved_at = $6
-         WHERE cart_id = $1 AND payment_ok IS NULL AND resolved_at IS NULL
+         WHERE cart_id = $1 AND resolved_at IS NULL
+           AND ((payment_ok IS NULL AND (result_at IS NOT NULL OR called_at < $7))
+                OR ($2 AND payment_ok = TRUE AND result_at < $7
+                    AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.cart_id = $1)))
          RETURNING message_body"
     )
     .bind(cart_id)
-    .bind(captured)
-    .bind(payment_id)
-    .bind(by)
-    .bind(reason)
+    .bind(resolution.captured)
+    .bind(resolution.payment_id)
+    .bind(resolution.by)
+    .bind(resolution.reason)
     .bind(Utc::now())
+    .bind(resolution.abandoned_before)
     .fetch_optional(&mut *c)
     .await)
 }
