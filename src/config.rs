@@ -286,6 +286,7 @@ struct Raw {
     relay_max_retries: u32,
     relay_retry_base_ms: u64,
     relay_poll_ms: u64,
+    relay_workers: u32,
     #[serde(deserialize_with = "lenient_opt_string")]
     payment_url: Option<String>,
     payment_timeout_ms: u64,
@@ -332,6 +333,7 @@ impl Default for Raw {
             relay_max_retries: 10,
             relay_retry_base_ms: 1_000,
             relay_poll_ms: 500,
+            relay_workers: 4,
             payment_url: None,
             payment_timeout_ms: 5000,
             payment_token: None,
@@ -640,6 +642,7 @@ impl Raw {
             relay_max_retries: self.relay_max_retries,
             relay_retry_base_ms: self.relay_retry_base_ms,
             relay_poll_ms: self.relay_poll_ms,
+            relay_workers: self.relay_workers,
             partner_keys,
             address_prefix: match queue {
                 QueueConfig::Amqp(_) => "/queue/",

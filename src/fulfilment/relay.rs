@@ -38,6 +38,19 @@ pub async fn run(app: AppState, stop: CancellationToken) {
         tracing::info!("fulfilment relay off on this instance (CARTBUS_CONSUMER=off)");
         return;
     }
+    let workers: Vec<_> = (0..settings.relay.workers)
+        .map(|_| tokio::spawn(work(app.clone(), stop.clone())))
+        .collect();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    tracing::info!("fulfilment relay stopped");
+}
+
+/// One relay loop; an instance runs `CARTBUS_RELAY_WORKERS` of them, each claiming its own
+/// batches, so one batch's sends overlap another's commits.
+async fn work(app: AppState, stop: CancellationToken) {
+    let settings = &app.config.fulfilment;
     let mut modes = app.control.subscribe();
     while !stop.is_cancelled() {
         // Like the consumer: only where the drain switch lets this instance work, so a
@@ -67,7 +80,6 @@ pub async fn run(app: AppState, stop: CancellationToken) {
             }
         }
     }
-    tracing::info!("fulfilment relay stopped");
 }
 
 /// One batch: claim, load, route, send, mark. Returns how many rows it claimed.
@@ -76,6 +88,12 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
     let batch_id = Uuid::now_v7();
     let now = Utc::now();
     let until = now + settings.relay.lease;
+    let routes = settings.routes.as_ref();
+    let route = |country: &str, region: Option<&str>| {
+        routes
+            .and_then(|routes| routes.partner_for(country, region))
+            .map(str::to_string)
+    };
     let claimed = store::claim(
         &app.db,
         &app.config.instance,
@@ -83,6 +101,7 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
         now,
         until,
         settings.relay.batch,
+        &route,
     )
     .await?;
     if claimed.is_empty() {
@@ -91,24 +110,18 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
     let ids: Vec<Uuid> = claimed.iter().map(|row| row.order_id).collect();
     let orders = orders::find_many(&app.db, &ids).await?;
 
-    // Route every order; one that no rule covers fails like a send would.
-    // An order routed by an earlier attempt stays with that partner (its send may have
-    // reached the partner even though it counted as failed, and the partner's replies are
-    // checked against it), whatever the routes say now.
+    // An order no rule covers fails like a send would. An order routed by an earlier
+    // attempt stays with that partner (its send may have reached the partner though it
+    // counted as failed, and the partner's replies are checked against it).
     let mut routed: Vec<(&OrderView, &str)> = Vec::with_capacity(orders.len());
     let mut failures: Vec<(Uuid, String)> = Vec::new();
     for order in &orders {
         let address = &order.shipping_address;
-        let earlier = claimed
+        let partner = claimed
             .iter()
             .find(|row| row.order_id == order.order_id)
             .and_then(|row| row.partner.as_deref());
-        match earlier.or_else(|| {
-            settings
-                .routes
-                .as_ref()
-                .and_then(|routes| routes.partner_for(&address.country, address.region.as_deref()))
-        }) {
+        match partner {
             Some(partner) => routed.push((order, partner)),
             None => failures.push((
                 order.order_id,
@@ -124,8 +137,6 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
             )),
         }
     }
-    let assignments: Vec<(Uuid, &str)> = routed.iter().map(|(o, p)| (o.order_id, *p)).collect();
-    store::assign_partners(&app.db, batch_id, &assignments).await?;
     if Utc::now() >= until {
         // Too slow to be sure we still hold the rows: another relay may have them.
         tracing::warn!(

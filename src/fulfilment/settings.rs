@@ -133,6 +133,8 @@ pub struct RelaySettings {
     /// How often an idle relay looks for new rows (new orders on this instance wake it
     /// at once).
     pub poll: Duration,
+    /// Batches one instance works on at once: sends of one overlap the commits of another.
+    pub workers: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -176,6 +178,7 @@ pub struct RawFulfilment<'a> {
     pub relay_max_retries: u32,
     pub relay_retry_base_ms: u64,
     pub relay_poll_ms: u64,
+    pub relay_workers: u32,
     pub partner_keys: Vec<(String, String)>,
     /// Queue addresses look like `/queue/NAME` on RabbitMQ 3.x, `NAME` elsewhere.
     pub address_prefix: &'a str,
@@ -280,6 +283,7 @@ pub fn validate(raw: RawFulfilment<'_>) -> Result<FulfilmentSettings, ConfigErro
             10,
             60_000,
         )?),
+        workers: in_range("CARTBUS_RELAY_WORKERS", raw.relay_workers, 1, 64)? as usize,
     };
     Ok(FulfilmentSettings {
         routes,

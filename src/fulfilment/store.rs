@@ -19,10 +19,14 @@ pub struct Claimed {
     pub partner: Option<String>,
 }
 
-/// Locks up to `limit` due rows for `batch_id` for `until - now`: rows that are pending or
-/// waiting to retry, due, and not leased (or whose lease lapsed). PostgreSQL skips rows
-/// another relay is claiming at this moment; SQLite has one writer, so one statement is
-/// atomic.
+/// Locks up to `limit` due rows for `batch_id` for `until - now` — rows that are pending
+/// or waiting to retry, due, and not leased (or whose lease lapsed) — and routes them, in
+/// one transaction (one commit per batch, not two). PostgreSQL skips rows another relay
+/// is claiming at this moment; SQLite has one writer, so the claim is atomic.
+///
+/// A row routed by an earlier attempt keeps its partner; the others get `route(country,
+/// region)`, recorded on the row and on the order before anything is sent, so that the
+/// partner's reply can be checked against it. `partner` is `None` where no rule matched.
 pub async fn claim(
     db: &Db,
     instance: &str,
@@ -30,14 +34,16 @@ pub async fn claim(
     now: DateTime<Utc>,
     until: DateTime<Utc>,
     limit: usize,
+    route: &(dyn Fn(&str, Option<&str>) -> Option<String> + Sync),
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     match db {
         Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
             // Leases on the database's clock: instances whose clocks disagree still agree
             // on whether a lease has lapsed.
             let lease_ms = (until - now).num_milliseconds();
-            sqlx::query_as(
+            let mut claimed: Vec<Claimed> = sqlx::query_as(
                 "UPDATE order_dispatch d
                  SET locked_by = $1, locked_until = now() + make_interval(secs => $2::float8 / 1000),
                      batch_id = $3, version = d.version + 1
@@ -54,11 +60,47 @@ pub async fn claim(
             .bind(lease_ms as f64)
             .bind(batch_id)
             .bind(limit)
-            .fetch_all(pool)
-            .await
+            .fetch_all(&mut *tx)
+            .await?;
+            let unrouted: Vec<Uuid> = claimed
+                .iter()
+                .filter(|row| row.partner.is_none())
+                .map(|row| row.order_id)
+                .collect();
+            if !unrouted.is_empty() {
+                let places: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+                    "SELECT id, ship_country, ship_region FROM orders WHERE id = ANY($1)",
+                )
+                .bind(&unrouted)
+                .fetch_all(&mut *tx)
+                .await?;
+                let assigned = assign(&mut claimed, &places, route);
+                let (ids, partners): (Vec<Uuid>, Vec<String>) = assigned.into_iter().unzip();
+                sqlx::query(
+                    "UPDATE order_dispatch d SET partner = t.partner
+                     FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
+                     WHERE d.order_id = t.order_id",
+                )
+                .bind(&ids)
+                .bind(&partners)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE orders o SET transport_partner = t.partner
+                     FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
+                     WHERE o.id = t.order_id",
+                )
+                .bind(&ids)
+                .bind(&partners)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(claimed)
         }
         Db::Sqlite(pool) => {
-            sqlx::query_as(
+            let mut tx = pool.begin().await?;
+            let mut claimed: Vec<Claimed> = sqlx::query_as(
                 "UPDATE order_dispatch
                  SET locked_by = $1, locked_until = $2, batch_id = $3, version = version + 1
                  WHERE order_id IN (
@@ -74,74 +116,59 @@ pub async fn claim(
             .bind(batch_id)
             .bind(now)
             .bind(limit)
-            .fetch_all(pool)
-            .await
+            .fetch_all(&mut *tx)
+            .await?;
+            let unrouted: Vec<Uuid> = claimed
+                .iter()
+                .filter(|row| row.partner.is_none())
+                .map(|row| row.order_id)
+                .collect();
+            let mut places: Vec<(Uuid, String, Option<String>)> = Vec::new();
+            for id in &unrouted {
+                let place: Option<(Uuid, String, Option<String>)> = sqlx::query_as(
+                    "SELECT id, ship_country, ship_region FROM orders WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                places.extend(place);
+            }
+            for (id, partner) in assign(&mut claimed, &places, route) {
+                sqlx::query("UPDATE order_dispatch SET partner = $1 WHERE order_id = $2")
+                    .bind(&partner)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE orders SET transport_partner = $1 WHERE id = $2")
+                    .bind(&partner)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(claimed)
         }
     }
 }
 
-/// Records the partner an order goes to, before it is sent, so that the partner's reply
-/// (which may come back before the row is marked) can be checked against it.
-pub async fn assign_partners(
-    db: &Db,
-    batch_id: Uuid,
-    assignments: &[(Uuid, &str)],
-) -> Result<(), sqlx::Error> {
-    if assignments.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = assignments.iter().map(|(id, _)| *id).collect();
-    let partners: Vec<String> = assignments.iter().map(|(_, p)| p.to_string()).collect();
-    match db {
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(
-                "UPDATE order_dispatch d SET partner = t.partner
-                 FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
-                 WHERE d.order_id = t.order_id AND d.batch_id = $3",
-            )
-            .bind(&ids)
-            .bind(&partners)
-            .bind(batch_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE orders o SET transport_partner = t.partner
-                 FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner), order_dispatch d
-                 WHERE o.id = t.order_id AND d.order_id = t.order_id AND d.batch_id = $3",
-            )
-            .bind(&ids)
-            .bind(&partners)
-            .bind(batch_id)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await
-        }
-        Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
-            for (id, partner) in ids.iter().zip(&partners) {
-                sqlx::query(
-                    "UPDATE order_dispatch SET partner = $1 WHERE order_id = $2 AND batch_id = $3",
-                )
-                .bind(partner)
-                .bind(id)
-                .bind(batch_id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE orders SET transport_partner = $1
-                     WHERE id = $2
-                       AND EXISTS (SELECT 1 FROM order_dispatch WHERE order_id = $2 AND batch_id = $3)",
-                )
-                .bind(partner)
-                .bind(id)
-                .bind(batch_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await
+/// Routes the claimed rows that have no partner yet; returns the new assignments.
+fn assign(
+    claimed: &mut [Claimed],
+    places: &[(Uuid, String, Option<String>)],
+    route: &(dyn Fn(&str, Option<&str>) -> Option<String> + Sync),
+) -> Vec<(Uuid, String)> {
+    let mut assigned = Vec::new();
+    for row in claimed.iter_mut().filter(|row| row.partner.is_none()) {
+        let Some((_, country, region)) = places.iter().find(|(id, _, _)| *id == row.order_id)
+        else {
+            continue;
+        };
+        if let Some(partner) = route(country, region.as_deref()) {
+            assigned.push((row.order_id, partner.clone()));
+            row.partner = Some(partner);
         }
     }
+    assigned
 }
 
 /// Marks sent rows `processed` and appends `sent_to_partner`, in one transaction, for the

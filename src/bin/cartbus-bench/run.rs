@@ -39,6 +39,11 @@ pub struct RunArgs {
     /// Carts per consumer transaction (CARTBUS_CONSUMER_BATCH) and per raw batch.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
+    /// Run with the fulfilment hand-off on (`CARTBUS_ROUTES`, a relay sending every order
+    /// to a partner queue alongside the drain), as production does; `--no-hand-off` to
+    /// see what it costs.
+    #[arg(long = "no-hand-off", action = clap::ArgAction::SetFalse)]
+    pub hand_off: bool,
     /// Backlog for the memory figure (embedded queue).
     #[arg(long, default_value_t = 1_000_000)]
     pub memory_backlog: usize,
@@ -121,10 +126,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "cartbus-bench run: {} clients, backlog {}, {} s phases, on {} ({} cores)",
+        "cartbus-bench run: {} clients, backlog {}, {} s phases, hand-off {}, on {} ({} cores)",
         args.clients,
         args.backlog,
         args.seconds,
+        if args.hand_off { "on" } else { "off" },
         hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),
@@ -168,7 +174,9 @@ async fn embedded(args: &RunArgs, binary: &Path, table: &mut Table) -> anyhow::R
     let data = dir.path().to_path_buf();
     let raw_append = raw_sqlite_append(&dir.path().join("raw.db"), args.backlog).await?;
     let mut env = vec![("CARTBUS_DATA_DIR".to_string(), data.display().to_string())];
-    env.extend(hand_off("partner-bench"));
+    if args.hand_off {
+        env.extend(hand_off("partner-bench"));
+    }
     stack(
         args,
         binary,
@@ -218,7 +226,9 @@ async fn broker(args: &RunArgs, binary: &Path, table: &mut Table) -> anyhow::Res
         ("CARTBUS_CART_ADDRESS".to_string(), address.clone()),
     ];
     let partner_queue = format!("{queue}-partner");
-    env.extend(hand_off(&format!("/queue/{partner_queue}")));
+    if args.hand_off {
+        env.extend(hand_off(&format!("/queue/{partner_queue}")));
+    }
     let rtt_p99 = percentile(&rtt, 0.99);
     table.add(
         "raw publish round trip p99",
@@ -342,15 +352,17 @@ async fn stack(
         Some(rate),
         "target ≥ 1.2",
     );
-    // The relay ran alongside the drain; when has every order reached its partner?
-    wait_for_dispatched(&db, target, Duration::from_secs(600)).await?;
-    table.add(
-        "hand-off to partner (outbox relay)",
-        load.ok as f64 / started.elapsed().as_secs_f64(),
-        "ord/s",
-        Some(drain),
-        "from resume until every order is sent; vs drain",
-    );
+    if args.hand_off {
+        // The relay ran alongside the drain; when had every order reached its partner?
+        wait_for_dispatched(&db, target, Duration::from_secs(600)).await?;
+        table.add(
+            "hand-off to partner (outbox relay)",
+            load.ok as f64 / started.elapsed().as_secs_f64(),
+            "ord/s",
+            Some(drain),
+            "from resume until every order is sent; vs drain",
+        );
+    }
 
     // Mixed: a backlog and intake at once; the backlog must shrink.
     admin(&service.base, "pause", json!({ "wait_seconds": 30 })).await?;
