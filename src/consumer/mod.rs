@@ -44,23 +44,12 @@ pub async fn run(app: AppState, stop: CancellationToken) {
         };
         tracing::info!(address = %app.config.cart_address, queue = app.queue.kind(), "consumer started");
         // This session ends on shutdown or as soon as the switch says stop consuming.
-        let session = stop.child_token();
-        let switch_watch = {
-            let session = session.clone();
-            let mut modes = app.control.subscribe();
-            tokio::spawn(async move {
-                let _ = modes.wait_for(|m| *m != Mode::Consume).await;
-                session.cancel();
-            })
-        };
-        if *modes.borrow_and_update() != Mode::Consume {
-            session.cancel();
-        }
-        let result = consume(&app, receiver, &session, &mut backoff).await;
+        let session = control::Session::start(&app, &stop);
+        let result = consume(&app, receiver, session.token(), &mut backoff).await;
         app.control.set_consuming(false);
         // Report the new state now rather than at the next heartbeat: `drained` waits on it.
         app.control.nudge();
-        switch_watch.abort();
+        drop(session);
         match result {
             Ok(()) if !stop.is_cancelled() => {
                 tracing::info!(mode = ?app.control.mode(), "consumer paused: in-flight work settled, held deliveries given back");

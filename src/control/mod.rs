@@ -253,6 +253,42 @@ pub async fn until_working(
     }
 }
 
+/// A stretch of work on a queue (the consumer's, the reply reader's) that ends on shutdown
+/// or as soon as the drain switch says this instance must stop consuming.
+pub struct Session {
+    token: CancellationToken,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    pub fn start(app: &App, stop: &CancellationToken) -> Session {
+        let token = stop.child_token();
+        let mut modes = app.control.subscribe();
+        if *modes.borrow_and_update() != Mode::Consume {
+            token.cancel();
+        }
+        let watch = {
+            let token = token.clone();
+            tokio::spawn(async move {
+                let _ = modes.wait_for(|m| *m != Mode::Consume).await;
+                token.cancel();
+            })
+        };
+        Session { token, watch }
+    }
+
+    /// Cancelled when the session is to end.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
 /// Sleeps for `duration` unless `stop` comes first.
 pub async fn pause(stop: &CancellationToken, duration: Duration) {
     tokio::select! {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::message::{self, PARTNER_STATUSES, SIGNATURE_PROPERTY, StatusReply};
 use crate::app::{App, AppState};
-use crate::control::{self, Mode, pause};
+use crate::control::{self, pause};
 use crate::db::{self, Tx};
 use crate::deadletters;
 use crate::on_tx;
@@ -60,22 +60,11 @@ pub async fn run(app: AppState, stop: CancellationToken) {
             }
         };
         tracing::info!(%address, "reading partner status replies");
-        let session = stop.child_token();
-        let switch_watch = {
-            let session = session.clone();
-            let mut modes = app.control.subscribe();
-            tokio::spawn(async move {
-                let _ = modes.wait_for(|m| *m != Mode::Consume).await;
-                session.cancel();
-            })
-        };
-        if *modes.borrow_and_update() != Mode::Consume {
-            session.cancel();
-        }
-        let result = consume(&app, receiver, &session, &mut backoff).await;
+        let session = control::Session::start(&app, &stop);
+        let result = consume(&app, receiver, session.token(), &mut backoff).await;
         app.control.set_consuming(false);
         app.control.nudge();
-        switch_watch.abort();
+        drop(session);
         if let Err(e) = result {
             tracing::warn!(error = %e, retry_in = ?backoff, "partner status receiver lost");
             pause(&stop, backoff).await;

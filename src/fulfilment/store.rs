@@ -62,11 +62,7 @@ pub async fn claim(
             .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
-            let unrouted: Vec<Uuid> = claimed
-                .iter()
-                .filter(|row| row.partner.is_none())
-                .map(|row| row.order_id)
-                .collect();
+            let unrouted = unrouted(&claimed);
             if !unrouted.is_empty() {
                 let places: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
                     "SELECT id, ship_country, ship_region FROM orders WHERE id = ANY($1)",
@@ -118,11 +114,7 @@ pub async fn claim(
             .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
-            let unrouted: Vec<Uuid> = claimed
-                .iter()
-                .filter(|row| row.partner.is_none())
-                .map(|row| row.order_id)
-                .collect();
+            let unrouted = unrouted(&claimed);
             let mut places: Vec<(Uuid, String, Option<String>)> = Vec::new();
             for id in &unrouted {
                 let place: Option<(Uuid, String, Option<String>)> = sqlx::query_as(
@@ -149,6 +141,15 @@ pub async fn claim(
             Ok(claimed)
         }
     }
+}
+
+/// Claimed rows no earlier attempt routed.
+fn unrouted(claimed: &[Claimed]) -> Vec<Uuid> {
+    claimed
+        .iter()
+        .filter(|row| row.partner.is_none())
+        .map(|row| row.order_id)
+        .collect()
 }
 
 /// Routes the claimed rows that have no partner yet; returns the new assignments.
