@@ -115,6 +115,15 @@ fn partner_for(country: &str, region: Option<&str>) -> &'static str {
     }
 }
 
+/// SQLite beside the embedded queue; PostgreSQL (when there is one) beside a broker, the
+/// production pairing.
+async fn orders_backend(stack: &Stack, test: &str) -> Backend {
+    match stack {
+        Stack::Embedded => Backend::Sqlite,
+        Stack::Broker(_) => broker::orders_backend(test).await,
+    }
+}
+
 async fn wait_ready(app: &TestApp, stack: &Stack) {
     if let Stack::Broker(_) = stack {
         broker::wait_connected(&app.state).await;
@@ -607,10 +616,7 @@ async fn partner_replies_fill_the_history_once_in_order_and_only_when_signed() {
     const TEST: &str = "partner_replies_fill_the_history_once_in_order_and_only_when_signed";
     for stack in stacks(TEST) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let backend = match &stack {
-            Stack::Embedded => Backend::Sqlite,
-            Stack::Broker(_) => broker::orders_backend(TEST).await,
-        };
+        let backend = orders_backend(&stack, TEST).await;
         let app = TestApp::spawn(&settings(dir.path(), &backend, &stack, &tag())).await;
         wait_ready(&app, &stack).await;
         let first = cart_to("GB", Some("LND"), 1_000);
@@ -740,10 +746,7 @@ async fn the_partner_simulator_plays_the_whole_loop() {
     const TEST: &str = "the_partner_simulator_plays_the_whole_loop";
     for stack in stacks(TEST) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let backend = match &stack {
-            Stack::Embedded => Backend::Sqlite,
-            Stack::Broker(_) => broker::orders_backend(TEST).await,
-        };
+        let backend = orders_backend(&stack, TEST).await;
         let app = TestApp::spawn(&settings(dir.path(), &backend, &stack, &tag())).await;
         wait_ready(&app, &stack).await;
         let stop = CancellationToken::new();
