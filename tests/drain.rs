@@ -197,7 +197,7 @@ async fn pausing_and_resuming_twice_is_harmless_and_other_versions_stay_passive(
         http,
         &app.base,
         "/v1/admin/consumer/resume",
-        json!({ "version": "9.9.9" }),
+        json!({ "version": "9.9.9", "reason": "slot swap to 9.9.9" }),
     )
     .await;
     assert_eq!((status, &body["active_version"]), (200, &json!("9.9.9")));
@@ -241,6 +241,7 @@ async fn pausing_and_resuming_twice_is_harmless_and_other_versions_stay_passive(
         ],
         "newest first; the repeated calls changed nothing"
     );
+    assert_eq!(history[1]["reason"], "slot swap to 9.9.9", "{history}");
     assert!(
         history[2]["changed_by"]
             .as_str()
@@ -642,6 +643,7 @@ async fn bad_admin_bodies_are_422_naming_the_field() {
         ("resume", json!({ "version": "" }), "/version"),
         ("resume", json!({ "version": 2 }), "/version"),
         ("resume", json!({ "versoin": "2" }), "/versoin"),
+        ("resume", json!({ "reason": 7 }), "/reason"),
     ];
     for (action, body, pointer) in cases {
         let (status, problem) = admin_post(

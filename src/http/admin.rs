@@ -184,6 +184,8 @@ pub async fn pause(
 pub struct ResumeRequest {
     /// The version allowed to consume; default: the version of the instance taking the call.
     version: Option<String>,
+    /// Why (kept in the history), at most 500 characters.
+    reason: Option<String>,
 }
 
 /// Resume consuming; only `version` consumes from now on.
@@ -207,7 +209,8 @@ pub async fn resume(
     if version.trim().is_empty() {
         errors.push(field("/version", "must not be empty"));
     }
-    unknown_fields(&body, &["version"], &mut errors);
+    let reason = optional_string(&body, "reason", MAX_REASON, &mut errors);
+    unknown_fields(&body, &["version", "reason"], &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -217,7 +220,7 @@ pub async fn resume(
             action: "resume",
             desired: "running",
             active_version: Some(&version),
-            reason: None,
+            reason: reason.as_deref(),
             until: None,
             by: &auth.actor,
             if_revision: None,
