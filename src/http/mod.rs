@@ -1,6 +1,7 @@
 //! The HTTP API: routes (documented with utoipa), middleware, and error rendering.
 
 mod admin;
+mod admin_page;
 mod checkouts;
 mod deadletters;
 pub mod extract;
@@ -109,6 +110,7 @@ pub fn router(app: AppState) -> Router {
     let (routes, _) = api().split_for_parts();
     let timeout = app.config.request_timeout;
     routes
+        .merge(admin_page::routes())
         .fallback(|| async { problem_response(StatusCode::NOT_FOUND, "no such resource") })
         .layer(middleware::from_fn_with_state(app.clone(), shed_load))
         .layer(middleware::from_fn_with_state(app.clone(), record_metrics))
