@@ -7,9 +7,8 @@ mod common;
 
 use std::collections::HashSet;
 
-use bytes::Bytes;
 use cartbus::fulfilment::message::{self, StatusReply};
-use cartbus::queue::{Message, Properties, Property};
+
 use common::broker;
 use common::{Backend, Process, Settings, TestApp, eventually, metric, metrics_text};
 use serde_json::{Value, json};
@@ -282,7 +281,7 @@ async fn seed_one_of_each(app: &TestApp) -> Seeded {
         .queue
         .send(
             &config.cart_address,
-            unknown_schema_message(&unknown_schema),
+            common::unknown_schema_message(&unknown_schema),
         )
         .await
         .expect("send");
@@ -305,22 +304,6 @@ async fn seed_one_of_each(app: &TestApp) -> Seeded {
         cart,
         order,
         unknown_schema,
-    }
-}
-
-/// A message of schema 99 (which this version does not read) around a valid cart.
-fn unknown_schema_message(cart: &Value) -> Message {
-    Message {
-        message_id: cart["cart_id"].as_str().expect("cart_id").to_string(),
-        content_type: "application/json".into(),
-        properties: Properties::from([("schema".into(), Property::Int(99))]),
-        body: Bytes::from(
-            serde_json::to_vec(
-                &json!({ "schema": 99, "cart": cart, "accepted_at": "2026-11-26T01:00:00Z" }),
-            )
-            .expect("json"),
-        ),
-        ..Default::default()
     }
 }
 
