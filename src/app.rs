@@ -28,6 +28,8 @@ pub struct App {
     pub intake_permits: Arc<tokio::sync::Semaphore>,
     /// The payment capture endpoint, when one is configured.
     pub payments: Option<Gateway>,
+    /// Bulk dead-letter resubmits running in this process.
+    pub resubmit_jobs: crate::deadletters::jobs::Running,
 }
 
 /// What readiness is made of; written by the health monitor and by the shutdown path.

@@ -142,6 +142,9 @@ pub struct Config {
     /// Consumer tasks on this instance, each with its own receiver.
     pub consumers: usize,
     pub max_attempts: u32,
+    /// Resubmits allowed per dead letter (`CARTBUS_RESUBMIT_LIMIT`), so that a poison
+    /// message cannot be replayed forever.
+    pub resubmit_limit: u32,
     pub lease: Duration,
     pub send_timeout: Duration,
     /// Checkouts handled at once; more are shed with 503.
@@ -262,6 +265,7 @@ struct Raw {
     #[serde(deserialize_with = "lenient_opt_string")]
     amqp_ca_file: Option<String>,
     max_attempts: u32,
+    resubmit_limit: u32,
     lease_seconds: u64,
     send_timeout_ms: u64,
     max_in_flight: u32,
@@ -315,6 +319,7 @@ impl Default for Raw {
             amqp_connect_timeout_ms: 2000,
             amqp_ca_file: None,
             max_attempts: 5,
+            resubmit_limit: 5,
             lease_seconds: 30,
             send_timeout_ms: 1000,
             max_in_flight: 1024,
@@ -583,6 +588,7 @@ impl Raw {
             in_range("CARTBUS_CONSUMER_BATCH", self.consumer_batch, 1, 10_000)? as usize;
         let consumers = in_range("CARTBUS_CONSUMERS", self.consumers, 1, 64)? as usize;
         let max_attempts = in_range("CARTBUS_MAX_ATTEMPTS", self.max_attempts, 1, 1000)?;
+        let resubmit_limit = in_range("CARTBUS_RESUBMIT_LIMIT", self.resubmit_limit, 1, 100)?;
         let lease = seconds("CARTBUS_LEASE_SECONDS", self.lease_seconds, 1, 3600)?;
         // Capped at 2 s: a checkout must answer (queued or direct) within about that long
         // even when the queue hangs.
@@ -689,6 +695,7 @@ impl Raw {
             consumer_batch,
             consumers,
             max_attempts,
+            resubmit_limit,
             lease,
             send_timeout,
             max_in_flight,

@@ -203,6 +203,13 @@ impl Tx {
             Tx::Sqlite(tx) => tx.commit().await,
         }
     }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Postgres(tx) => tx.rollback().await,
+            Tx::Sqlite(tx) => tx.rollback().await,
+        }
+    }
 }
 
 mod tcp {

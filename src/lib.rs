@@ -78,6 +78,7 @@ impl Application {
             control: Control::new(db::known_schema_version(&config_kind)),
             intake_permits: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
             payments,
+            resubmit_jobs: Default::default(),
         });
         if let Some(gateway) = &app.payments {
             tracing::info!(endpoint = %gateway.endpoint(), timeout = ?app.config.payment_timeout, "payment capture on: carts are captured before they become orders");

@@ -1079,3 +1079,108 @@ async fn a_capture_left_without_its_order_is_shown_and_can_be_finished() {
         assert_eq!(payments.calls(&cart).len(), 1, "{backend:?}");
     }
 }
+
+/// Resubmitting a dead letter takes the same payment step as the queue: a cart whose
+/// payment is unknown is never called again (not even by a resubmit) until a person
+/// resolves it; a corrected cart is captured once, and a declined one is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubmitted_cart_is_charged_at_most_once() {
+    for backend in Backend::all("a_resubmitted_cart_is_charged_at_most_once").await {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let payments = FakePayments::start().await;
+        let app = TestApp::spawn(&settings(dir.path(), &backend, &payments)).await;
+        let (http, base) = (&app.client, &app.base);
+        let resubmit = |id: i64, dry_run: bool, body: Option<Value>| async move {
+            let path = format!("/v1/admin/dead-letters/{id}/resubmit?dry_run={dry_run}");
+            admin(http, base, reqwest::Method::POST, &path, body).await
+        };
+        let dead_letter = |reason: &'static str, message_id: String| async move {
+            eventually(&format!("a {reason} dead letter"), || async {
+                let path = format!("/v1/admin/dead-letters?reason={reason}");
+                let (_, page) = admin(http, base, reqwest::Method::GET, &path, None).await;
+                page["items"]
+                    .as_array()?
+                    .iter()
+                    .find(|i| i["message_id"] == message_id.as_str())
+                    .and_then(|i| i["id"].as_i64())
+            })
+            .await
+        };
+
+        // Unknown: dead-lettered after one call, and no resubmit calls again.
+        let unknown = common::cart();
+        payments.answer(&unknown, Behaviour::Hang);
+        assert_eq!(app.post_cart(&unknown).await.status(), 202);
+        let id_unknown = dead_letter("payment-unknown", id(&unknown)).await;
+        for dry_run in [true, false] {
+            let (status, report) = resubmit(id_unknown, dry_run, None).await;
+            assert_eq!(status, 200, "{report}");
+            assert_eq!(report["outcome"], "payment-unknown", "{report}");
+            assert_eq!(report["resolved"], false);
+        }
+        assert_eq!(payments.calls(&unknown).len(), 1, "never called again");
+        let resolution = json!({ "outcome": "captured", "reason": "charge seen in the dashboard" });
+        assert_eq!(resolve(http, base, &unknown, resolution).await.0, 200);
+        let (status, report) = resubmit(id_unknown, false, None).await;
+        assert_eq!(
+            (status, report["outcome"].as_str()),
+            (200, Some("duplicate")),
+            "{report}"
+        );
+        assert_eq!(report["resolved"], true);
+        assert_eq!(payments.calls(&unknown).len(), 1);
+        assert_eq!(common::count_orders_for(&app.state, &id(&unknown)).await, 1);
+
+        // Corrected carts: captured once and ordered; declined and rejected.
+        let (paid, declined) = (common::cart(), common::cart());
+        payments.answer(&declined, Behaviour::Decline);
+        for cart in [&paid, &declined] {
+            app.state
+                .queue
+                .send(
+                    &app.state.config.cart_address,
+                    common::unknown_schema_message(cart),
+                )
+                .await
+                .expect("send");
+        }
+        let id_paid = dead_letter("unknown-schema", id(&paid)).await;
+        let id_declined = dead_letter("unknown-schema", id(&declined)).await;
+        let (status, report) = resubmit(id_paid, true, Some(json!({ "cart": paid }))).await;
+        assert_eq!(
+            (status, report["outcome"].as_str()),
+            (200, Some("would-create-order")),
+            "{report}"
+        );
+        assert!(payments.calls(&paid).is_empty(), "a dry run calls nobody");
+        let (status, report) = resubmit(id_paid, false, Some(json!({ "cart": paid }))).await;
+        assert_eq!(
+            (status, report["outcome"].as_str()),
+            (200, Some("created-order")),
+            "{report}"
+        );
+        assert_eq!(
+            resubmit(id_paid, false, Some(json!({ "cart": paid })))
+                .await
+                .0,
+            409
+        );
+        assert_eq!(payments.calls(&paid).len(), 1);
+        assert_eq!(common::count_orders_for(&app.state, &id(&paid)).await, 1);
+        let (status, report) =
+            resubmit(id_declined, false, Some(json!({ "cart": declined }))).await;
+        assert_eq!(
+            (status, report["outcome"].as_str()),
+            (200, Some("payment-declined")),
+            "{report}"
+        );
+        assert_eq!(report["resolved"], true);
+        assert_eq!(payments.calls(&declined).len(), 1);
+        assert_eq!(
+            common::count_orders_for(&app.state, &id(&declined)).await,
+            0
+        );
+        wait_for_checkout(http, base, &declined, "rejected", Some("payment-declined")).await;
+        app.stop().await.expect("stops");
+    }
+}

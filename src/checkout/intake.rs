@@ -15,7 +15,7 @@ use crate::payments;
 use crate::queue::DeadLetterReason;
 
 /// Where a direct write's dead letters say they came from (no queue was involved).
-const DIRECT_SOURCE: &str = "direct-write";
+pub const DIRECT_SOURCE: &str = "direct-write";
 
 /// Where an accepted cart went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

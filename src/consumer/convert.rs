@@ -296,6 +296,13 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
     if let Some(why) = control::store::forbids_consuming(&mut tx, app).await? {
         return Err(Failure::Gated(why));
     }
+    // Test-only: a database that refuses every order (a broken constraint, say), so that
+    // carts end as `max-attempts` dead letters.
+    if crate::fault::hit("consumer-orders-refused") {
+        return Err(Failure::Statement(sqlx::Error::Configuration(
+            "fail point consumer-orders-refused: the database refuses orders".into(),
+        )));
+    }
     let mut placements = orders::place_many(&mut tx, &carts, Source::Queue)
         .await?
         .into_iter();

@@ -141,6 +141,15 @@ async fn call(gateway: &Gateway, cart: &Cart) -> (Uuid, CallOutcome) {
 }
 
 /// The verdict that what is recorded already gives, if any (`None`: call).
+/// What the payment step would decide for `cart` from what is recorded, without calling
+/// anyone: `None` means it would call the payment endpoint.
+pub async fn predict(app: &App, cart: &Cart) -> Result<Option<Verdict>, sqlx::Error> {
+    let cart_id = cart.cart_id.as_uuid();
+    let in_flight_since = payments::in_flight_since(app.config.payment_timeout);
+    let known = store::known(&app.db, &[cart_id], in_flight_since).await?;
+    Ok(known.get(&cart_id).and_then(recorded))
+}
+
 fn recorded(known: &Known) -> Option<Verdict> {
     if known.ordered {
         return Some(Verdict::Proceed);

@@ -20,7 +20,9 @@ use crate::control::{self, pause};
 use crate::db::{self, Tx};
 use crate::deadletters;
 use crate::on_tx;
-use crate::queue::{DeadLetterReason, Delivery, Property, QueueError, Receiver, Settlement};
+use crate::queue::{
+    DeadLetterReason, Delivery, Message, Property, QueueError, Receiver, Settlement,
+};
 
 const BATCH: usize = 64;
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -128,9 +130,9 @@ async fn consume(
 }
 
 /// Why a reply is turned away, before anything is written.
-struct Refusal {
-    reason: DeadLetterReason,
-    detail: String,
+pub(crate) struct Refusal {
+    pub(crate) reason: DeadLetterReason,
+    pub(crate) detail: String,
 }
 
 fn refuse(reason: DeadLetterReason, detail: impl Into<String>) -> Refusal {
@@ -141,8 +143,7 @@ fn refuse(reason: DeadLetterReason, detail: impl Into<String>) -> Refusal {
 }
 
 /// Checks the reply's form and signature; the order is checked in the transaction.
-fn check(app: &App, delivery: &Delivery) -> Result<StatusReply, Refusal> {
-    let message = &delivery.message;
+pub(crate) fn check(app: &App, message: &Message) -> Result<StatusReply, Refusal> {
     let reply: StatusReply = serde_json::from_slice(&message.body).map_err(|e| {
         refuse(
             DeadLetterReason::Invalid,
@@ -205,7 +206,7 @@ fn check(app: &App, delivery: &Delivery) -> Result<StatusReply, Refusal> {
 
 /// Applies one reply in one transaction and says how to settle it.
 async fn apply(app: &App, delivery: &Delivery) -> Result<Settlement, sqlx::Error> {
-    let checked = check(app, delivery);
+    let checked = check(app, &delivery.message);
     let mut tx = app.db.begin().await?;
     let outcome = match checked {
         Err(refusal) => Err(refusal),
@@ -239,12 +240,13 @@ async fn apply(app: &App, delivery: &Delivery) -> Result<Settlement, sqlx::Error
     Ok(settlement)
 }
 
-enum Recorded {
+pub(crate) enum Recorded {
     Applied,
     Duplicate,
 }
 
-async fn record(
+/// Records a checked reply against its order, in the caller's transaction.
+pub(crate) async fn record(
     tx: &mut Tx,
     reply: &StatusReply,
 ) -> Result<Result<Recorded, Refusal>, sqlx::Error> {

@@ -1,24 +1,36 @@
-//! Dead letters for operators (DESIGN §3 Admin): list them with filters and cursor
-//! pages, look at one with what was done to it, and delete (hide) one with a reason that
-//! is kept. Bearer `CARTBUS_ADMIN_TOKEN`.
+//! Dead letters for operators (DESIGN §3 Admin). Bearer `CARTBUS_ADMIN_TOKEN`.
+//! - List them with filters and cursor pages, and look at one with what was done to it.
+//! - Resubmit one (optionally corrected, or as a dry run), or every one that matches a
+//!   filter in a resumable job.
+//! - Delete (hide) one, with a reason that is kept.
+
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
+use uuid::Uuid;
 
 use super::admin::{AdminAuth, field, optional_string, unknown_fields};
-use super::extract::JsonBody;
+use super::extract::{JsonBody, OptionalJsonBody};
 use super::problem::{ApiError, Problem};
 use crate::app::AppState;
-use crate::deadletters::{self, AuditEntry, DeadLetterView, Filter};
+use crate::checkout::{Cart, FieldError};
+use crate::deadletters::jobs::{self, JobFilter, JobView, NewJob, Preview};
+use crate::deadletters::resubmit::{self, Options, Report};
+use crate::deadletters::{self, AuditEntry, DeadLetterView, Filter, Status};
 
 const MAX_REASON: usize = 500;
 const MAX_FILTER: usize = 500;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
+    /// `open` (default: neither resolved nor deleted), `resolved`, `deleted` or `all`.
+    status: Option<String>,
     /// Only this reason: `conflict`, `unknown-schema`, `invalid`, `max-attempts`,
     /// `bad-signature`, `unknown-order`, `wrong-partner`, `payment-unknown`.
     reason: Option<String>,
@@ -38,9 +50,12 @@ pub struct DeadLetterPage {
     pub items: Vec<DeadLetterView>,
     /// Pass as `after` for the next page; absent on the last.
     pub next: Option<String>,
+    /// Open dead letters (all of them, not just this page's) by reason.
+    #[schema(example = json!({"conflict": 2, "max-attempts": 40, "bad-signature": 1}))]
+    pub counts: BTreeMap<String, i64>,
 }
 
-/// Dead letters not deleted, filtered, oldest first.
+/// Dead letters, open ones by default, filtered, oldest first.
 #[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin",
     security(("admin_token" = [])),
     params(ListQuery),
@@ -67,21 +82,16 @@ pub async fn list(
         Some(v) if v.is_empty() => None,
         v => v,
     };
+    let status = match query.status.as_deref() {
+        None | Some("") => Status::Open,
+        Some(raw) => Status::parse(raw).unwrap_or_else(|| {
+            errors.push(field("/status", "must be open, resolved, deleted or all"));
+            Status::Open
+        }),
+    };
     let reason = text("reason", query.reason, &mut errors);
     let source = text("source", query.source, &mut errors);
-    let since = match query.since.as_deref() {
-        None | Some("") => None,
-        Some(raw) => match DateTime::parse_from_rfc3339(raw) {
-            Ok(at) => Some(at.with_timezone(&Utc)),
-            Err(_) => {
-                errors.push(field(
-                    "/since",
-                    "must be an RFC 3339 time, e.g. 2026-11-26T02:00:00Z",
-                ));
-                None
-            }
-        },
-    };
+    let since = time("/since", query.since.as_deref(), &mut errors);
     let after = match query.after.as_deref() {
         None | Some("") => None,
         Some(raw) => match raw.parse::<i64>() {
@@ -100,6 +110,7 @@ pub async fn list(
         return Err(ApiError::Validation(errors));
     }
     let filter = Filter {
+        status,
         reason,
         source,
         since,
@@ -110,11 +121,17 @@ pub async fn list(
         .map_err(ApiError::database_unavailable)?;
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);
+    let counts = deadletters::counts_by_reason(&app.db)
+        .await
+        .map_err(ApiError::database_unavailable)?
+        .into_iter()
+        .collect();
     Ok(Json(DeadLetterPage {
         next: more
             .then(|| items.last().map(|item| item.id.to_string()))
             .flatten(),
         items,
+        counts,
     }))
 }
 
@@ -217,4 +234,323 @@ fn parse_id(raw: &str) -> Result<i64, ApiError> {
         .ok()
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::field("/id", "must be a dead letter id (a positive integer)"))
+}
+
+fn time(pointer: &str, raw: Option<&str>, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
+    match raw {
+        None | Some("") => None,
+        Some(raw) => match DateTime::parse_from_rfc3339(raw) {
+            Ok(at) => Some(at.with_timezone(&Utc)),
+            Err(_) => {
+                errors.push(field(
+                    pointer,
+                    "must be an RFC 3339 time, e.g. 2026-11-26T02:00:00Z",
+                ));
+                None
+            }
+        },
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ResubmitQuery {
+    /// `true`: say what would happen, change nothing (no payment call either).
+    dry_run: Option<bool>,
+}
+
+/// Body of `POST /v1/admin/dead-letters/{id}/resubmit`, all optional (documentation;
+/// parsed by hand to name every bad field).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ResubmitRequest {
+    /// Why (kept in the audit trail), at most 500 characters.
+    #[schema(example = "schema 2 reader deployed")]
+    reason: Option<String>,
+    /// A corrected cart (the shape of `POST /v1/checkouts`) to process instead of the
+    /// message's own. Carts only: a partner reply is signed and cannot be corrected. A new
+    /// `cart_id` makes it a new checkout; the same one is held to the same idempotency.
+    #[schema(value_type = Option<Object>)]
+    cart: Option<Value>,
+}
+
+/// Resubmits a dead letter now, by the rules of its reader, and says what happened. Never
+/// a second order for a cart; counted against `CARTBUS_RESUBMIT_LIMIT`; with
+/// `dry_run=true`, changes nothing.
+#[utoipa::path(post, path = "/v1/admin/dead-letters/{id}/resubmit", tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = i64, Path, description = "The dead letter's id"), ResubmitQuery),
+    request_body(content = Option<ResubmitRequest>, description = "Optional", content_type = "application/json",
+        example = json!({"reason": "customer fixed the quantity", "cart": {"cart_id": "5f0c8a52-2a4c-4c1e-9b7e-3f1d2a6b8c90", "customer": {"name": "Ada", "email": "ada@example.com"}, "shipping_address": {"line1": "1 Main St", "city": "London", "country": "GB"}, "currency": "GBP", "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price": 1250}], "total": 1250}})),
+    responses(
+        (status = 200, description = "What happened (or, dry run, would happen)", body = Report,
+            example = json!({"dead_letter_id": 17, "dry_run": false, "outcome": "created-order", "resolved": true, "detail": "order 0193a5c2-7d1e-7b3a-9f00-5a1d2c3b4e5f created for cart 5f0c8a52-2a4c-4c1e-9b7e-3f1d2a6b8c90", "order_id": "0193a5c2-7d1e-7b3a-9f00-5a1d2c3b4e5f", "cart_id": "5f0c8a52-2a4c-4c1e-9b7e-3f1d2a6b8c90", "resubmits": 1, "resubmit_limit": 5})),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such dead letter, or admin API off", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Deleted, resolved already, at its replay limit, or (not a dry run) the drain switch is paused", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "/problems/conflict", "title": "Conflicts with an earlier request", "status": 409, "detail": "dead letter 17 was resubmitted 5 times, the limit (CARTBUS_RESUBMIT_LIMIT); fix the cause, or delete it"})),
+        (status = 422, description = "A bad field (or corrected cart field), named", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, or the cart's payment call may still be in flight; retry", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn resubmit(
+    State(app): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+    Query(query): Query<ResubmitQuery>,
+    OptionalJsonBody(body): OptionalJsonBody,
+) -> Result<Json<Report>, ApiError> {
+    let id = parse_id(&id)?;
+    let body = match body {
+        None => Map::new(),
+        Some(Value::Object(body)) => body,
+        Some(_) => return Err(ApiError::field("", "must be a JSON object")),
+    };
+    let mut errors = Vec::new();
+    unknown_fields(&body, &["reason", "cart"], &mut errors);
+    let reason = optional_string(&body, "reason", MAX_REASON, &mut errors);
+    let corrected = match body.get("cart") {
+        None | Some(Value::Null) => None,
+        Some(cart) => match Cart::parse(cart) {
+            Ok(cart) => Some(cart),
+            Err(bad) => {
+                errors.extend(bad.into_iter().map(|e| FieldError {
+                    pointer: format!("/cart{}", e.pointer),
+                    detail: e.detail,
+                }));
+                None
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let options = Options {
+        dry_run: query.dry_run.unwrap_or(false),
+        corrected: corrected.as_ref(),
+        actor: &auth.actor,
+        reason: reason.as_deref(),
+        job: None,
+    };
+    resubmit::resubmit(&app, id, &options)
+        .await
+        .map(Json)
+        .map_err(resubmit_error)
+}
+
+fn resubmit_error(e: resubmit::Error) -> ApiError {
+    use resubmit::Error as E;
+    match e {
+        E::NotFound(_) => ApiError::NotFound(e.to_string()),
+        E::Deleted(_) | E::Resolved { .. } | E::LimitReached { .. } | E::Gated(_) => {
+            ApiError::Conflict(e.to_string())
+        }
+        E::CannotCorrectReply => ApiError::field("/cart", e.to_string()),
+        E::Retry(why) => ApiError::Unavailable {
+            detail: why,
+            retry_after: std::time::Duration::from_secs(5),
+        },
+        E::Database(e) => ApiError::database_unavailable(e),
+    }
+}
+
+/// Body of `POST /v1/admin/dead-letters/resubmit` (documentation; parsed by hand to name
+/// every bad field).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct BulkRequest {
+    /// Names the job: post the same id again to resume it after a crash (or to see it).
+    /// Chosen by the server when left out.
+    job_id: Option<Uuid>,
+    /// Which open dead letters: at least one of `reason`, `source`, `since`.
+    filter: JobFilter,
+    /// Why (kept in the audit trail of every dead letter), 1–500 characters. Not needed
+    /// for a dry run.
+    #[schema(example = "database constraint fixed in 1.4.2")]
+    reason: Option<String>,
+    /// `true`: dry-run each match (at most `max`) and count the outcomes; nothing changes.
+    dry_run: Option<bool>,
+    /// Dry run only: most dead letters to look at (1–10000, default 1000).
+    max: Option<i64>,
+}
+
+/// Resubmits every open dead letter that matches a filter, oldest first, in a background
+/// job (202, with `Location` to follow it). The job is resumable and idempotent: posting
+/// the same `job_id` after a crash resumes after the last dead letter it finished, and no
+/// dead letter is resubmitted twice. With `dry_run`, answers at once with the outcomes it
+/// would have.
+#[utoipa::path(post, path = "/v1/admin/dead-letters/resubmit", tag = "admin",
+    security(("admin_token" = [])),
+    request_body(content = BulkRequest, content_type = "application/json",
+        example = json!({"job_id": "8d6f2b9e-0c1a-4f3e-9d2b-7a5c4e3f2a10", "filter": {"reason": "max-attempts"}, "reason": "database constraint fixed in 1.4.2"})),
+    responses(
+        (status = 202, description = "Started (or resumed)", body = JobView,
+            headers(("Location" = String, description = "The job")),
+            example = json!({"job_id": "8d6f2b9e-0c1a-4f3e-9d2b-7a5c4e3f2a10", "state": "running", "actor": "admin via cartbus-1", "reason": "database constraint fixed in 1.4.2", "filter": {"reason": "max-attempts", "source": null, "since": null}, "last_id": 0, "outcomes": {}, "resubmitted": 0, "skipped": 0, "error": null, "owner": "cartbus-1", "created_at": "2026-11-26T02:10:00Z", "updated_at": "2026-11-26T02:10:00Z", "finished_at": null})),
+        (status = 200, description = "A dry run's outcomes; or the job exists and is running or done, so nothing was started", body = Preview,
+            example = json!({"dry_run": true, "matched": 42, "outcomes": {"would-create-order": 40, "duplicate": 2}, "truncated": false, "sample": []})),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin API off", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job_id exists with another filter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad field, named", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn resubmit_many(
+    State(app): State<AppState>,
+    auth: AdminAuth,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let Value::Object(body) = body else {
+        return Err(ApiError::field("", "must be a JSON object"));
+    };
+    let mut errors = Vec::new();
+    unknown_fields(
+        &body,
+        &["job_id", "filter", "reason", "dry_run", "max"],
+        &mut errors,
+    );
+    let job_id = match body.get("job_id") {
+        None | Some(Value::Null) => Some(Uuid::now_v7()),
+        Some(Value::String(raw)) => Uuid::try_parse(raw).ok(),
+        Some(_) => None,
+    };
+    if job_id.is_none() {
+        errors.push(field("/job_id", "must be a UUID"));
+    }
+    let filter = job_filter(body.get("filter"), &mut errors);
+    let dry_run = match body.get("dry_run") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.push(field("/dry_run", "must be true or false"));
+            false
+        }
+    };
+    let max = match body.get("max") {
+        None | Some(Value::Null) => 1000,
+        Some(v) => match v.as_i64() {
+            Some(n) if (1..=10_000).contains(&n) => n,
+            _ => {
+                errors.push(field("/max", "must be an integer from 1 to 10000"));
+                1000
+            }
+        },
+    };
+    let reason = optional_string(&body, "reason", MAX_REASON, &mut errors)
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    if reason.is_none() && !dry_run && !errors.iter().any(|e| e.pointer == "/reason") {
+        errors.push(field("/reason", "is required: say why these can go again"));
+    }
+    let (Some(job_id), Some(filter)) = (job_id, filter) else {
+        return Err(ApiError::Validation(errors));
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    if dry_run {
+        let preview = jobs::preview(&app, &filter, max)
+            .await
+            .map_err(ApiError::database_unavailable)?;
+        return Ok(Json(preview).into_response());
+    }
+    let new = NewJob {
+        id: job_id,
+        filter,
+        actor: auth.actor,
+        reason: reason.unwrap_or_default(),
+    };
+    let (view, started) = jobs::start(&app, new).await.map_err(|e| match e {
+        jobs::JobError::Mismatch(_) => ApiError::Conflict(e.to_string()),
+        jobs::JobError::Database(e) => ApiError::database_unavailable(e),
+    })?;
+    let status = if started {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/v1/admin/dead-letters/resubmit/{}", view.job_id);
+    Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+fn job_filter(raw: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<JobFilter> {
+    let Some(Value::Object(raw)) = raw else {
+        errors.push(field(
+            "/filter",
+            "is required: an object with at least one of reason, source, since",
+        ));
+        return None;
+    };
+    let before = errors.len();
+    for key in raw
+        .keys()
+        .filter(|k| !["reason", "source", "since"].contains(&k.as_str()))
+    {
+        errors.push(field(
+            &format!("/filter/{}", key.replace('~', "~0").replace('/', "~1")),
+            "is not a known field",
+        ));
+    }
+    let text = |name: &str, errors: &mut Vec<FieldError>| match raw.get(name) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_FILTER => {
+            Some(s.clone())
+        }
+        Some(_) => {
+            errors.push(field(
+                &format!("/filter/{name}"),
+                format!("must be a string of 1 to {MAX_FILTER} characters"),
+            ));
+            None
+        }
+    };
+    let reason = text("reason", errors);
+    let source = text("source", errors);
+    let since = match raw.get("since") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => time("/filter/since", Some(s), errors),
+        Some(_) => {
+            errors.push(field("/filter/since", "must be an RFC 3339 time"));
+            None
+        }
+    };
+    if errors.len() > before {
+        return None;
+    }
+    if reason.is_none() && source.is_none() && since.is_none() {
+        errors.push(field(
+            "/filter",
+            "must name at least one of reason, source, since (a bulk resubmit of everything is too easy to start by mistake)",
+        ));
+        return None;
+    }
+    Some(JobFilter {
+        reason,
+        source,
+        since,
+    })
+}
+
+/// A bulk resubmit and how far it got: `interrupted` means its instance died; post it
+/// again to resume.
+#[utoipa::path(get, path = "/v1/admin/dead-letters/resubmit/{job_id}", tag = "admin",
+    security(("admin_token" = [])),
+    params(("job_id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = JobView,
+            example = json!({"job_id": "8d6f2b9e-0c1a-4f3e-9d2b-7a5c4e3f2a10", "state": "done", "actor": "admin via cartbus-1", "reason": "database constraint fixed in 1.4.2", "filter": {"reason": "max-attempts", "source": null, "since": null}, "last_id": 212, "outcomes": {"created-order": 40, "duplicate": 2}, "resubmitted": 42, "skipped": 0, "error": null, "owner": "cartbus-1", "created_at": "2026-11-26T02:10:00Z", "updated_at": "2026-11-26T02:10:04Z", "finished_at": "2026-11-26T02:10:04Z"})),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job, or admin API off", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn resubmit_job(
+    State(app): State<AppState>,
+    _auth: AdminAuth,
+    Path(job_id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job_id =
+        Uuid::try_parse(&job_id).map_err(|_| ApiError::field("/job_id", "must be a UUID"))?;
+    jobs::find(&app.db, job_id)
+        .await
+        .map_err(ApiError::database_unavailable)?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no resubmit job {job_id}")))
 }

@@ -2,7 +2,7 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use axum::http::request::Parts;
 use http_body_util::LengthLimitError;
 use secrecy::ExposeSecret;
@@ -55,6 +55,31 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+    }
+}
+
+/// A JSON request body that may be left out altogether (`Content-Length: 0`, or no body
+/// headers at all); when there is one, read as [`JsonBody`].
+pub struct OptionalJsonBody(pub Option<Value>);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers();
+        let length = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let no_body = length == Some(0)
+            || (length.is_none()
+                && !headers.contains_key(CONTENT_TYPE)
+                && !headers.contains_key(TRANSFER_ENCODING));
+        if no_body {
+            return Ok(OptionalJsonBody(None));
+        }
+        let JsonBody(value) = JsonBody::from_request(req, state).await?;
+        Ok(OptionalJsonBody(Some(value)))
     }
 }
 

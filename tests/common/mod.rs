@@ -302,6 +302,20 @@ pub fn cart() -> Value {
     cart_with_lines(2)
 }
 
+/// A cart message in schema 99, which this version does not read: it is dead-lettered
+/// `unknown-schema`, with a valid cart inside for an operator to resubmit.
+pub fn unknown_schema_message(cart: &Value) -> cartbus::queue::Message {
+    use cartbus::queue::{Message, Properties, Property};
+    let body = json!({ "schema": 99, "cart": cart, "accepted_at": "2026-11-26T01:00:00Z" });
+    Message {
+        message_id: cart["cart_id"].as_str().expect("cart_id").to_string(),
+        content_type: "application/json".into(),
+        properties: Properties::from([("schema".into(), Property::Int(99))]),
+        body: serde_json::to_vec(&body).expect("json").into(),
+        ..Default::default()
+    }
+}
+
 /// Counts orders straight from the database (the API has no list endpoint).
 pub async fn count_orders(state: &AppState) -> i64 {
     cartbus::on_db!(&state.db, |pool| sqlx::query_scalar::<_, i64>(
