@@ -7,6 +7,8 @@
   // Lists (dead letters, payments, outbox, history) change slowly: every fifth poll.
   const LISTS_EVERY = 5;
   const CHART_WINDOW_MS = 5 * 60 * 1000;
+  // The chart spans what it has seen (since sign-in), at least this, at most the window.
+  const CHART_MIN_SPAN_MS = 30 * 1000;
   const DEAD_LETTER_PAGE = 200;
 
   let token = null;
@@ -353,14 +355,15 @@
     const peak = Math.max(1, ...samples.map((s) => Math.max(s.intake, s.drain)));
     const scale = niceCeiling(peak);
     const now = Date.now();
-    const x = (at) => left + ((width - left - 4) * (CHART_WINDOW_MS - (now - at))) / CHART_WINDOW_MS;
+    const span = Math.min(CHART_WINDOW_MS, Math.max(CHART_MIN_SPAN_MS, samples.length ? now - samples[0].at : 0));
+    const x = (at) => left + ((width - left - 4) * (span - (now - at))) / span;
     const y = (v) => top + plotHeight - (plotHeight * v) / scale;
     const parts = [];
     for (const v of [0, scale / 2, scale]) {
       parts.push(shape("line", { x1: left, x2: width - 4, y1: y(v), y2: y(v), class: "grid" }));
       parts.push(shape("text", { x: left - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" }, formatAxis(v)));
     }
-    parts.push(shape("text", { x: left, y: height - 4, class: "axis" }, "−5 min"));
+    parts.push(shape("text", { x: left, y: height - 4, class: "axis" }, `−${duration(span / 1000)}`));
     parts.push(shape("text", { x: width - 4, y: height - 4, class: "axis", "text-anchor": "end" }, "now"));
     if (samples.length < 2) {
       parts.push(shape("text", { x: width / 2, y: height / 2, class: "axis", "text-anchor": "middle" }, "collecting…"));
@@ -505,7 +508,7 @@
       { class: r.resolved ? "good" : r.dry_run ? "" : "bad" },
       el("code", {}, r.outcome),
       r.dry_run ? " (dry run)" : "",
-      r.order_id ? ` · order ${r.order_id}` : "",
+      r.order_id && !(r.detail || "").includes(r.order_id) ? ` · order ${r.order_id}` : "",
       r.detail ? ` — ${r.detail}` : "",
     );
   }
