@@ -1,14 +1,23 @@
-//! The deploy-window page (issue 8, part 2): `/admin` and its assets are served from the
-//! binary with strict headers and stay out of the OpenAPI document, while the data behind
-//! them still needs the token.
+//! The deploy-window page (issue 8, part 2). Without a browser: `/admin` and its assets are
+//! served from the binary with strict headers and stay out of the OpenAPI document, while
+//! the data behind them still needs the token. In a real browser (`tests/browser/`,
+//! playwright-core driving Debian's chromium): an operator signs in, pauses, sees the
+//! instances drain, resumes, and dry-runs then resubmits a dead letter.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 
-use common::{Backend, Settings, TestApp};
+use cartbus::checkout::{Cart, message};
+use cartbus::queue::DeadLetterReason;
+use common::{Backend, Settings, TestApp, eventually, services_required, skipped};
+use serde_json::{Value, json};
 
 const TOKEN: &str = "admin-page-test-token-0001";
+/// The browser script's own deadlines are 30 s a step; this bounds the whole run.
+const BROWSER_RUN: Duration = Duration::from_secs(180);
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,4 +80,184 @@ async fn the_page_is_served_from_the_binary_with_strict_headers_and_no_data() {
         paths.keys().collect::<Vec<_>>()
     );
     app.stop().await.expect("clean stop");
+}
+
+/// Why the browser test cannot run here, if it cannot.
+fn browser_missing(chromium: &Path) -> Option<String> {
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !node {
+        return Some("needs node on PATH".into());
+    }
+    if !chromium.exists() {
+        return Some(format!(
+            "needs chromium at {} (apt-get install chromium)",
+            chromium.display()
+        ));
+    }
+    if !manifest_dir()
+        .join("tests/browser/node_modules/playwright-core/package.json")
+        .exists()
+    {
+        return Some("needs playwright-core: npm ci --prefix tests/browser".into());
+    }
+    None
+}
+
+#[tokio::test]
+async fn an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browser() {
+    const TEST: &str = "an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browser";
+    let chromium = std::env::var_os("CARTBUS_TEST_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if let Some(why) = browser_missing(&chromium) {
+        assert!(
+            !services_required(),
+            "CARTBUS_REQUIRE_SERVICES=1 but the browser test {why}"
+        );
+        skipped(TEST, &why);
+        return;
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(
+        &Settings::new(dir.path(), &Backend::Sqlite).set("CARTBUS_ADMIN_TOKEN", TOKEN),
+    )
+    .await;
+    let config = &app.state.config;
+
+    // A valid cart that failed on every attempt (say the orders database was down): a
+    // resubmit now creates its order.
+    let cart_json = common::cart();
+    let cart_id = cart_json["cart_id"].as_str().expect("cart_id").to_string();
+    let cart = Cart::parse(&cart_json).expect("a valid cart");
+    let mut tx = app.state.db.begin().await.expect("begin");
+    cartbus::deadletters::record(
+        &mut tx,
+        &config.cart_address,
+        &message::encode(&cart, chrono::Utc::now()),
+        DeadLetterReason::MaxAttempts,
+        "failed 5 times: the orders database did not answer",
+        5,
+    )
+    .await
+    .expect("record dead letter");
+    tx.commit().await.expect("commit");
+    // And one that the consumer itself dead-letters: a cart sent again with another
+    // payload.
+    let ordered = common::cart();
+    assert_eq!(app.post_cart(&ordered).await.status(), 202);
+    app.wait_for_order(ordered["cart_id"].as_str().expect("cart_id"))
+        .await;
+    let mut conflicting = ordered.clone();
+    conflicting["lines"][0]["name"] = json!("Something else");
+    assert_eq!(app.post_cart(&conflicting).await.status(), 202);
+    let dead_letter_id = eventually("both dead letters listed", || async {
+        let page = admin_get(&app, "/v1/admin/dead-letters").await;
+        let items = page["items"].as_array()?;
+        if items.len() < 2 {
+            return None;
+        }
+        items
+            .iter()
+            .find(|i| i["reason"] == "max-attempts")
+            .and_then(|i| i["id"].as_i64())
+    })
+    .await;
+    assert_eq!(common::count_orders_for(&app.state, &cart_id).await, 0);
+
+    let artefacts = manifest_dir().join("target/artefacts");
+    std::fs::create_dir_all(&artefacts).expect("artefacts folder");
+    let run = tokio::process::Command::new("node")
+        .arg(manifest_dir().join("tests/browser/admin_page.mjs"))
+        .env("CARTBUS_BASE_URL", &app.base)
+        .env("CARTBUS_ADMIN_TOKEN", TOKEN)
+        .env("CARTBUS_INSTANCE", &config.instance)
+        .env("CARTBUS_DEAD_LETTER_ID", dead_letter_id.to_string())
+        .env("CARTBUS_DEAD_LETTER_CART_ID", &cart_id)
+        .env("CARTBUS_CHROMIUM", &chromium)
+        .env("CARTBUS_ARTEFACTS", &artefacts)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(BROWSER_RUN, run)
+        .await
+        .expect("the browser test finishes in time")
+        .expect("node starts");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "browser test failed:\n{log}");
+    common::note(&format!(
+        "admin page screenshot: {}",
+        artefacts.join("admin-page.png").display()
+    ));
+
+    // What the page did, seen through the API: one order for the resubmitted cart, the
+    // dead letter resolved, and the pause and resume in the history with their reasons.
+    assert_eq!(common::count_orders_for(&app.state, &cart_id).await, 1);
+    let (status, checkout) = app.get_json(&format!("/v1/checkouts/{cart_id}")).await;
+    assert_eq!((status, &checkout["status"]), (200, &json!("ordered")));
+    let letter = admin_get(&app, &format!("/v1/admin/dead-letters/{dead_letter_id}")).await;
+    assert!(letter["resolved_at"].is_string(), "{letter}");
+    let resubmits: Vec<(&str, &str)> = letter["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter(|a| a["action"] == "resubmit")
+        .map(|a| {
+            (
+                a["outcome"].as_str().unwrap_or_default(),
+                a["reason"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        resubmits,
+        [("created-order", "orders database back (browser test)")],
+        "the dry run and the refused try leave no resubmit: {letter}"
+    );
+    let history = admin_get(&app, "/v1/admin/consumer/history").await;
+    let actions: Vec<(&str, &str)> = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| {
+            (
+                h["action"].as_str().unwrap_or_default(),
+                h["reason"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions[..2],
+        [
+            ("resume", "deploy 2.0.0 done (browser test)"),
+            ("pause", "deploy 2.0.0 (browser test)")
+        ],
+        "{history}"
+    );
+    assert!(
+        history[0]["changed_by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("browser-test via ")),
+        "{history}"
+    );
+    app.stop().await.expect("clean stop");
+}
+
+async fn admin_get(app: &TestApp, path: &str) -> Value {
+    let response = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect(path);
+    assert_eq!(response.status(), 200, "{path}");
+    response.json().await.expect("JSON")
 }
