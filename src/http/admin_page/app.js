@@ -51,7 +51,7 @@
     try {
       response = await fetch(path, init);
     } catch (e) {
-      throw new ApiError(0, "cartbus cannot be reached (network error); retrying");
+      throw new ApiError(0, "cartbus cannot be reached (network error)");
     }
     const text = await response.text();
     let data = null;
@@ -196,6 +196,7 @@
     $("#login").hidden = true;
     $("#console").hidden = false;
     $("#sign-out").hidden = false;
+    drawChart(); // now that it has a width
     schedule();
   }
 
@@ -245,7 +246,7 @@
     try {
       status = (await api("GET", "/v1/admin/consumer")).data;
     } catch (e) {
-      if (mine === session && e.status !== 401) showBanner(`Status not refreshed: ${e.message}`);
+      if (mine === session && e.status !== 401) showBanner(`Status not refreshed: ${e.message}; trying again every 2 s`);
       throw e;
     }
     lastStatus = status;
@@ -291,7 +292,7 @@
     node.textContent = label;
     const busy = (status.instances || []).filter((i) => i.in_flight > 0 || i.state === "running" || i.state === "pausing");
     $("#switch-explain").textContent = {
-      running: `Version ${status.active_version || "(any)"} takes carts off the queue and writes orders. Pause before a deploy.`,
+      running: `${status.active_version ? `Version ${status.active_version}` : "Every version"} takes carts off the queue and writes orders. Pause before a deploy.`,
       draining: `Paused; waiting for ${busy.length || "some"} instance(s) to finish what they hold. Do not deploy yet.`,
       drained: "Nothing consumes and nothing is in flight: safe to deploy. Checkouts keep queuing.",
     }[state];
@@ -609,7 +610,8 @@
 
   function askResume() {
     const select = $("#resume-version");
-    const live = (lastStatus ? lastStatus.instances : []).filter((i) => i.state !== "stopped");
+    // A fenced instance's binary is older than the database: it must never consume.
+    const live = (lastStatus ? lastStatus.instances : []).filter((i) => i.state !== "stopped" && i.state !== "fenced");
     const versions = [...new Set(live.map((i) => i.version))].sort();
     const options = versions.map((v) => {
       const n = live.filter((i) => i.version === v).length;
@@ -672,6 +674,9 @@
       const reason = $("#resubmit-reason").value.trim();
       $("#resubmit-dialog").close();
       resubmit(item, false, reason);
+    });
+    window.addEventListener("resize", () => {
+      if (token) drawChart();
     });
     $("#token").focus();
   }
