@@ -194,6 +194,21 @@ async function main() {
     await page.locator(".group.done", { hasText: "created-order" }).waitFor({ timeout: STEP_MS });
 
     await page.screenshot({ path: path.join(artefacts, "admin-page.png"), fullPage: true });
+
+    step("a token refused mid-session (rotated) sends the operator back to sign in");
+    // The only faked answer here: cartbus cannot change its token while it runs.
+    expectedStatus = 401;
+    await page.route("**/v1/admin/consumer", (route) =>
+      route.fulfill({
+        status: 401,
+        contentType: "application/problem+json",
+        body: JSON.stringify({ type: "/problems/unauthorized", title: "Missing or wrong credentials", status: 401, detail: "missing or wrong admin token" }),
+      }),
+    );
+    await page.locator("#login-message", { hasText: "may have been changed" }).waitFor({ timeout: STEP_MS });
+    check(await page.locator("#console").isHidden(), "nothing shown after the token was refused");
+    expectedStatus = null;
+
     check(problems.length === 0, `no console or page errors:\n${problems.join("\n")}`);
     step("passed");
   } catch (error) {
