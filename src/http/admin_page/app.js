@@ -18,6 +18,8 @@
   let timer = null;
   let polls = 0;
   let lastStatus = null;
+  // What the last refresh of the lists could not read (shown until a refresh can).
+  let listTrouble = null;
   const samples = [];
   // What Dry run / Resubmit said, by dead letter id, kept across refreshes.
   const outcomes = new Map();
@@ -211,6 +213,7 @@
     clearTimeout(timer);
     timer = null;
     lastStatus = null;
+    listTrouble = null;
     samples.length = 0;
     outcomes.clear();
     pending.clear();
@@ -254,8 +257,8 @@
     renderSwitch(status);
     renderBacklog(status);
     renderInstances(status.instances || []);
-    const problems = [];
     if (lists) {
+      const problems = [];
       const results = await Promise.allSettled([
         api("GET", "/v1/admin/consumer/history?limit=20").then((r) => renderHistory(r.data)),
         api("GET", `/v1/admin/dead-letters?limit=${DEAD_LETTER_PAGE}`).then((r) => renderDeadLetters(r.data)),
@@ -268,10 +271,10 @@
           problems.push(`${names[i]}: ${result.reason.message}`);
         }
       });
+      listTrouble = problems.length ? `Not refreshed — ${problems.join(" · ")}` : null;
     }
     if (mine !== session) return;
-    if (problems.length) showBanner(`Not refreshed — ${problems.join(" · ")}`);
-    else if (lists) showBanner(null);
+    showBanner(listTrouble);
     $("#updated").textContent = `Updated ${when(new Date().toISOString())}`;
   }
 
@@ -318,9 +321,10 @@
   function renderBacklog(status) {
     const b = status.backlog;
     const paused = status.desired === "paused";
-    const notReported = el("span", { class: "muted" }, "not reported by this broker");
+    // AMQP 1.0 has no way to ask a broker how many messages wait.
+    const notReported = () => el("span", { class: "muted" }, "not reported by this broker");
     let oldest;
-    if (b.depth === null || b.depth === undefined) oldest = el("span", { class: "muted" }, "not reported by this broker");
+    if (b.depth === null || b.depth === undefined) oldest = notReported();
     else if (b.depth === 0) oldest = "nothing waiting";
     else oldest = b.oldest_age_seconds === null ? "—" : duration(b.oldest_age_seconds);
     let eta;
@@ -330,7 +334,7 @@
     else if (b.depth === null || b.depth === undefined) eta = "unknown (depth not reported)";
     else eta = "not shrinking: intake ≥ drain";
     facts($("#backlog"), [
-      ["Waiting", b.depth === null || b.depth === undefined ? notReported : b.depth.toLocaleString("en-GB"), "backlog-depth"],
+      ["Waiting", b.depth === null || b.depth === undefined ? notReported() : b.depth.toLocaleString("en-GB"), "backlog-depth"],
       ["Oldest waiting", oldest, "backlog-oldest"],
       ["Intake", rate(b.intake_per_s), "backlog-intake"],
       ["Drain", rate(b.drain_per_s), "backlog-drain"],
@@ -593,8 +597,7 @@
     confirm.disabled = true;
     message.textContent = "Working…";
     try {
-      const done = await action();
-      if (done === false) return;
+      await action();
       dialog.close();
     } catch (e) {
       message.textContent = e.status === 401 ? "" : e.message;
