@@ -50,6 +50,9 @@ pub enum ConsumerCommand {
     Resume {
         #[arg(long)]
         version: Option<String>,
+        /// Why (kept in the history).
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -82,11 +85,14 @@ async fn run(args: &ConsumerArgs) -> Result<ExitCode, Failure> {
             admin.show(&status);
             Ok(ExitCode::SUCCESS)
         }
-        ConsumerCommand::Resume { version } => {
-            let body = match version {
-                Some(v) => json!({ "version": v }),
-                None => json!({}),
-            };
+        ConsumerCommand::Resume { version, reason } => {
+            let mut body = json!({});
+            if let Some(version) = version {
+                body["version"] = json!(version);
+            }
+            if let Some(reason) = reason {
+                body["reason"] = json!(reason);
+            }
             let status = admin.post("/v1/admin/consumer/resume", body).await?;
             admin.show(&status);
             Ok(ExitCode::SUCCESS)

@@ -718,9 +718,12 @@ async fn the_cli_pauses_resumes_and_exits_with_codes_a_deploy_script_can_use() {
     assert_eq!(code, 0);
     let status: Value = serde_json::from_str(&out).expect("--json prints the status");
     assert_eq!(status["desired"], "paused");
-    let (code, out, _) = cli(&process.base, TOKEN, &["resume"]).await;
+    let (code, out, _) = cli(&process.base, TOKEN, &["resume", "--reason", "drill over"]).await;
     assert_eq!(code, 0);
-    assert!(out.contains("switch: running"), "{out}");
+    assert!(
+        out.contains("switch: running") && out.contains("drill over"),
+        "{out}"
+    );
 
     let (code, _, err) = cli(&process.base, "not-the-token-at-all", &["status"]).await;
     assert_eq!(code, 4, "{err}");
