@@ -240,6 +240,29 @@ pub async fn wait_for_order(client: &reqwest::Client, base: &str, cart_id: &str)
     order
 }
 
+/// An admin API call with bearer `token` and, when given, a JSON body; status and body.
+pub async fn admin_call(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client
+        .request(method.clone(), format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 /// The service's Prometheus text.
 pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
     client
