@@ -42,19 +42,7 @@ fn admin_operations(doc: &Value) -> Vec<Operation> {
     let mut operations = Vec::new();
     for (template, item) in paths.iter().filter(|(p, _)| p.starts_with("/v1/admin")) {
         for (method, operation) in item.as_object().expect("path item") {
-            let mut path = template.clone();
-            for parameter in operation["parameters"].as_array().into_iter().flatten() {
-                if parameter["in"] != "path" {
-                    continue;
-                }
-                let name = parameter["name"].as_str().expect("parameter name");
-                let value = match parameter["schema"]["type"].as_str() {
-                    Some("integer") => "1".to_string(),
-                    _ => uuid::Uuid::new_v4().to_string(),
-                };
-                path = path.replace(&format!("{{{name}}}"), &value);
-            }
-            assert!(!path.contains('{'), "unfilled parameter in {method} {path}");
+            let path = common::fill_path(template, operation);
             let body = operation["requestBody"]["content"]["application/json"]["example"]
                 .as_object()
                 .map(|o| Value::Object(o.clone()))
