@@ -206,7 +206,7 @@ impl Metrics {
         let catch_up_eta_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "catch_up_eta_seconds",
-            "Seconds until the queue is empty at current rates (NaN when not shrinking)",
+            "Seconds until the queue is empty at current rates: 0 when empty, NaN when not shrinking or the depth is unknown",
             catch_up_eta_seconds.clone(),
         );
         let outbox_events = Family::<Outcome, Counter>::default();
