@@ -68,24 +68,21 @@ async fn drain_switch(app: &App) {
         .drain_switch_paused
         .set(i64::from(switch.is_paused()));
     metrics.drain_switch_drained.set(i64::from(drained));
-    // Every known state is always there (0 rather than absent), and a state only another
-    // version knows shows too.
-    metrics.instances.clear();
-    for state in State::ALL {
-        metrics
-            .instances
-            .get_or_create(&StateLabel {
-                state: state.as_str().to_string(),
-            })
-            .set(0);
-    }
+    // Every known state is always there (0 rather than absent). Counted first and then set,
+    // never cleared, so a scrape running alongside never sees the family half filled; the
+    // price is that a state only another version knows keeps its last count until restart.
+    let mut counts: std::collections::BTreeMap<String, i64> = State::ALL
+        .iter()
+        .map(|state| (state.as_str().to_string(), 0))
+        .collect();
     for instance in instances {
+        *counts.entry(instance.state).or_default() += 1;
+    }
+    for (state, n) in counts {
         metrics
             .instances
-            .get_or_create(&StateLabel {
-                state: instance.state,
-            })
-            .inc();
+            .get_or_create(&StateLabel { state })
+            .set(n);
     }
 }
 
