@@ -3,6 +3,7 @@
 mod admin;
 mod checkouts;
 mod deadletters;
+mod examples;
 pub mod extract;
 mod ops;
 mod orders;
