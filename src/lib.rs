@@ -67,6 +67,11 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (CARTBUS_LISTEN)", config.listen))?;
+        let control = Control::new(
+            db::known_schema_version(&config_kind),
+            metrics.intake_messages.clone(),
+            metrics.drain_messages.clone(),
+        );
         let app = Arc::new(App {
             config,
             db,
@@ -75,7 +80,7 @@ impl Application {
             outbox_wake: tokio::sync::Notify::new(),
             metrics,
             health: Health::default(),
-            control: Control::new(db::known_schema_version(&config_kind)),
+            control,
             intake_permits: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
             payments,
             resubmit_jobs: Default::default(),

@@ -1,5 +1,7 @@
 //! Prometheus metrics, one registry per app (no globals, so tests can run apps side by side).
 
+pub mod sample;
+
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,6 +24,11 @@ pub struct StatusLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,7 +59,18 @@ pub struct Metrics {
     pub consumer_in_flight: Gauge,
     pub intake_per_second: Gauge<f64, AtomicU64>,
     pub drain_per_second: Gauge<f64, AtomicU64>,
+    /// Carts this instance put on the queue; also what its heartbeat reports, so that
+    /// `rate()` of the sum over instances is `intake_per_second`.
+    pub intake_messages: Counter,
+    /// Cart messages this instance's consumer took off the queue for good (accepted or
+    /// dead-lettered; a release is not drain).
+    pub drain_messages: Counter,
     pub catch_up_eta_seconds: Gauge<f64, AtomicU64>,
+    /// Live instances by the state they report (sampled at scrape).
+    pub instances: Family<StateLabel, Gauge>,
+    /// The drain switch as the database holds it (sampled at scrape).
+    pub drain_switch_paused: Gauge,
+    pub drain_switch_drained: Gauge,
     /// Outbox events: sent, audit_copy, send_failed, critical_error.
     pub outbox_events: Family<Outcome, Counter>,
     /// Outbox rows not yet processed, by status (sampled at scrape).
@@ -152,13 +170,43 @@ impl Metrics {
         let drain_per_second = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "drain_per_second",
-            "Cart messages settled per second, all instances, last 15 s",
+            "Cart messages taken off the queue for good (accepted or dead-lettered) per second, all instances, last 15 s",
             drain_per_second.clone(),
+        );
+        let intake_messages = Counter::default();
+        registry.register(
+            "intake_messages",
+            "Carts this instance put on the queue (sum the rate over instances for the intake rate)",
+            intake_messages.clone(),
+        );
+        let drain_messages = Counter::default();
+        registry.register(
+            "drain_messages",
+            "Cart messages this instance took off the queue for good: accepted or dead-lettered (sum the rate over instances for the drain rate)",
+            drain_messages.clone(),
+        );
+        let instances = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "instances",
+            "Instances heard from in the last 5 s, by state: running, pausing, paused, passive, fenced, stopped (sampled at scrape)",
+            instances.clone(),
+        );
+        let drain_switch_paused = Gauge::default();
+        registry.register(
+            "drain_switch_paused",
+            "1 while the drain switch says paused (sampled at scrape)",
+            drain_switch_paused.clone(),
+        );
+        let drain_switch_drained = Gauge::default();
+        registry.register(
+            "drain_switch_drained",
+            "1 when paused and every live instance has stopped consuming and holds nothing (sampled at scrape)",
+            drain_switch_drained.clone(),
         );
         let catch_up_eta_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "catch_up_eta_seconds",
-            "Seconds until the queue is empty at current rates (NaN when not shrinking)",
+            "Seconds until the queue is empty at current rates: 0 when empty, NaN when not shrinking or the depth is unknown",
             catch_up_eta_seconds.clone(),
         );
         let outbox_events = Family::<Outcome, Counter>::default();
@@ -216,7 +264,12 @@ impl Metrics {
             consumer_in_flight,
             intake_per_second,
             drain_per_second,
+            intake_messages,
+            drain_messages,
             catch_up_eta_seconds,
+            instances,
+            drain_switch_paused,
+            drain_switch_drained,
             queue_up,
             queue_connects,
             queue_connection_losses,

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::control::{self, Mode, pause};
-use crate::queue::{Delivery, QueueError, Receiver};
+use crate::queue::{Delivery, QueueError, Receiver, Settlement};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Capped low enough that a consumer is back within seconds of its broker or database.
@@ -102,11 +102,17 @@ async fn consume(
             tokio::join!(convert::step(app, &deliveries), receiver.receive_now(batch))
         };
         crate::fault::freeze_if_hit("consumer-before-settle").await;
+        // Only what leaves the queue drains it: a release (the database blinked, the
+        // switch said stop) would otherwise pass for progress in the catch-up estimate.
+        // A failed attempt may end as a dead letter, but mostly comes back.
+        let drained = report
+            .settlements
+            .iter()
+            .filter(|(_, s)| matches!(s, Settlement::Accept | Settlement::Reject { .. }))
+            .count();
         let settled = receiver.settle(report.settlements).await;
-        app.control.end_batch(
-            deliveries.len(),
-            if settled.is_ok() { deliveries.len() } else { 0 },
-        );
+        app.control
+            .end_batch(deliveries.len(), if settled.is_ok() { drained } else { 0 });
         if let Err(e) = settled {
             break Err(e);
         }

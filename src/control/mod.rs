@@ -8,10 +8,11 @@ pub mod store;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::sync::{Notify, watch as channel};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,15 @@ pub enum State {
 }
 
 impl State {
+    pub const ALL: [State; 6] = [
+        State::Running,
+        State::Pausing,
+        State::Paused,
+        State::Passive,
+        State::Fenced,
+        State::Stopped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Running => "running",
@@ -74,8 +84,11 @@ pub struct Control {
     in_flight: AtomicUsize,
     /// Consumer tasks holding an open receiver.
     consuming: AtomicUsize,
-    processed: AtomicU64,
-    accepted: AtomicU64,
+    /// Cart messages taken off the queue for good, and carts put on it, by this instance:
+    /// the `cartbus_drain_messages_total` and `cartbus_intake_messages_total` counters
+    /// themselves, so heartbeats and metrics cannot disagree.
+    processed: Counter,
+    accepted: Counter,
     nudge: Notify,
     known_schema: i64,
     started_at: chrono::DateTime<Utc>,
@@ -83,14 +96,14 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(known_schema: i64) -> Control {
+    pub fn new(known_schema: i64, accepted: Counter, processed: Counter) -> Control {
         Control {
             mode: channel::Sender::new(Mode::Unknown),
             revision: AtomicI64::new(-1),
             in_flight: AtomicUsize::new(0),
             consuming: AtomicUsize::new(0),
-            processed: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
+            processed,
+            accepted,
             nudge: Notify::new(),
             known_schema,
             started_at: Utc::now(),
@@ -120,7 +133,7 @@ impl Control {
     }
 
     pub fn count_accepted(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.accepted.inc();
     }
 
     pub fn set_consuming(&self, consuming: bool) {
@@ -135,10 +148,11 @@ impl Control {
         self.in_flight.fetch_add(n, Ordering::AcqRel);
     }
 
-    /// `started` is what `begin_batch` was given; `settled` how many were settled.
-    pub fn end_batch(&self, started: usize, settled: usize) {
+    /// `started` is what `begin_batch` was given; `drained` how many of them left the
+    /// queue for good (accepted or dead-lettered, not released).
+    pub fn end_batch(&self, started: usize, drained: usize) {
         self.in_flight.fetch_sub(started, Ordering::AcqRel);
-        self.processed.fetch_add(settled as u64, Ordering::Relaxed);
+        self.processed.inc_by(drained as u64);
     }
 
     pub fn in_flight(&self) -> usize {
@@ -202,8 +216,8 @@ impl Control {
             schema_version: self.known_schema,
             state: state.as_str().to_string(),
             in_flight: self.in_flight() as i64,
-            processed: self.processed.load(Ordering::Relaxed) as i64,
-            accepted: self.accepted.load(Ordering::Relaxed) as i64,
+            processed: i64::try_from(self.processed.get()).unwrap_or(i64::MAX),
+            accepted: i64::try_from(self.accepted.get()).unwrap_or(i64::MAX),
             seen_revision: self.revision.load(Ordering::Acquire),
             started_at: self.started_at,
             last_seen: Utc::now(),
@@ -426,7 +440,8 @@ pub struct Backlog {
     pub oldest_age_seconds: Option<f64>,
     /// Carts queued per second, all instances, last 15 s.
     pub intake_per_s: f64,
-    /// Deliveries settled per second, all instances, last 15 s.
+    /// Cart messages taken off the queue for good (accepted or dead-lettered) per second,
+    /// all instances, last 15 s.
     pub drain_per_s: f64,
     /// At the current rates, seconds until the queue is empty; `null` when it is not
     /// shrinking.
@@ -450,6 +465,17 @@ pub async fn drain_state(app: &App) -> Result<(Switch, Vec<InstanceRow>, bool), 
 
 pub async fn status(app: &App) -> Result<Status, sqlx::Error> {
     let (switch, instances, drained) = drain_state(app).await?;
+    Ok(Status {
+        backlog: backlog(app).await,
+        switch,
+        drained,
+        instances,
+    })
+}
+
+/// The cart queue's depth and age (where the queue reports them, within 1 s), and the
+/// rates and catch-up estimate from the instances' heartbeats.
+pub async fn backlog(app: &App) -> Backlog {
     let stats = tokio::time::timeout(
         Duration::from_secs(1),
         app.queue.stats(&app.config.cart_address),
@@ -464,20 +490,15 @@ pub async fn status(app: &App) -> Result<Status, sqlx::Error> {
         Some(depth) if drain > intake => Some(depth as f64 / (drain - intake)),
         _ => None,
     };
-    Ok(Status {
-        backlog: Backlog {
-            depth,
-            oldest_age_seconds: stats
-                .and_then(|s| s.oldest_enqueued_at)
-                .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0),
-            intake_per_s: intake,
-            drain_per_s: drain,
-            catch_up_eta_seconds,
-        },
-        switch,
-        drained,
-        instances,
-    })
+    Backlog {
+        depth,
+        oldest_age_seconds: stats
+            .and_then(|s| s.oldest_enqueued_at)
+            .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0),
+        intake_per_s: intake,
+        drain_per_s: drain,
+        catch_up_eta_seconds,
+    }
 }
 
 /// Drained: paused, and every live instance has seen this pause and neither consumes nor

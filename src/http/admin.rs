@@ -61,9 +61,10 @@ impl FromRequestParts<AppState> for AdminAuth {
 #[utoipa::path(get, path = "/v1/admin/consumer", tag = "admin",
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "The switch and the instances", body = Status),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The switch and the instances", body = Status, example = json!(crate::http::examples::status_running())),
+        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
+        (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
     ))]
 pub async fn consumer(
     State(app): State<AppState>,
@@ -88,12 +89,14 @@ pub struct PauseRequest {
 /// Pause consuming on every instance; with `wait_seconds`, answer when drained.
 #[utoipa::path(post, path = "/v1/admin/consumer/pause", tag = "admin",
     security(("admin_token" = [])),
-    request_body(content = PauseRequest, content_type = "application/json"),
+    request_body(content = PauseRequest, content_type = "application/json", example = json!(crate::http::examples::pause_request())),
     responses(
-        (status = 200, description = "Paused and drained: no instance consumes or holds a delivery", body = Status),
-        (status = 202, description = "Paused; not (yet) drained when the wait ended", body = Status),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad field", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Paused and drained: no instance consumes or holds a delivery", body = Status, example = json!(crate::http::examples::status_drained())),
+        (status = 202, description = "Paused; not (yet) drained when the wait ended", body = Status, example = json!(crate::http::examples::status_pausing())),
+        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
+        (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
+        (status = 422, description = "A bad field", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::pause_invalid())),
     ))]
 pub async fn pause(
     State(app): State<AppState>,
@@ -191,11 +194,13 @@ pub struct ResumeRequest {
 /// Resume consuming; only `version` consumes from now on.
 #[utoipa::path(post, path = "/v1/admin/consumer/resume", tag = "admin",
     security(("admin_token" = [])),
-    request_body(content = ResumeRequest, content_type = "application/json"),
+    request_body(content = ResumeRequest, content_type = "application/json", example = json!(crate::http::examples::resume_request())),
     responses(
-        (status = 200, description = "Running; instances of other versions stay passive", body = Status),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad field", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Running; instances of other versions stay passive", body = Status, example = json!(crate::http::examples::status_running())),
+        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
+        (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
+        (status = 422, description = "A bad field", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resume_invalid())),
     ))]
 pub async fn resume(
     State(app): State<AppState>,
@@ -246,8 +251,11 @@ pub struct HistoryQuery {
     security(("admin_token" = [])),
     params(HistoryQuery),
     responses(
-        (status = 200, description = "Newest first", body = Vec<HistoryEntry>),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Newest first", body = Vec<HistoryEntry>, example = json!(crate::http::examples::history())),
+        (status = 422, description = "A bad limit", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::limit_invalid())),
+        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
+        (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
     ))]
 pub async fn history(
     State(app): State<AppState>,

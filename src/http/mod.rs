@@ -4,6 +4,7 @@ mod admin;
 mod admin_page;
 mod checkouts;
 mod deadletters;
+mod examples;
 pub mod extract;
 mod ops;
 mod orders;

@@ -39,9 +39,11 @@ pub struct OutboxPage {
     security(("admin_token" = [])),
     params(OutboxQuery),
     responses(
-        (status = 200, description = "One page of rows", body = OutboxPage),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad filter, named", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "One page of rows", body = OutboxPage, example = json!(crate::http::examples::outbox_page())),
+        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
+        (status = 503, description = "The orders database is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
+        (status = 422, description = "A bad filter, named", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::outbox_invalid())),
     ))]
 pub async fn list(
     State(app): State<AppState>,
@@ -91,8 +93,11 @@ pub async fn list(
     params(("order_id" = Uuid, Path, description = "The order whose hand-off to retry")),
     responses(
         (status = 202, description = "Queued for the relay again"),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The row is not in critical_error or error", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
+        (status = 422, description = "order_id is not a UUID", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::order_id_invalid())),
+        (status = 503, description = "The orders database is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
+        (status = 409, description = "The row is not in critical_error or error", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::outbox_not_stuck())),
     ))]
 pub async fn retry(
     State(app): State<AppState>,

@@ -43,11 +43,11 @@ pub struct PaymentList {
     security(("admin_token" = [])),
     params(ListQuery),
     responses(
-        (status = 200, description = "Newest call first", body = PaymentList),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad query parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The orders database is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Newest call first", body = PaymentList, example = json!(crate::http::examples::payment_list())),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
+        (status = 422, description = "A bad query parameter", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::payments_invalid())),
+        (status = 503, description = "The orders database is unavailable", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
     ))]
 pub async fn list(
     State(app): State<AppState>,
@@ -106,15 +106,15 @@ pub struct ResolveRequest {
 #[utoipa::path(post, path = "/v1/admin/payments/{cart_id}/resolve", tag = "admin",
     security(("admin_token" = [])),
     params(("cart_id" = String, Path, description = "The cart's UUID")),
-    request_body(content = ResolveRequest, content_type = "application/json"),
+    request_body(content = ResolveRequest, content_type = "application/json", example = json!(crate::http::examples::resolve_request())),
     responses(
-        (status = 200, description = "Resolved (now, or before in the same way)", body = PaymentView),
-        (status = 400, description = "Not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No payment step for this cart, or admin API off", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The payment is not unknown (it has a result, was resolved the other way, or its call may still be in flight: try again after the time the detail names)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad field", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "This instance cannot write orders now", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Resolved (now, or before in the same way)", body = PaymentView, example = json!(crate::http::examples::payment_resolved())),
+        (status = 400, description = "Not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_bad_cart_id())),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "No payment step for this cart, or admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_not_found())),
+        (status = 409, description = "The payment is not unknown (it has a result, was resolved the other way, or its call may still be in flight: try again after the time the detail names)", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_conflict())),
+        (status = 422, description = "A bad field", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_invalid())),
+        (status = 503, description = "This instance cannot write orders now", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::cannot_write_orders())),
     ))]
 pub async fn resolve(
     State(app): State<AppState>,

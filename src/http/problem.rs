@@ -94,6 +94,29 @@ impl ApiError {
         }
     }
 
+    /// The problem detail this error answers with (also what the OpenAPI examples show).
+    pub fn problem(&self) -> Problem {
+        let (kind, title) = self.kind_and_title();
+        let detail = match self {
+            ApiError::Validation(errors) => match errors.as_slice() {
+                [one] => format!("{}: {}", one.pointer, one.detail),
+                _ => self.to_string(),
+            },
+            _ => self.to_string(),
+        };
+        let errors = match self {
+            ApiError::Validation(errors) | ApiError::BadRequest { errors, .. } => errors.clone(),
+            _ => Vec::new(),
+        };
+        Problem {
+            kind: kind.into(),
+            title: title.into(),
+            status: self.status().as_u16(),
+            detail,
+            errors,
+        }
+    }
+
     fn kind_and_title(&self) -> (&'static str, &'static str) {
         match self {
             ApiError::BadRequest { .. } => ("/problems/bad-request", "The request cannot be read"),
@@ -150,26 +173,7 @@ impl IntoResponse for ApiError {
             // The chain goes to the log, never to the client.
             tracing::error!(error = ?e, "request failed");
         }
-        let (kind, title) = self.kind_and_title();
-        let detail = match &self {
-            ApiError::Validation(errors) => match errors.as_slice() {
-                [one] => format!("{}: {}", one.pointer, one.detail),
-                _ => self.to_string(),
-            },
-            _ => self.to_string(),
-        };
-        let errors = match &self {
-            ApiError::Validation(errors) | ApiError::BadRequest { errors, .. } => errors.clone(),
-            _ => Vec::new(),
-        };
-        let problem = Problem {
-            kind: kind.into(),
-            title: title.into(),
-            status: status.as_u16(),
-            detail,
-            errors,
-        };
-        let mut response = render(status, &problem);
+        let mut response = render(status, &self.problem());
         match &self {
             ApiError::Unavailable { retry_after, .. } => {
                 response.headers_mut().insert(

@@ -240,6 +240,48 @@ pub async fn wait_for_order(client: &reqwest::Client, base: &str, cart_id: &str)
     order
 }
 
+/// An admin API call with bearer `token` and, when given, a JSON body; status and body.
+pub async fn admin_call(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client
+        .request(method.clone(), format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `template` (an OpenAPI path) with its path parameters filled with plausible values of
+/// their documented type: 1 for an integer, a fresh UUID otherwise.
+pub fn fill_path(template: &str, operation: &Value) -> String {
+    let mut path = template.to_string();
+    for parameter in operation["parameters"].as_array().into_iter().flatten() {
+        if parameter["in"] != "path" {
+            continue;
+        }
+        let name = parameter["name"].as_str().unwrap_or_default();
+        let value = match parameter["schema"]["type"].as_str() {
+            Some("integer") => "1".to_string(),
+            _ => Uuid::new_v4().to_string(),
+        };
+        path = path.replace(&format!("{{{name}}}"), &value);
+    }
+    assert!(!path.contains('{'), "unfilled path parameter in {path}");
+    path
+}
+
 /// The service's Prometheus text.
 pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
     client
