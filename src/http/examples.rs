@@ -102,7 +102,7 @@ pub fn status_running() -> Value {
         switch: Switch {
             desired: "running".into(),
             active_version: Some("2.0.0".into()),
-            reason: None,
+            reason: Some("deploy 2.0.0 done".into()),
             changed_at: at("2026-11-26T02:21:40Z"),
             changed_by: "ada via cartbus-b".into(),
             until: None,
@@ -159,7 +159,7 @@ pub fn pause_invalid() -> Value {
 }
 
 pub fn resume_request() -> Value {
-    json!({ "version": "2.0.0" })
+    json!({ "version": "2.0.0", "reason": "deploy 2.0.0 done" })
 }
 
 pub fn resume_invalid() -> Value {
