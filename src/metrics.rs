@@ -77,6 +77,8 @@ pub struct Metrics {
     pub outbox_rows: Family<StatusLabel, Gauge>,
     /// Partner status replies by outcome: applied, duplicate, or the dead-letter reason.
     pub partner_replies: Family<Outcome, Counter>,
+    /// Dead-letter resubmits by outcome (dry runs not counted).
+    pub dead_letter_resubmits: Family<Outcome, Counter>,
     /// Dead letters not deleted, by reason (sampled at scrape).
     pub dead_letters: Family<ReasonLabel, Gauge>,
     /// Payment capture calls by outcome: captured, declined, unknown, not_sent; and
@@ -227,6 +229,12 @@ impl Metrics {
             "Partner status replies by outcome: applied, duplicate, or the dead-letter reason",
             partner_replies.clone(),
         );
+        let dead_letter_resubmits = Family::<Outcome, Counter>::default();
+        registry.register(
+            "dead_letter_resubmits",
+            "Dead letters resubmitted by an operator, by outcome (created-order, duplicate, conflict, ...; dry runs not counted)",
+            dead_letter_resubmits.clone(),
+        );
         let payment_calls = Family::<Outcome, Counter>::default();
         registry.register(
             "payment_calls",
@@ -256,6 +264,7 @@ impl Metrics {
             outbox_events,
             outbox_rows,
             partner_replies,
+            dead_letter_resubmits,
             registry,
             payment_calls,
             payments_unknown,
@@ -298,6 +307,12 @@ impl Metrics {
         self.outbox_events
             .get_or_create(&Outcome { outcome })
             .inc_by(n);
+    }
+
+    pub fn dead_letter_resubmit(&self, outcome: &'static str) {
+        self.dead_letter_resubmits
+            .get_or_create(&Outcome { outcome })
+            .inc();
     }
 
     pub fn partner_reply(&self, outcome: &'static str) {

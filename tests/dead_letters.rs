@@ -531,6 +531,16 @@ async fn resubmit_dry_runs_corrects_and_never_makes_a_second_order() {
             .filter_map(|i| i["id"].as_i64())
             .collect();
         assert_eq!(open_ids, vec![forged]);
+        let text = metrics_text(&app.client, &app.base).await;
+        for (outcome, n) in [
+            ("created-order", 1.0),
+            ("duplicate", 1.0),
+            ("conflict", 1.0),
+            ("bad-signature", 3.0),
+        ] {
+            let sample = format!("cartbus_dead_letter_resubmits_total{{outcome=\"{outcome}\"}}");
+            assert_eq!(metric(&text, &sample), n, "{sample}");
+        }
         let (_, resolved) = get(&app, "/v1/admin/dead-letters?status=resolved").await;
         let resolved_ids: HashSet<i64> = resolved["items"]
             .as_array()

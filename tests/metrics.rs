@@ -38,9 +38,10 @@ const FAMILIES: [(&str, &str); 23] = [
 ];
 
 /// Families that have no sample, and so no `# TYPE` line, until their first event; this
-/// test makes none of those events (tests/fulfilment.rs and tests/payment.rs do).
-const AFTER_FIRST_EVENT: [(&str, &str); 3] = [
+/// test makes none of those events (tests/fulfilment.rs, tests/payment.rs and tests/dead_letters.rs do).
+const AFTER_FIRST_EVENT: [(&str, &str); 4] = [
     ("cartbus_outbox_events", "counter"),
+    ("cartbus_dead_letter_resubmits", "counter"),
     ("cartbus_partner_replies", "counter"),
     ("cartbus_payment_calls", "counter"),
 ];

@@ -217,6 +217,7 @@ pub async fn resubmit(app: &App, id: i64, options: &Options<'_>) -> Result<Repor
     } else {
         mark(&mut tx, &letter, &done, resolved, options).await?;
         tx.commit().await?;
+        app.metrics.dead_letter_resubmit(done.outcome.as_str());
         if done.outcome == Outcome::CreatedOrder {
             app.outbox_wake.notify_one();
         }

@@ -60,10 +60,11 @@ pub struct DeadLetterPage {
     security(("admin_token" = [])),
     params(ListQuery),
     responses(
-        (status = 200, description = "One page", body = DeadLetterPage),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad filter, named", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "One page", body = DeadLetterPage, example = json!(crate::http::examples::dead_letter_page())),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
+        (status = 422, description = "A bad filter, named", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::dead_letters_invalid())),
+        (status = 503, description = "The orders database is unavailable", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
     ))]
 pub async fn list(
     State(app): State<AppState>,
@@ -149,9 +150,11 @@ pub struct DeadLetterDetail {
     security(("admin_token" = [])),
     params(("id" = i64, Path, description = "The dead letter's id")),
     responses(
-        (status = 200, description = "The dead letter", body = DeadLetterDetail),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such dead letter, or admin API off", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The dead letter", body = DeadLetterDetail, example = json!(crate::http::examples::dead_letter_resolved())),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "No such dead letter, or admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::dead_letter_not_found())),
+        (status = 422, description = "Not a dead letter id", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::dead_letter_id_invalid())),
+        (status = 503, description = "The orders database is unavailable", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
     ))]
 pub async fn get(
     State(app): State<AppState>,
@@ -184,12 +187,13 @@ pub struct DeleteRequest {
 #[utoipa::path(delete, path = "/v1/admin/dead-letters/{id}", tag = "admin",
     security(("admin_token" = [])),
     params(("id" = i64, Path, description = "The dead letter's id")),
-    request_body = DeleteRequest,
+    request_body(content = DeleteRequest, content_type = "application/json", example = json!(crate::http::examples::delete_request())),
     responses(
-        (status = 200, description = "Deleted (or deleted before)", body = DeadLetterDetail),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such dead letter, or admin API off", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad field, named", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Deleted (or deleted before)", body = DeadLetterDetail, example = json!(crate::http::examples::dead_letter_deleted())),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "No such dead letter, or admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::dead_letter_not_found())),
+        (status = 422, description = "A bad field, named", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::delete_invalid())),
+        (status = 503, description = "The orders database is unavailable", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
     ))]
 pub async fn delete(
     State(app): State<AppState>,
@@ -279,17 +283,16 @@ pub struct ResubmitRequest {
 #[utoipa::path(post, path = "/v1/admin/dead-letters/{id}/resubmit", tag = "admin",
     security(("admin_token" = [])),
     params(("id" = i64, Path, description = "The dead letter's id"), ResubmitQuery),
-    request_body(content = Option<ResubmitRequest>, description = "Optional", content_type = "application/json",
-        example = json!({"reason": "customer fixed the quantity", "cart": {"cart_id": "5f0c8a52-2a4c-4c1e-9b7e-3f1d2a6b8c90", "customer": {"name": "Ada", "email": "ada@example.com"}, "shipping_address": {"line1": "1 Main St", "city": "London", "country": "GB"}, "currency": "GBP", "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price": 1250}], "total": 1250}})),
+    request_body(content = Option<ResubmitRequest>, description = "Optional", content_type = "application/json", example = json!(crate::http::examples::resubmit_request())),
     responses(
         (status = 200, description = "What happened (or, dry run, would happen)", body = Report,
             example = json!({"dead_letter_id": 17, "dry_run": false, "outcome": "created-order", "resolved": true, "detail": "order 0193a5c2-7d1e-7b3a-9f00-5a1d2c3b4e5f created for cart 5f0c8a52-2a4c-4c1e-9b7e-3f1d2a6b8c90", "order_id": "0193a5c2-7d1e-7b3a-9f00-5a1d2c3b4e5f", "cart_id": "5f0c8a52-2a4c-4c1e-9b7e-3f1d2a6b8c90", "resubmits": 1, "resubmit_limit": 5})),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such dead letter, or admin API off", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "No such dead letter, or admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::dead_letter_not_found())),
         (status = 409, description = "Deleted, resolved already, at its replay limit, or (not a dry run) the drain switch is paused", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/conflict", "title": "Conflicts with an earlier request", "status": 409, "detail": "dead letter 17 was resubmitted 5 times, the limit (CARTBUS_RESUBMIT_LIMIT); fix the cause, or delete it"})),
-        (status = 422, description = "A bad field (or corrected cart field), named", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable, or the cart's payment call may still be in flight; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad field (or corrected cart field), named", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resubmit_invalid())),
+        (status = 503, description = "Database unavailable, or the cart's payment call may still be in flight; retry", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
     ))]
 pub async fn resubmit(
     State(app): State<AppState>,
@@ -380,18 +383,18 @@ pub struct BulkRequest {
 #[utoipa::path(post, path = "/v1/admin/dead-letters/resubmit", tag = "admin",
     security(("admin_token" = [])),
     request_body(content = BulkRequest, content_type = "application/json",
-        example = json!({"job_id": "8d6f2b9e-0c1a-4f3e-9d2b-7a5c4e3f2a10", "filter": {"reason": "max-attempts"}, "reason": "database constraint fixed in 1.4.2"})),
+        example = json!(crate::http::examples::bulk_request())),
     responses(
         (status = 202, description = "Started (or resumed)", body = JobView,
             headers(("Location" = String, description = "The job")),
             example = json!({"job_id": "8d6f2b9e-0c1a-4f3e-9d2b-7a5c4e3f2a10", "state": "running", "actor": "admin via cartbus-1", "reason": "database constraint fixed in 1.4.2", "filter": {"reason": "max-attempts", "source": null, "since": null}, "last_id": 0, "outcomes": {}, "resubmitted": 0, "skipped": 0, "error": null, "owner": "cartbus-1", "created_at": "2026-11-26T02:10:00Z", "updated_at": "2026-11-26T02:10:00Z", "finished_at": null})),
         (status = 200, description = "A dry run's outcomes; or the job exists and is running or done, so nothing was started", body = Preview,
             example = json!({"dry_run": true, "matched": 42, "outcomes": {"would-create-order": 40, "duplicate": 2}, "truncated": false, "sample": []})),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Admin API off", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The job_id exists with another filter", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad field, named", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "Admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
+        (status = 409, description = "The job_id exists with another filter", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::job_mismatch())),
+        (status = 422, description = "A bad field, named", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::bulk_invalid())),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
     ))]
 pub async fn resubmit_many(
     State(app): State<AppState>,
@@ -537,9 +540,10 @@ fn job_filter(raw: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<JobFi
     responses(
         (status = 200, description = "The job", body = JobView,
             example = json!({"job_id": "8d6f2b9e-0c1a-4f3e-9d2b-7a5c4e3f2a10", "state": "done", "actor": "admin via cartbus-1", "reason": "database constraint fixed in 1.4.2", "filter": {"reason": "max-attempts", "source": null, "since": null}, "last_id": 212, "outcomes": {"created-order": 40, "duplicate": 2}, "resubmitted": 42, "skipped": 0, "error": null, "owner": "cartbus-1", "created_at": "2026-11-26T02:10:00Z", "updated_at": "2026-11-26T02:10:04Z", "finished_at": "2026-11-26T02:10:04Z"})),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such job, or admin API off", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 404, description = "No such job, or admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::job_not_found())),
+        (status = 422, description = "Not a UUID", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::job_id_invalid())),
+        (status = 503, description = "The orders database is unavailable", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
     ))]
 pub async fn resubmit_job(
     State(app): State<AppState>,

@@ -7,12 +7,14 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::{Uuid, uuid};
 
+use super::deadletters::{DeadLetterDetail, DeadLetterPage};
 use super::outbox::OutboxPage;
 use super::payments::PaymentList;
 use super::problem::ApiError;
 use crate::checkout::FieldError;
 use crate::control::store::{HistoryEntry, InstanceRow, Switch};
 use crate::control::{Backlog, Status};
+use crate::deadletters::{AuditEntry, DeadLetterView};
 use crate::fulfilment::store::DispatchRow;
 use crate::payments::{PaymentState, PaymentView};
 
@@ -319,5 +321,177 @@ pub fn cannot_write_orders() -> Value {
                  than this version); try another instance or later"
             .into(),
         retry_after: std::time::Duration::from_secs(5),
+    })
+}
+
+// Dead letters.
+
+const DEAD_LETTER: i64 = 17;
+const JOB: Uuid = uuid!("8d6f2b9e-0c1a-4f3e-9d2b-7a5c4e3f2a10");
+
+fn dead_letter() -> DeadLetterView {
+    DeadLetterView {
+        id: DEAD_LETTER,
+        message_id: CART.to_string(),
+        source: "/queues/carts".into(),
+        reason: "max-attempts".into(),
+        detail: "failed 5 times; last: database refused the order: null value in column \
+                 \"ship_region\" violates not-null constraint"
+            .into(),
+        attempts: 5,
+        times_seen: 1,
+        first_seen: at("2026-11-26T01:58:12Z"),
+        last_seen: at("2026-11-26T01:58:12Z"),
+        content_type: "application/json".into(),
+        body: json!({
+            "schema": 1,
+            "accepted_at": "2026-11-26T01:58:07Z",
+            "cart": {"cart_id": CART, "currency": "GBP", "total": 3998, "lines": [
+                {"sku": "MUG-01", "name": "Mug", "quantity": 2, "unit_price": 1999}]}
+        }),
+        properties: json!({"schema": {"int": 1}, "total": {"long": 3998},
+                           "currency": {"string": "GBP"}, "country": {"string": "GB"}}),
+        deleted_at: None,
+        deleted_by: None,
+        deleted_why: None,
+        resubmits: 0,
+        resolved_at: None,
+        resolution: None,
+        order_id: None,
+    }
+}
+
+pub fn dead_letter_page() -> Value {
+    value(DeadLetterPage {
+        items: vec![dead_letter()],
+        next: None,
+        counts: [
+            ("max-attempts".to_string(), 40),
+            ("conflict".to_string(), 1),
+        ]
+        .into(),
+    })
+}
+
+pub fn dead_letters_invalid() -> Value {
+    problem(field(
+        "/since",
+        "must be an RFC 3339 time, e.g. 2026-11-26T02:00:00Z",
+    ))
+}
+
+pub fn dead_letter_not_found() -> Value {
+    problem(ApiError::NotFound(format!("no dead letter {DEAD_LETTER}")))
+}
+
+pub fn dead_letter_id_invalid() -> Value {
+    problem(field(
+        "/id",
+        "must be a dead letter id (a positive integer)",
+    ))
+}
+
+fn audit_entry(action: &str, outcome: Option<&str>, reason: &str) -> AuditEntry {
+    AuditEntry {
+        action: action.into(),
+        outcome: outcome.map(Into::into),
+        order_id: outcome.map(|_| ORDER),
+        actor: "ada via cartbus-a".into(),
+        reason: Some(reason.into()),
+        detail: outcome.map(|_| format!("order {ORDER} created for cart {CART}")),
+        job_id: None,
+        at: at("2026-11-26T02:31:00Z"),
+    }
+}
+
+pub fn dead_letter_resolved() -> Value {
+    value(DeadLetterDetail {
+        dead_letter: DeadLetterView {
+            resubmits: 1,
+            resolved_at: Some(at("2026-11-26T02:31:00Z")),
+            resolution: Some("created-order".into()),
+            order_id: Some(ORDER),
+            ..dead_letter()
+        },
+        audit: vec![audit_entry(
+            "resubmit",
+            Some("created-order"),
+            "constraint fixed in 1.4.2",
+        )],
+    })
+}
+
+pub fn delete_request() -> Value {
+    json!({"reason": "test order from the storefront team"})
+}
+
+pub fn dead_letter_deleted() -> Value {
+    value(DeadLetterDetail {
+        dead_letter: DeadLetterView {
+            deleted_at: Some(at("2026-11-26T02:31:00Z")),
+            deleted_by: Some("ada via cartbus-a".into()),
+            deleted_why: Some("test order from the storefront team".into()),
+            ..dead_letter()
+        },
+        audit: vec![audit_entry(
+            "delete",
+            None,
+            "test order from the storefront team",
+        )],
+    })
+}
+
+pub fn delete_invalid() -> Value {
+    problem(field("/reason", "is required: say why it can go"))
+}
+
+pub fn resubmit_invalid() -> Value {
+    problem(field(
+        "/cart/lines/0/quantity",
+        "must be an integer between 1 and 10000",
+    ))
+}
+
+pub fn bulk_request() -> Value {
+    json!({
+        "job_id": JOB,
+        "filter": {"reason": "max-attempts"},
+        "reason": "constraint fixed in 1.4.2"
+    })
+}
+
+pub fn bulk_invalid() -> Value {
+    problem(field(
+        "/filter",
+        "must name at least one of reason, source, since (a bulk resubmit of everything is too easy to start by mistake)",
+    ))
+}
+
+pub fn job_mismatch() -> Value {
+    problem(ApiError::Conflict(format!(
+        "job {JOB} exists with another filter; use a new job_id for a new set"
+    )))
+}
+
+pub fn job_not_found() -> Value {
+    problem(ApiError::NotFound(format!("no resubmit job {JOB}")))
+}
+
+pub fn job_id_invalid() -> Value {
+    problem(field("/job_id", "must be a UUID"))
+}
+
+pub fn resubmit_request() -> Value {
+    json!({
+        "reason": "the storefront sent quantity 0; the customer confirmed 2",
+        "cart": {
+            "cart_id": CART,
+            "customer": {"name": "Ada Lovelace", "email": "ada@example.com"},
+            "shipping_address": {"line1": "12 Analytical St", "city": "London",
+                                 "postal_code": "EC1A 1AA", "country": "GB"},
+            "currency": "GBP",
+            "lines": [{"sku": "MUG-01", "name": "Mug", "quantity": 2, "unit_price": 1999}],
+            "total": 3998
+        }
     })
 }
