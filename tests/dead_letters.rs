@@ -72,15 +72,7 @@ async fn stack_settings(
     };
     let settings = match broker_url {
         None => Settings::new(dir, &backend),
-        Some(url) => broker::settings(dir, &backend, url, &format!("cartbus-t-{tag}-carts"))
-            .set(
-                "CARTBUS_STATUS_ADDRESS",
-                format!("/queue/cartbus-t-{tag}-status"),
-            )
-            .set(
-                "CARTBUS_PARTNER_ACME_ADDRESS",
-                format!("/queue/cartbus-t-{tag}-acme"),
-            ),
+        Some(url) => broker::fulfilment_settings(dir, &backend, url, &tag),
     };
     let settings = settings
         .set("CARTBUS_ADMIN_TOKEN", TOKEN)

@@ -38,6 +38,8 @@ pub async fn submit(app: &AppState, cart: &Cart) -> Result<Accepted, IntakeError
     let address = &app.config.cart_address;
     match tokio::time::timeout(app.config.send_timeout, app.queue.send(address, message)).await {
         Ok(Ok(())) => {
+            // Test-only: die after the queue took the cart, before the storefront hears.
+            crate::fault::freeze_if_hit("intake-after-send").await;
             app.metrics.checkout("queued");
             app.control.count_accepted();
             return Ok(Accepted::Queued);

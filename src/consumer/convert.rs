@@ -354,6 +354,8 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
         }
         outcomes.push(outcome);
     }
+    // Test-only: die with the orders written but not committed.
+    crate::fault::freeze_if_hit("consumer-in-order-tx").await;
     // A failed commit may or may not have landed; either way redelivery is safe.
     tx.commit().await.map_err(Failure::Unreachable)?;
     if outcomes.iter().any(|o| matches!(o, Outcome::Created)) {

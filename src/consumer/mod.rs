@@ -93,6 +93,8 @@ async fn consume(
         } else {
             std::mem::take(&mut next)
         };
+        // Test-only: die holding deliveries that nothing has touched yet.
+        crate::fault::freeze_if_hit("consumer-after-receive").await;
         app.control.begin_batch(deliveries.len());
         // Convert this batch while the queue hands out the next: the two touch different
         // stores, so the lease no longer waits behind the orders commit.

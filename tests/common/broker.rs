@@ -22,6 +22,24 @@ pub fn settings(dir: &std::path::Path, backend: &Backend, url: &str, queue: &str
         .set("CARTBUS_CART_ADDRESS", format!("/queue/{queue}"))
 }
 
+/// [`settings`] with fresh cart, status and partner `acme` queues, all named by `tag`.
+pub fn fulfilment_settings(
+    dir: &std::path::Path,
+    backend: &Backend,
+    url: &str,
+    tag: &str,
+) -> Settings {
+    settings(dir, backend, url, &format!("cartbus-t-{tag}-carts"))
+        .set(
+            "CARTBUS_STATUS_ADDRESS",
+            format!("/queue/cartbus-t-{tag}-status"),
+        )
+        .set(
+            "CARTBUS_PARTNER_ACME_ADDRESS",
+            format!("/queue/cartbus-t-{tag}-acme"),
+        )
+}
+
 /// PostgreSQL when the test machine has it (the production pairing), else SQLite.
 pub async fn orders_backend(test: &str) -> Backend {
     match super::postgres_admin_url(test) {

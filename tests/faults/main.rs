@@ -1,0 +1,603 @@
+//! The fault campaign (issue 9). Storefront clients keep posting carts to a real cartbus
+//! (a child process on a fixed port, as a load balancer would see it). Each phase injects
+//! one fault, `--cycles` times, then lets a clean instance finish. A ledger keeps what
+//! every client was told, and is checked against the orders:
+//! - every cart answered 201/202 has exactly one order, with its lines and its total;
+//! - no order exists for a cart that was never accepted, unless a client saw an error
+//!   for it (the request may have landed), which is counted apart.
+//!
+//! Stacks: the embedded defaults (SQLite, embedded queue), and PostgreSQL + RabbitMQ
+//! when `CARTBUS_TEST_DATABASE_URL` and `CARTBUS_TEST_AMQP_URL` are set (required with
+//! `CARTBUS_REQUIRE_SERVICES=1`).
+//!
+//! ```sh
+//! cargo test --test faults                           # CI: 3 cycles per fault
+//! cargo test --release --test faults -- --cycles 200 # the README's full run
+//! cargo test --test faults -- --only consumer-in-order-tx --stack embedded
+//! ```
+//! `CARTBUS_FAULT_CYCLES` sets the default. It exits non-zero if anything was lost,
+//! duplicated or wrong, or if a fault could not be injected.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, ExitCode};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Backend, Process, Settings, broker};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const TEST: &str = "fault_campaign";
+/// Storefront clients posting at once.
+const CLIENTS: usize = 8;
+/// How long a client waits for an answer, and how often it tries a cart.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+const CLIENT_ATTEMPTS: u32 = 10;
+/// How long a fault may take to be hit, and a clean instance to finish a phase.
+const HIT_DEADLINE: Duration = Duration::from_secs(30);
+const SETTLE_DEADLINE: Duration = Duration::from_secs(120);
+
+struct Args {
+    cycles: usize,
+    only: Option<HashSet<String>>,
+    stack: Option<String>,
+}
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut args = Args {
+            cycles: std::env::var("CARTBUS_FAULT_CYCLES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3),
+            only: None,
+            stack: None,
+        };
+        let mut given = std::env::args().skip(1);
+        while let Some(arg) = given.next() {
+            match arg.as_str() {
+                "--cycles" => {
+                    args.cycles = given
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| *n > 0)
+                        .ok_or("--cycles takes a positive number")?;
+                }
+                "--only" => {
+                    let names = given
+                        .next()
+                        .ok_or("--only takes fault names, comma-separated")?;
+                    args.only = Some(names.split(',').map(str::to_string).collect());
+                }
+                "--stack" => {
+                    args.stack = Some(given.next().ok_or("--stack takes embedded or broker")?);
+                }
+                // What cargo's test runner may pass along; this harness has no use for it.
+                "--nocapture" | "--quiet" | "-q" | "--test-threads" | "--color" => {}
+                other if other.starts_with("--") => return Err(format!("unknown option {other}")),
+                _ => {}
+            }
+        }
+        Ok(args)
+    }
+
+    fn wants(&self, fault: &str, stack: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.contains(fault))
+            && self.stack.as_deref().is_none_or(|s| s == stack)
+    }
+}
+
+/// What one client was told about one cart.
+#[derive(Clone, Debug)]
+struct Entry {
+    cart_id: Uuid,
+    total: i64,
+    lines: i64,
+    /// Answered 201 or 202 on some attempt.
+    accepted: bool,
+    /// Attempts that ended in an error (no answer, a reset, a 5xx).
+    errors: u32,
+}
+
+type Ledger = Arc<Mutex<Vec<Entry>>>;
+
+/// Storefront clients posting carts until stopped; a failed post is retried with the
+/// same cart, as a storefront does.
+struct Load {
+    stop: CancellationToken,
+    ledger: Ledger,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(base: &str) -> Load {
+        let stop = CancellationToken::new();
+        let ledger = Ledger::default();
+        let clients = (0..CLIENTS)
+            .map(|n| tokio::spawn(client(n, base.to_string(), ledger.clone(), stop.clone())))
+            .collect();
+        Load {
+            stop,
+            ledger,
+            clients,
+        }
+    }
+
+    /// Carts accepted so far.
+    fn accepted(&self) -> usize {
+        self.ledger
+            .lock()
+            .map(|l| l.iter().filter(|e| e.accepted).count())
+            .unwrap_or_default()
+    }
+
+    async fn finish(self) -> Vec<Entry> {
+        self.stop.cancel();
+        for client in self.clients {
+            let _ = client.await;
+        }
+        self.ledger.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `more` carts beyond those accepted now are accepted too.
+    async fn progress(&self, more: usize, what: &str) -> Result<(), String> {
+        let target = self.accepted() + more;
+        let deadline = Instant::now() + HIT_DEADLINE;
+        while self.accepted() < target {
+            if Instant::now() > deadline {
+                return Err(format!("no progress: {what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+async fn client(n: usize, base: String, ledger: Ledger, stop: CancellationToken) {
+    let Ok(http) = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).build() else {
+        return;
+    };
+    let mut count = 0usize;
+    while !stop.is_cancelled() {
+        count += 1;
+        let cart = common::cart_with_lines(1 + (n + count) % 3);
+        let Some(cart_id) = cart["cart_id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+        else {
+            return;
+        };
+        let mut entry = Entry {
+            cart_id,
+            total: cart["total"].as_i64().unwrap_or_default(),
+            lines: cart["lines"]
+                .as_array()
+                .map(|l| l.len() as i64)
+                .unwrap_or_default(),
+            accepted: false,
+            errors: 0,
+        };
+        for _ in 0..CLIENT_ATTEMPTS {
+            match http
+                .post(format!("{base}/v1/checkouts"))
+                .json(&cart)
+                .send()
+                .await
+            {
+                Ok(r) if matches!(r.status().as_u16(), 201 | 202) => {
+                    entry.accepted = true;
+                    break;
+                }
+                Ok(r) if r.status().is_client_error() => {
+                    // A storefront bug, not a fault: never expected here.
+                    eprintln!("FAULTS: cart {cart_id} refused with {}", r.status());
+                    entry.errors += 1;
+                    break;
+                }
+                Ok(_) | Err(_) => entry.errors += 1,
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+            // The storefront's back-off between tries (its behaviour, not a wait for us).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Ok(mut ledger) = ledger.lock() {
+            ledger.push(entry);
+        }
+    }
+}
+
+/// One stack to run phases on: its settings (a fixed port, so that clients keep their
+/// address across restarts) and its orders database.
+struct Rig {
+    name: &'static str,
+    settings: Settings,
+    backend: Backend,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig(name: &'static str, broker_url: Option<&str>) -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let tag = Uuid::new_v4().simple().to_string();
+    let (backend, settings) = match broker_url {
+        None => (Backend::Sqlite, Settings::new(dir.path(), &Backend::Sqlite)),
+        Some(url) => {
+            let backend = broker::orders_backend(TEST).await;
+            let settings = broker::fulfilment_settings(dir.path(), &backend, url, &tag);
+            (backend, settings)
+        }
+    };
+    let settings = settings
+        .set("CARTBUS_LISTEN", format!("127.0.0.1:{port}"))
+        .set("CARTBUS_INSTANCE", "faults-1")
+        .set("CARTBUS_ROUTES", "*=acme")
+        .set("CARTBUS_RELAY_LEASE_SECONDS", "2");
+    Rig {
+        name,
+        settings,
+        backend,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Default)]
+struct Row {
+    fault: String,
+    stack: &'static str,
+    cycles: usize,
+    accepted: usize,
+    lost: usize,
+    duplicated: usize,
+    wrong: usize,
+    /// Attempts that ended in an error, as the storefront saw them.
+    errors: u64,
+    /// Carts never confirmed (every try failed) that became orders anyway: their request
+    /// landed before the client lost it.
+    ordered_unconfirmed: usize,
+    /// Orders for carts no client ever posted: must be 0.
+    phantom: usize,
+    /// Orders never handed off to their partner: must be 0.
+    not_handed_off: usize,
+    /// Why the phase could not run as planned.
+    failure: Option<String>,
+}
+
+impl Row {
+    fn ok(&self) -> bool {
+        self.failure.is_none()
+            && self.lost == 0
+            && self.duplicated == 0
+            && self.wrong == 0
+            && self.phantom == 0
+            && self.not_handed_off == 0
+    }
+}
+
+/// A fault: how to inject it once, against a running rig.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// SIGKILL the instance when it reaches this fail point.
+    KillAt(&'static str),
+    /// Terminate every PostgreSQL connection of the instance (`pg_terminate_backend`).
+    TerminatePostgres,
+    /// `rabbitmqctl stop_app`, then `start_app`.
+    RestartBroker,
+}
+
+impl Fault {
+    fn name(self) -> String {
+        match self {
+            Fault::KillAt(point) => format!("kill at {point}"),
+            Fault::TerminatePostgres => "postgres connections terminated".into(),
+            Fault::RestartBroker => "broker stop/start".into(),
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Fault::KillAt(point) => point,
+            Fault::TerminatePostgres => "pg-terminate",
+            Fault::RestartBroker => "broker-restart",
+        }
+    }
+}
+
+/// The kill points, in the order a cart meets them.
+const KILL_POINTS: [&str; 5] = [
+    "intake-after-send",
+    "consumer-after-receive",
+    "consumer-in-order-tx",
+    "consumer-before-settle",
+    "relay-after-send",
+];
+
+async fn run_phase(rig: &Rig, fault: Fault, cycles: usize, earlier: &mut HashSet<Uuid>) -> Row {
+    let mut row = Row {
+        fault: fault.name(),
+        stack: rig.name,
+        cycles,
+        ..Row::default()
+    };
+    let load = Load::start(&rig.base);
+    let injected = inject(rig, fault, cycles, &load).await;
+    // A clean instance finishes what the faults left: the orders, and the hand-offs.
+    let clean = Process::start(&rig.settings, &[]);
+    if let Err(why) = load
+        .progress(CLIENTS, "after the faults, on a clean instance")
+        .await
+    {
+        row.failure = Some(why);
+    }
+    let entries = load.finish().await;
+    if let Err(why) = injected {
+        row.failure = Some(why);
+    }
+    check(rig, &entries, earlier, &mut row).await;
+    earlier.extend(entries.iter().map(|e| e.cart_id));
+    drop(clean);
+    row
+}
+
+/// Injects the fault `cycles` times while the load runs, and returns with no instance
+/// running.
+async fn inject(rig: &Rig, fault: Fault, cycles: usize, load: &Load) -> Result<(), String> {
+    match fault {
+        Fault::KillAt(point) => {
+            for cycle in 0..cycles {
+                let armed = format!("{point}=return");
+                let mut doomed = Process::start(&rig.settings, &[("FAILPOINTS", &armed)]);
+                let deadline = Instant::now() + HIT_DEADLINE;
+                while !doomed.logs_contain("fail point hit") {
+                    if Instant::now() > deadline {
+                        return Err(format!("{point} not reached in cycle {cycle}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                doomed.kill();
+            }
+            Ok(())
+        }
+        Fault::TerminatePostgres => {
+            let Backend::Postgres(url) = &rig.backend else {
+                return Err("needs PostgreSQL".into());
+            };
+            let instance = Process::start(&rig.settings, &[]);
+            for cycle in 0..cycles {
+                load.progress(CLIENTS, "before terminating").await?;
+                terminate_connections(url)
+                    .await
+                    .map_err(|e| format!("cycle {cycle}: {e}"))?;
+            }
+            load.progress(CLIENTS, "after the last termination").await?;
+            drop(instance);
+            Ok(())
+        }
+        Fault::RestartBroker => {
+            let instance = Process::start(&rig.settings, &[]);
+            for _ in 0..cycles {
+                load.progress(CLIENTS, "before stopping the broker").await?;
+                rabbitmqctl(&["stop_app"])?;
+                // Checkouts now go to the database directly (201).
+                let outcome = load.progress(CLIENTS, "while the broker is down").await;
+                rabbitmqctl(&["start_app"])?;
+                rabbitmqctl(&["await_startup"])?;
+                outcome?;
+            }
+            load.progress(CLIENTS, "after the broker came back").await?;
+            drop(instance);
+            Ok(())
+        }
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+    let status = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .status()
+        .map_err(|e| format!("rabbitmqctl: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("rabbitmqctl {args:?} failed: {status}"))
+}
+
+async fn terminate_connections(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+/// Per order: cart, total, lines, Σ quantity × unit_price, and its hand-off status.
+type OrderRow = (Uuid, i64, i64, i64, Option<String>);
+
+const ORDERS_SQL: &str = "SELECT o.cart_id, o.total, COUNT(l.line_no),
+        CAST(COALESCE(SUM(l.quantity * l.unit_price), 0) AS BIGINT),
+        (SELECT d.process_status FROM order_dispatch d WHERE d.order_id = o.id)
+     FROM orders o LEFT JOIN order_lines l ON l.order_id = o.id
+     GROUP BY o.id, o.cart_id, o.total";
+
+async fn orders(rig: &Rig) -> Result<Vec<OrderRow>, sqlx::Error> {
+    use sqlx::Connection;
+    match &rig.backend {
+        Backend::Sqlite => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(rig.settings.data_dir.join("cartbus.db"))
+                .read_only(true);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+            sqlx::query_as(ORDERS_SQL).fetch_all(&mut conn).await
+        }
+        Backend::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(url).await?;
+            sqlx::query_as(ORDERS_SQL).fetch_all(&mut conn).await
+        }
+    }
+}
+
+/// Waits (bounded) until every accepted cart has its order and every order of this phase
+/// was handed off, then compares the orders with the ledger. `earlier` holds the carts
+/// of the rig's earlier phases, whose orders are theirs, not this phase's.
+async fn check(rig: &Rig, entries: &[Entry], earlier: &HashSet<Uuid>, row: &mut Row) {
+    let accepted: HashSet<Uuid> = entries
+        .iter()
+        .filter(|e| e.accepted)
+        .map(|e| e.cart_id)
+        .collect();
+    let posted: HashMap<Uuid, &Entry> = entries.iter().map(|e| (e.cart_id, e)).collect();
+    row.accepted = accepted.len();
+    row.errors = entries.iter().map(|e| u64::from(e.errors)).sum();
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    let found = loop {
+        match orders(rig).await {
+            Ok(found) => {
+                let ordered: HashSet<Uuid> = found.iter().map(|o| o.0).collect();
+                let handed_off = found
+                    .iter()
+                    .filter(|o| posted.contains_key(&o.0))
+                    .all(|o| o.4.as_deref() == Some("processed"));
+                if (accepted.is_subset(&ordered) && handed_off) || Instant::now() > deadline {
+                    break found;
+                }
+            }
+            Err(e) if Instant::now() > deadline => {
+                row.failure = Some(format!("cannot read the orders: {e}"));
+                return;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut per_cart: HashMap<Uuid, usize> = HashMap::new();
+    for (cart_id, total, lines, sum, handoff) in &found {
+        if earlier.contains(cart_id) {
+            continue;
+        }
+        *per_cart.entry(*cart_id).or_default() += 1;
+        if posted.contains_key(cart_id) && handoff.as_deref() != Some("processed") {
+            row.not_handed_off += 1;
+        }
+        if let Some(entry) = posted.get(cart_id)
+            && (*total != entry.total || *lines != entry.lines || *sum != entry.total)
+        {
+            row.wrong += 1;
+            eprintln!(
+                "FAULTS: order for cart {cart_id}: total {total}, {lines} lines, sum {sum}; \
+                 posted total {}, {} lines",
+                entry.total, entry.lines
+            );
+        }
+    }
+    for (cart_id, n) in &per_cart {
+        match posted.get(cart_id) {
+            None => row.phantom += 1,
+            Some(entry) if !entry.accepted => row.ordered_unconfirmed += 1,
+            Some(_) => {}
+        }
+        if *n > 1 {
+            row.duplicated += 1;
+        }
+    }
+    row.lost = accepted
+        .iter()
+        .filter(|c| !per_cart.contains_key(c))
+        .count();
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "| fault | stack | cycles | accepted | lost | duplicated | wrong | not handed off | errors seen by clients | ordered, unconfirmed |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.fault,
+            r.failure
+                .as_deref()
+                .map(|f| format!(" (FAILED: {f})"))
+                .unwrap_or_default(),
+            r.stack,
+            r.cycles,
+            r.accepted,
+            r.lost,
+            r.duplicated,
+            r.wrong + r.phantom,
+            r.not_handed_off,
+            r.errors,
+            r.ordered_unconfirmed,
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::parse() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("faults: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let rows = runtime.block_on(campaign(&args));
+    print_table(&rows);
+    if rows.iter().all(Row::ok) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("faults: something was lost, duplicated or wrong, or a fault was not injected");
+        ExitCode::FAILURE
+    }
+}
+
+async fn campaign(args: &Args) -> Vec<Row> {
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut stacks: Vec<(&'static str, Option<String>)> = vec![("embedded", None)];
+    if args.stack.as_deref() != Some("embedded")
+        && let Some(url) = broker::url(TEST)
+    {
+        stacks.push(("broker", Some(url)));
+    }
+    for (name, url) in stacks {
+        if args.stack.as_deref().is_some_and(|s| s != name) {
+            continue;
+        }
+        let rig = rig(name, url.as_deref()).await;
+        let mut earlier = HashSet::new();
+        let mut faults: Vec<Fault> = KILL_POINTS.iter().map(|p| Fault::KillAt(p)).collect();
+        if url.is_some() {
+            faults.push(Fault::TerminatePostgres);
+            faults.push(Fault::RestartBroker);
+        }
+        for fault in faults {
+            if !args.wants(fault.key(), name) {
+                continue;
+            }
+            let row = run_phase(&rig, fault, args.cycles, &mut earlier).await;
+            eprintln!("FAULTS: {row:?}");
+            rows.push(row);
+        }
+    }
+    eprintln!("FAULTS: campaign took {:.0?}", started.elapsed());
+    rows
+}
