@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use sqlx::Connection;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -95,6 +96,23 @@ pub enum Tx {
     Sqlite(Transaction<'static, Sqlite>),
 }
 
+/// Whether a released SQLite connection may go back to the pool. A COMMIT that fails
+/// because SQLite rolled the transaction back itself (SQLITE_FULL on a full disk, say)
+/// leaves sqlx counting a transaction that no longer exists, and every later BEGIN on the
+/// connection fails ("attempted to call begin_with at non-zero transaction depth"): the
+/// fault campaign's disk-full phase found the whole pool poisoned that way. The ping lets
+/// the worker run any rollback queued by a dropped transaction first.
+pub async fn sqlite_connection_is_sound(
+    conn: &mut sqlx::SqliteConnection,
+) -> Result<bool, sqlx::Error> {
+    conn.ping().await?;
+    let sound = !conn.is_in_transaction();
+    if !sound {
+        tracing::warn!("closing an SQLite connection left in a transaction by a failed commit");
+    }
+    Ok(sound)
+}
+
 impl Db {
     /// Creates the pool without connecting: the service starts (and queues carts) even
     /// while the database is down. The first use connects.
@@ -136,6 +154,7 @@ impl Db {
                     SqlitePoolOptions::new()
                         .max_connections(config.database_max_connections)
                         .acquire_timeout(acquire_timeout)
+                        .after_release(|conn, _| Box::pin(sqlite_connection_is_sound(conn)))
                         .connect_lazy_with(options),
                 ))
             }

@@ -122,7 +122,7 @@ impl EmbeddedQueue {
         }
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await?;
 
         let shared = Arc::new(Shared {
@@ -135,7 +135,13 @@ impl EmbeddedQueue {
             lease_ms: i64::try_from(options.lease.as_millis()).unwrap_or(i64::MAX / 2),
             max_attempts: i64::from(options.max_attempts),
         };
-        tokio::spawn(run_writer(writer, rx, shared.clone(), policy));
+        tokio::spawn(run_writer(
+            writer,
+            connect.clone(),
+            rx,
+            shared.clone(),
+            policy,
+        ));
 
         let queue = EmbeddedQueue {
             inner: Arc::new(Inner {
@@ -378,6 +384,7 @@ struct Policy {
 
 async fn run_writer(
     mut conn: SqliteConnection,
+    connect: SqliteConnectOptions,
     mut commands: mpsc::Receiver<(Op, Reply)>,
     shared: Arc<Shared>,
     policy: Policy,
@@ -433,6 +440,23 @@ async fn run_writer(
                     let _ = reply.send(Err(QueueError::Unavailable(format!(
                         "embedded queue write failed: {e}"
                     ))));
+                }
+                if !crate::db::sqlite_connection_is_sound(&mut conn)
+                    .await
+                    .unwrap_or(false)
+                {
+                    match connect.connect().await {
+                        Ok(fresh) => {
+                            conn = fresh;
+                            durable = true;
+                            tracing::warn!(
+                                "embedded queue connection replaced after a failed write"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot reopen the embedded queue file; trying again with the next write")
+                        }
+                    }
                 }
             }
         }

@@ -23,6 +23,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,11 +105,19 @@ struct Entry {
 
 type Ledger = Arc<Mutex<Vec<Entry>>>;
 
+/// What the clients have seen so far, live.
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicUsize,
+    errors: AtomicUsize,
+}
+
 /// Storefront clients posting carts until stopped; a failed post is retried with the
 /// same cart, as a storefront does.
 struct Load {
     stop: CancellationToken,
     ledger: Ledger,
+    counters: Arc<Counters>,
     clients: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -116,22 +125,37 @@ impl Load {
     fn start(base: &str) -> Load {
         let stop = CancellationToken::new();
         let ledger = Ledger::default();
+        let counters = Arc::new(Counters::default());
         let clients = (0..CLIENTS)
-            .map(|n| tokio::spawn(client(n, base.to_string(), ledger.clone(), stop.clone())))
+            .map(|n| {
+                let (ledger, counters, stop) = (ledger.clone(), counters.clone(), stop.clone());
+                tokio::spawn(client(n, base.to_string(), ledger, counters, stop))
+            })
             .collect();
         Load {
             stop,
             ledger,
+            counters,
             clients,
         }
     }
 
     /// Carts accepted so far.
     fn accepted(&self) -> usize {
-        self.ledger
-            .lock()
-            .map(|l| l.iter().filter(|e| e.accepted).count())
-            .unwrap_or_default()
+        self.counters.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Waits until clients have seen `more` errors beyond those seen now: the fault bites.
+    async fn refused(&self, more: usize, what: &str) -> Result<(), String> {
+        let target = self.counters.errors.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + HIT_DEADLINE;
+        while self.counters.errors.load(Ordering::Relaxed) < target {
+            if Instant::now() > deadline {
+                return Err(format!("the fault never showed: {what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     async fn finish(self) -> Vec<Entry> {
@@ -156,7 +180,13 @@ impl Load {
     }
 }
 
-async fn client(n: usize, base: String, ledger: Ledger, stop: CancellationToken) {
+async fn client(
+    n: usize,
+    base: String,
+    ledger: Ledger,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+) {
     let Ok(http) = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).build() else {
         return;
     };
@@ -189,15 +219,20 @@ async fn client(n: usize, base: String, ledger: Ledger, stop: CancellationToken)
             {
                 Ok(r) if matches!(r.status().as_u16(), 201 | 202) => {
                     entry.accepted = true;
+                    counters.accepted.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 Ok(r) if r.status().is_client_error() => {
                     // A storefront bug, not a fault: never expected here.
                     eprintln!("FAULTS: cart {cart_id} refused with {}", r.status());
                     entry.errors += 1;
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                Ok(_) | Err(_) => entry.errors += 1,
+                Ok(_) | Err(_) => {
+                    entry.errors += 1;
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
             }
             if stop.is_cancelled() {
                 break;
@@ -218,22 +253,52 @@ struct Rig {
     settings: Settings,
     backend: Backend,
     base: String,
-    _dir: tempfile::TempDir,
+    /// Between cartbus and the broker, on the broker stack.
+    proxy: Option<Arc<Proxy>>,
+    _dir: Dir,
 }
 
-async fn rig(name: &'static str, broker_url: Option<&str>) -> Rig {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Where a rig keeps its files.
+enum Dir {
+    Temp(tempfile::TempDir),
+    Tmpfs(Tmpfs),
+}
+
+impl Dir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Dir::Temp(dir) => dir.path(),
+            Dir::Tmpfs(Tmpfs(dir)) => dir.path(),
+        }
+    }
+}
+
+async fn rig(name: &'static str, broker_url: Option<&str>, dir: Dir) -> Rig {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port");
     let tag = Uuid::new_v4().simple().to_string();
-    let (backend, settings) = match broker_url {
-        None => (Backend::Sqlite, Settings::new(dir.path(), &Backend::Sqlite)),
+    let (backend, settings, proxy) = match broker_url {
+        None => (
+            Backend::Sqlite,
+            Settings::new(dir.path(), &Backend::Sqlite),
+            None,
+        ),
         Some(url) => {
+            // cartbus reaches the broker through the proxy, on the broker's own port.
+            let mut parsed = url::Url::parse(url).expect("CARTBUS_TEST_AMQP_URL is a URL");
+            let upstream = parsed
+                .socket_addrs(|| Some(5672))
+                .ok()
+                .and_then(|a| a.into_iter().next())
+                .expect("the broker's address");
+            let proxy = Proxy::start(upstream).await;
+            let _ = parsed.set_port(Some(proxy.port));
             let backend = broker::orders_backend(TEST).await;
-            let settings = broker::fulfilment_settings(dir.path(), &backend, url, &tag);
-            (backend, settings)
+            let settings = broker::fulfilment_settings(dir.path(), &backend, parsed.as_str(), &tag)
+                .set("CARTBUS_DATABASE_MAX_CONNECTIONS", "4");
+            (backend, settings, Some(proxy))
         }
     };
     let settings = settings
@@ -246,6 +311,7 @@ async fn rig(name: &'static str, broker_url: Option<&str>) -> Rig {
         settings,
         backend,
         base: format!("http://127.0.0.1:{port}"),
+        proxy,
         _dir: dir,
     }
 }
@@ -293,6 +359,21 @@ enum Fault {
     TerminatePostgres,
     /// `rabbitmqctl stop_app`, then `start_app`.
     RestartBroker,
+    /// SIGKILL the broker's Erlang VM, then start it again.
+    KillBroker,
+    /// Restart the PostgreSQL server.
+    RestartPostgres,
+    /// Hold the orders database's write lock (PostgreSQL: `LOCK TABLE orders`), so that
+    /// every pooled connection waits and the pool runs dry.
+    HoldDatabase,
+    /// Fill the filesystem under the data directory (a small tmpfs) until writes fail.
+    DiskFull,
+    /// Reset every connection through the proxy between cartbus and the broker.
+    ProxyReset,
+    /// 300 ms each way on every chunk through the proxy.
+    ProxyDelay,
+    /// The proxy refuses connections and drops the ones it has: the broker is unreachable.
+    ProxyUnreachable,
 }
 
 impl Fault {
@@ -301,6 +382,13 @@ impl Fault {
             Fault::KillAt(point) => format!("kill at {point}"),
             Fault::TerminatePostgres => "postgres connections terminated".into(),
             Fault::RestartBroker => "broker stop/start".into(),
+            Fault::KillBroker => "broker killed (SIGKILL) and restarted".into(),
+            Fault::RestartPostgres => "postgres restarted".into(),
+            Fault::HoldDatabase => "database locked, pool exhausted".into(),
+            Fault::DiskFull => "disk full under the queue file".into(),
+            Fault::ProxyReset => "network: connections reset".into(),
+            Fault::ProxyDelay => "network: 300 ms delay".into(),
+            Fault::ProxyUnreachable => "network: broker unreachable".into(),
         }
     }
 
@@ -309,6 +397,13 @@ impl Fault {
             Fault::KillAt(point) => point,
             Fault::TerminatePostgres => "pg-terminate",
             Fault::RestartBroker => "broker-restart",
+            Fault::KillBroker => "broker-kill",
+            Fault::RestartPostgres => "pg-restart",
+            Fault::HoldDatabase => "db-held",
+            Fault::DiskFull => "disk-full",
+            Fault::ProxyReset => "net-reset",
+            Fault::ProxyDelay => "net-delay",
+            Fault::ProxyUnreachable => "net-unreachable",
         }
     }
 }
@@ -352,51 +447,299 @@ async fn run_phase(rig: &Rig, fault: Fault, cycles: usize, earlier: &mut HashSet
 /// Injects the fault `cycles` times while the load runs, and returns with no instance
 /// running.
 async fn inject(rig: &Rig, fault: Fault, cycles: usize, load: &Load) -> Result<(), String> {
-    match fault {
-        Fault::KillAt(point) => {
-            for cycle in 0..cycles {
-                let armed = format!("{point}=return");
-                let mut doomed = Process::start(&rig.settings, &[("FAILPOINTS", &armed)]);
-                let deadline = Instant::now() + HIT_DEADLINE;
-                while !doomed.logs_contain("fail point hit") {
-                    if Instant::now() > deadline {
-                        return Err(format!("{point} not reached in cycle {cycle}"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+    if let Fault::KillAt(point) = fault {
+        for cycle in 0..cycles {
+            let armed = format!("{point}=return");
+            let mut doomed = Process::start(&rig.settings, &[("FAILPOINTS", &armed)]);
+            let deadline = Instant::now() + HIT_DEADLINE;
+            while !doomed.logs_contain("fail point hit") {
+                if Instant::now() > deadline {
+                    return Err(format!("{point} not reached in cycle {cycle}"));
                 }
-                doomed.kill();
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Ok(())
+            doomed.kill();
         }
-        Fault::TerminatePostgres => {
-            let Backend::Postgres(url) = &rig.backend else {
-                return Err("needs PostgreSQL".into());
-            };
-            let instance = Process::start(&rig.settings, &[]);
-            for cycle in 0..cycles {
-                load.progress(CLIENTS, "before terminating").await?;
-                terminate_connections(url)
-                    .await
-                    .map_err(|e| format!("cycle {cycle}: {e}"))?;
-            }
-            load.progress(CLIENTS, "after the last termination").await?;
-            drop(instance);
-            Ok(())
-        }
+        return Ok(());
+    }
+    let instance = Process::start(&rig.settings, &[]);
+    for cycle in 0..cycles {
+        load.progress(CLIENTS, "before the fault").await?;
+        once(rig, fault, load)
+            .await
+            .map_err(|e| format!("cycle {cycle}: {e}"))?;
+    }
+    load.progress(CLIENTS, "after the last fault").await?;
+    drop(instance);
+    Ok(())
+}
+
+/// One injection of a fault against the running instance, undone before it returns.
+async fn once(rig: &Rig, fault: Fault, load: &Load) -> Result<(), String> {
+    match fault {
+        Fault::KillAt(_) => Ok(()),
+        Fault::TerminatePostgres => terminate_connections(postgres(rig)?)
+            .await
+            .map_err(|e| e.to_string()),
         Fault::RestartBroker => {
-            let instance = Process::start(&rig.settings, &[]);
-            for _ in 0..cycles {
-                load.progress(CLIENTS, "before stopping the broker").await?;
-                rabbitmqctl(&["stop_app"])?;
-                // Checkouts now go to the database directly (201).
-                let outcome = load.progress(CLIENTS, "while the broker is down").await;
-                rabbitmqctl(&["start_app"])?;
-                rabbitmqctl(&["await_startup"])?;
-                outcome?;
-            }
-            load.progress(CLIENTS, "after the broker came back").await?;
-            drop(instance);
+            rabbitmqctl(&["stop_app"])?;
+            // Checkouts now go to the database directly (201).
+            let seen = load.progress(CLIENTS, "while the broker is down").await;
+            rabbitmqctl(&["start_app"])?;
+            rabbitmqctl(&["await_startup"])?;
+            seen
+        }
+        Fault::KillBroker => {
+            run("pkill", &["-9", "-f", "beam.smp"])?;
+            let seen = load.progress(CLIENTS, "while the broker is dead").await;
+            run("rabbitmq-server", &["-detached"])?;
+            broker_up().await?;
+            seen
+        }
+        Fault::RestartPostgres => {
+            let cluster = std::fs::read_dir("/etc/postgresql")
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .ok_or("no PostgreSQL cluster under /etc/postgresql")?;
+            run(
+                "pg_ctlcluster",
+                &["--skip-systemctl-redirect", &cluster, "main", "restart"],
+            )?;
+            run("pg_isready", &["-q", "-t", "60", "-h", "127.0.0.1"])
+        }
+        Fault::HoldDatabase => hold_database(rig, load).await,
+        Fault::DiskFull => {
+            let filler = rig.settings.data_dir.join("filler");
+            fill(&filler)?;
+            let seen = load.refused(CLIENTS, "checkouts on a full disk").await;
+            std::fs::remove_file(&filler).map_err(|e| format!("remove the filler: {e}"))?;
+            seen
+        }
+        Fault::ProxyReset => {
+            proxy(rig)?.reset();
             Ok(())
+        }
+        Fault::ProxyDelay => {
+            let proxy = proxy(rig)?;
+            proxy.delay_ms.store(300, Ordering::Relaxed);
+            let seen = load.progress(CLIENTS, "under a 300 ms delay").await;
+            proxy.delay_ms.store(0, Ordering::Relaxed);
+            seen
+        }
+        Fault::ProxyUnreachable => {
+            let proxy = proxy(rig)?;
+            proxy.refuse.store(true, Ordering::Relaxed);
+            proxy.reset();
+            let seen = load.progress(CLIENTS, "with the broker unreachable").await;
+            proxy.refuse.store(false, Ordering::Relaxed);
+            seen
+        }
+    }
+}
+
+fn postgres(rig: &Rig) -> Result<&str, String> {
+    match &rig.backend {
+        Backend::Postgres(url) => Ok(url),
+        Backend::Sqlite => Err("needs PostgreSQL".into()),
+    }
+}
+
+fn proxy(rig: &Rig) -> Result<&Proxy, String> {
+    rig.proxy
+        .as_deref()
+        .ok_or_else(|| "needs the broker proxy".to_string())
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|e| format!("{program}: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("{program} {args:?} failed: {status}"))
+}
+
+/// Holds the orders database's write lock while the clients post, at least a second.
+async fn hold_database(rig: &Rig, load: &Load) -> Result<(), String> {
+    use sqlx::Connection;
+    const HOLD: Duration = Duration::from_secs(1);
+    let started = Instant::now();
+    let holding = async {
+        if started.elapsed() < HOLD {
+            // The fault's own length: the lock must outlast a consumer batch or two.
+            tokio::time::sleep(HOLD - started.elapsed()).await;
+        }
+        load.progress(CLIENTS, "with the database locked").await
+    };
+    match &rig.backend {
+        Backend::Sqlite => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(rig.settings.data_dir.join("cartbus.db"));
+            let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .map_err(|e| e.to_string())?;
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let seen = holding.await;
+            sqlx::query("ROLLBACK")
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            seen
+        }
+        Backend::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(url)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+            sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| e.to_string())?;
+            let seen = holding.await;
+            tx.rollback().await.map_err(|e| e.to_string())?;
+            seen
+        }
+    }
+}
+
+/// Writes `filler` until the filesystem is full.
+fn fill(filler: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(filler).map_err(|e| format!("create the filler: {e}"))?;
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match file.write_all(&chunk).and_then(|()| file.sync_data()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => return Ok(()), // ENOSPC
+            Err(e) => return Err(format!("fill the disk: {e}")),
+        }
+    }
+}
+
+/// A TCP proxy between cartbus and the broker that can delay, reset and refuse.
+struct Proxy {
+    port: u16,
+    delay_ms: AtomicU64,
+    refuse: AtomicBool,
+    resets: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Arc<Proxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("address").port();
+        let proxy = Arc::new(Proxy {
+            port,
+            delay_ms: AtomicU64::new(0),
+            refuse: AtomicBool::new(false),
+            resets: tokio::sync::watch::Sender::new(0),
+        });
+        let accepting = proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if accepting.refuse.load(Ordering::Relaxed) {
+                    let _ = socket2::SockRef::from(&inbound).set_linger(Some(Duration::ZERO));
+                    continue;
+                }
+                tokio::spawn(accepting.clone().pipe(inbound, upstream));
+            }
+        });
+        proxy
+    }
+
+    /// Resets every connection open now (RST, as a dropped network path would).
+    fn reset(&self) {
+        self.resets.send_modify(|n| *n += 1);
+    }
+
+    async fn pipe(self: Arc<Self>, inbound: tokio::net::TcpStream, upstream: std::net::SocketAddr) {
+        let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+            return;
+        };
+        for stream in [&inbound, &outbound] {
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+            let _ = stream.set_nodelay(true);
+        }
+        let mut reset = self.resets.subscribe();
+        let (mut in_read, mut in_write) = inbound.into_split();
+        let (mut out_read, mut out_write) = outbound.into_split();
+        tokio::select! {
+            _ = self.copy(&mut in_read, &mut out_write) => {}
+            _ = self.copy(&mut out_read, &mut in_write) => {}
+            _ = reset.changed() => {}
+        }
+    }
+
+    async fn copy(
+        &self,
+        from: &mut tokio::net::tcp::OwnedReadHalf,
+        to: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let delay = self.delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if to.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A small tmpfs for the data directory of the disk-full phase, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(megabytes: u32) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().to_string_lossy().into_owned();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={megabytes}M"),
+                "tmpfs",
+                &path,
+            ],
+        )
+        .map_err(|e| format!("{e} (mounting a tmpfs needs root)"))?;
+        Ok(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = run("umount", &[&self.0.path().to_string_lossy()]);
+    }
+}
+
+/// Waits until a broker started with `-detached` answers (`await_startup` fails at once
+/// while the node is not yet running at all).
+async fn broker_up() -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match rabbitmqctl(&["await_startup", "--timeout", "10"]) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
@@ -520,6 +863,23 @@ async fn check(rig: &Rig, entries: &[Entry], earlier: &HashSet<Uuid>, row: &mut 
         .count();
 }
 
+/// The disk-full phase, on a rig of its own whose data directory is a 32 MiB tmpfs.
+async fn disk_full(cycles: usize) -> Row {
+    match Tmpfs::mount(32) {
+        Ok(tmpfs) => {
+            let rig = rig("embedded", None, Dir::Tmpfs(tmpfs)).await;
+            run_phase(&rig, Fault::DiskFull, cycles, &mut HashSet::new()).await
+        }
+        Err(why) => Row {
+            fault: Fault::DiskFull.name(),
+            stack: "embedded",
+            cycles,
+            failure: Some(why),
+            ..Row::default()
+        },
+    }
+}
+
 fn print_table(rows: &[Row]) {
     println!();
     println!(
@@ -582,12 +942,23 @@ async fn campaign(args: &Args) -> Vec<Row> {
         if args.stack.as_deref().is_some_and(|s| s != name) {
             continue;
         }
-        let rig = rig(name, url.as_deref()).await;
+        let dir = Dir::Temp(tempfile::tempdir().expect("tempdir"));
+        let rig = rig(name, url.as_deref(), dir).await;
         let mut earlier = HashSet::new();
         let mut faults: Vec<Fault> = KILL_POINTS.iter().map(|p| Fault::KillAt(p)).collect();
+        faults.push(Fault::HoldDatabase);
         if url.is_some() {
-            faults.push(Fault::TerminatePostgres);
-            faults.push(Fault::RestartBroker);
+            faults.extend([
+                Fault::TerminatePostgres,
+                Fault::RestartPostgres,
+                Fault::ProxyReset,
+                Fault::ProxyDelay,
+                Fault::ProxyUnreachable,
+                Fault::RestartBroker,
+                Fault::KillBroker,
+            ]);
+        } else if args.wants(Fault::DiskFull.key(), name) {
+            rows.push(disk_full(args.cycles).await);
         }
         for fault in faults {
             if !args.wants(fault.key(), name) {
