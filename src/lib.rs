@@ -149,21 +149,21 @@ impl Application {
                 tokio::time::sleep(app.config.shutdown_delay).await;
             }
         };
-        let server = axum::serve(listener, http::router(app.clone()))
-            .with_graceful_shutdown(drain)
-            .into_future();
+        let server = http::server::serve(
+            listener,
+            http::router(app.clone()),
+            &app.config.hostile,
+            &app.metrics,
+            drain,
+        );
         tokio::pin!(server);
-        let served = tokio::select! {
-            result = &mut server => result,
+        tokio::select! {
+            () = &mut server => {}
             _ = shutdown.cancelled() => {
                 workers_stop.cancel();
                 let grace = app.config.shutdown_delay + app.config.shutdown_timeout;
-                match tokio::time::timeout(grace, &mut server).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tracing::warn!("in-flight requests did not finish in time; closing them");
-                        Ok(())
-                    }
+                if tokio::time::timeout(grace, &mut server).await.is_err() {
+                    tracing::warn!("in-flight requests did not finish in time; closing them");
                 }
             }
         };
@@ -183,7 +183,7 @@ impl Application {
         }
         app.db.close().await;
         tracing::info!("stopped");
-        served.context("HTTP server failed")
+        Ok(())
     }
 }
 

@@ -94,6 +94,7 @@ pub struct PauseRequest {
         (status = 200, description = "Paused and drained: no instance consumes or holds a delivery", body = Status, example = json!(crate::http::examples::status_drained())),
         (status = 202, description = "Paused; not (yet) drained when the wait ended", body = Status, example = json!(crate::http::examples::status_pausing())),
         (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::body_timeout())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
         (status = 422, description = "A bad field", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::pause_invalid())),
@@ -198,6 +199,7 @@ pub struct ResumeRequest {
     responses(
         (status = 200, description = "Running; instances of other versions stay passive", body = Status, example = json!(crate::http::examples::status_running())),
         (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::body_timeout())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
         (status = 422, description = "A bad field", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resume_invalid())),
@@ -274,7 +276,10 @@ pub async fn history(
 /// A JSON object body that may also be empty (`curl -X POST …/pause` with no body).
 pub struct OptionalJson(pub Map<String, Value>);
 
-impl<S: Send + Sync> axum::extract::FromRequest<S> for OptionalJson {
+impl<S: Send + Sync> axum::extract::FromRequest<S> for OptionalJson
+where
+    AppState: axum::extract::FromRef<S>,
+{
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {

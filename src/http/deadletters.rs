@@ -191,6 +191,7 @@ pub struct DeleteRequest {
     responses(
         (status = 200, description = "Deleted (or deleted before)", body = DeadLetterDetail, example = json!(crate::http::examples::dead_letter_deleted())),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::body_timeout())),
         (status = 404, description = "No such dead letter, or admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::dead_letter_not_found())),
         (status = 422, description = "A bad field, named", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::delete_invalid())),
         (status = 503, description = "The orders database is unavailable", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
@@ -288,6 +289,7 @@ pub struct ResubmitRequest {
         (status = 200, description = "What happened (or, dry run, would happen)", body = Report,
             example = json!({"dead_letter_id": 17, "dry_run": false, "outcome": "created-order", "resolved": true, "detail": "order 0193a5c2-7d1e-7b3a-9f00-5a1d2c3b4e5f created for cart 5f0c8a52-2a4c-4c1e-9b7e-3f1d2a6b8c90", "order_id": "0193a5c2-7d1e-7b3a-9f00-5a1d2c3b4e5f", "cart_id": "5f0c8a52-2a4c-4c1e-9b7e-3f1d2a6b8c90", "resubmits": 1, "resubmit_limit": 5})),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::body_timeout())),
         (status = 404, description = "No such dead letter, or admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::dead_letter_not_found())),
         (status = 409, description = "Deleted, resolved already, at its replay limit, or (not a dry run) the drain switch is paused", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/conflict", "title": "Conflicts with an earlier request", "status": 409, "detail": "dead letter 17 was resubmitted 5 times, the limit (CARTBUS_RESUBMIT_LIMIT); fix the cause, or delete it"})),
@@ -391,6 +393,7 @@ pub struct BulkRequest {
         (status = 200, description = "A dry run's outcomes; or the job exists and is running or done, so nothing was started", body = Preview,
             example = json!({"dry_run": true, "matched": 42, "outcomes": {"would-create-order": 40, "duplicate": 2}, "truncated": false, "sample": []})),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::body_timeout())),
         (status = 404, description = "Admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 409, description = "The job_id exists with another filter", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::job_mismatch())),
         (status = 422, description = "A bad field, named", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::bulk_invalid())),

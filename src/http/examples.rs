@@ -41,6 +41,10 @@ pub fn unauthorized() -> Value {
     problem(ApiError::Unauthorized)
 }
 
+pub fn body_timeout() -> Value {
+    problem(ApiError::body_timeout(std::time::Duration::from_secs(10)))
+}
+
 pub fn admin_off() -> Value {
     problem(ApiError::NotFound(
         "the admin API is off: CARTBUS_ADMIN_TOKEN is not set".into(),

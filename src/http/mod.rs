@@ -11,6 +11,7 @@ mod orders;
 mod outbox;
 mod payments;
 pub mod problem;
+pub mod server;
 
 use std::time::Instant;
 

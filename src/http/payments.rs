@@ -111,6 +111,7 @@ pub struct ResolveRequest {
         (status = 200, description = "Resolved (now, or before in the same way)", body = PaymentView, example = json!(crate::http::examples::payment_resolved())),
         (status = 400, description = "Not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_bad_cart_id())),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::body_timeout())),
         (status = 404, description = "No payment step for this cart, or admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_not_found())),
         (status = 409, description = "The payment is not unknown (it has a result, was resolved the other way, or its call may still be in flight: try again after the time the detail names)", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_conflict())),
         (status = 422, description = "A bad field", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_invalid())),

@@ -45,6 +45,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request body did not arrive in time (a slow or stalled client).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("the request breaks {} rule(s)", .0.len())]
     Validation(Vec<FieldError>),
     #[error("{detail}")]
@@ -62,6 +65,14 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
         }
+    }
+
+    /// The request body did not arrive whole within `deadline`.
+    pub fn body_timeout(deadline: Duration) -> ApiError {
+        ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} s",
+            deadline.as_secs()
+        ))
     }
 
     /// The orders database failed a read or write an admin call needed.
@@ -88,6 +99,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -128,6 +140,9 @@ impl ApiError {
             }
             ApiError::UnsupportedMediaType(_) => {
                 ("/problems/unsupported-media-type", "Unsupported media type")
+            }
+            ApiError::RequestTimeout(_) => {
+                ("/problems/request-timeout", "Request not received in time")
             }
             ApiError::Validation(_) => {
                 ("/problems/invalid-request", "The request breaks the rules")
