@@ -180,6 +180,11 @@ pub struct HostileLimits {
     /// Largest request head in bytes, and most header fields; past either: 431.
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Wrong admin credentials allowed per client address, and from all clients, in one
+    /// window; past either, admin calls answer 429 until the window ends.
+    pub admin_failures_per_client: u32,
+    pub admin_failures_global: u32,
+    pub admin_failure_window: Duration,
 }
 
 /// The payment endpoint. Its query string may carry a key, so it prints as scheme, host,
@@ -293,6 +298,9 @@ struct Raw {
     body_read_timeout_seconds: u64,
     max_header_bytes: u32,
     max_headers: u32,
+    admin_auth_failures: u32,
+    admin_auth_global_failures: u32,
+    admin_auth_window_seconds: u64,
     shutdown_delay_seconds: u64,
     shutdown_timeout_seconds: u64,
     #[serde(deserialize_with = "lenient_string")]
@@ -352,6 +360,9 @@ impl Default for Raw {
             body_read_timeout_seconds: 10,
             max_header_bytes: 16 * 1024,
             max_headers: 100,
+            admin_auth_failures: 10,
+            admin_auth_global_failures: 100,
+            admin_auth_window_seconds: 300,
             shutdown_delay_seconds: 0,
             shutdown_timeout_seconds: 30,
             log: "info".into(),
@@ -773,6 +784,24 @@ impl Raw {
                 256 * 1024,
             )? as usize,
             max_headers: in_range("CARTBUS_MAX_HEADERS", self.max_headers, 8, 1000)? as usize,
+            admin_failures_per_client: in_range(
+                "CARTBUS_ADMIN_AUTH_FAILURES",
+                self.admin_auth_failures,
+                1,
+                1_000_000,
+            )?,
+            admin_failures_global: in_range(
+                "CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES",
+                self.admin_auth_global_failures,
+                1,
+                1_000_000,
+            )?,
+            admin_failure_window: seconds(
+                "CARTBUS_ADMIN_AUTH_WINDOW_SECONDS",
+                self.admin_auth_window_seconds,
+                1,
+                86_400,
+            )?,
         })
     }
 }
@@ -912,6 +941,9 @@ mod tests {
             ("CARTBUS_BODY_READ_TIMEOUT_SECONDS", "601"),
             ("CARTBUS_MAX_HEADER_BYTES", "512"),
             ("CARTBUS_MAX_HEADERS", "2"),
+            ("CARTBUS_ADMIN_AUTH_FAILURES", "0"),
+            ("CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES", "0"),
+            ("CARTBUS_ADMIN_AUTH_WINDOW_SECONDS", "0"),
         ] {
             let err = Config::from_vars([(key, value)])
                 .expect_err(key)

@@ -72,6 +72,7 @@ impl Application {
             metrics.intake_messages.clone(),
             metrics.drain_messages.clone(),
         );
+        let admin_failures = http::auth_failures::AuthFailures::new(&config.hostile);
         let app = Arc::new(App {
             config,
             db,
@@ -83,6 +84,7 @@ impl Application {
             control,
             intake_permits: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
             payments,
+            admin_failures,
             resubmit_jobs: Default::default(),
         });
         if let Some(gateway) = &app.payments {

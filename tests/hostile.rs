@@ -1,15 +1,18 @@
 //! Hostile clients (README "Hostile clients"): slow heads and slow bodies are cut off,
-//! oversized heads refused, and connections and checkouts capped without starving health —
-//! all against a real server over raw TCP.
+//! oversized heads refused, connections and checkouts capped without starving health, and
+//! admin token guessing held off — all against a real server over raw TCP.
 
 mod common;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use common::{Backend, DEADLINE, Process, Settings, TestApp, cart, client, eventually};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+const TOKEN: &str = "hostile-test-admin-token-0123456789";
 
 fn address(base: &str) -> String {
     base.trim_start_matches("http://").to_string()
@@ -374,4 +377,142 @@ async fn a_checkout_flood_is_shed_with_503_while_health_answers_and_accepted_car
         (orders, distinct),
         (accepted.len() as i64, accepted.len() as i64)
     );
+}
+
+/// An HTTP client whose connections come from `ip` (any 127.x address reaches the
+/// server on 127.0.0.1), standing for another machine.
+fn client_from(ip: Ipv4Addr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(IpAddr::V4(ip))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
+}
+
+async fn consumer_status(http: &reqwest::Client, base: &str, token: &str) -> reqwest::Response {
+    http.get(format!("{base}/v1/admin/consumer"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET /v1/admin/consumer")
+}
+
+#[tokio::test]
+async fn admin_token_guessing_is_held_off_per_client_with_429_and_logged_without_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(dir.path(), &Backend::Sqlite)
+        .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+        .set("CARTBUS_ADMIN_AUTH_FAILURES", "3")
+        .set("CARTBUS_ADMIN_AUTH_WINDOW_SECONDS", "3");
+    let process = Process::start(&settings, &[("CARTBUS_LOG", "debug")]);
+    let guesser = client_from(Ipv4Addr::LOCALHOST);
+    let guesses: Vec<String> = (0..5)
+        .map(|i| format!("guess-{i}-{}", &TOKEN[8..]))
+        .collect();
+
+    let first_failure = Instant::now();
+    for guess in &guesses[..3] {
+        assert_eq!(
+            consumer_status(&guesser, &process.base, guess)
+                .await
+                .status(),
+            401
+        );
+    }
+    for token in [guesses[3].as_str(), TOKEN] {
+        let response = consumer_status(&guesser, &process.base, token).await;
+        assert_eq!(
+            response.status(),
+            429,
+            "held off, even with the right token"
+        );
+        let retry_after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        assert!((1..=3).contains(&retry_after), "Retry-After: {retry_after}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    // Another client is not held off by this one's guesses.
+    let colleague = client_from(Ipv4Addr::new(127, 0, 0, 2));
+    assert_eq!(
+        consumer_status(&colleague, &process.base, TOKEN)
+            .await
+            .status(),
+        200
+    );
+
+    // The window ends and the right token works again.
+    eventually("the window to end", || async {
+        (consumer_status(&guesser, &process.base, TOKEN)
+            .await
+            .status()
+            == 200)
+            .then_some(())
+    })
+    .await;
+    assert!(first_failure.elapsed() >= Duration::from_millis(2500));
+    assert_eq!(
+        consumer_status(&guesser, &process.base, &guesses[4])
+            .await
+            .status(),
+        401,
+        "a new window counts afresh"
+    );
+
+    let warnings: Vec<Value> = process
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event["level"] == "WARN")
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("too many wrong admin credentials"))
+            && w["client"] == "127.0.0.1"
+            && w["failures"] == 3),
+        "no warning with the client and its count: {warnings:?}"
+    );
+    let logs = process.logs();
+    for presented in guesses.iter().map(String::as_str).chain([TOKEN]) {
+        assert!(
+            logs.iter().all(|line| !line.contains(presented)),
+            "a presented token reached the logs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn guesses_from_all_clients_together_hold_every_client_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(dir.path(), &Backend::Sqlite)
+        .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+        .set("CARTBUS_ADMIN_AUTH_FAILURES", "2")
+        .set("CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES", "3");
+    let process = Process::start(&settings, &[]);
+    let wrong = TOKEN.replace('0', "1");
+    for (last_octet, guesses) in [(1, 2), (2, 1)] {
+        let guesser = client_from(Ipv4Addr::new(127, 0, 0, last_octet));
+        for _ in 0..guesses {
+            assert_eq!(
+                consumer_status(&guesser, &process.base, &wrong)
+                    .await
+                    .status(),
+                401
+            );
+        }
+    }
+    let bystander = client_from(Ipv4Addr::new(127, 0, 0, 3));
+    assert_eq!(
+        consumer_status(&bystander, &process.base, TOKEN)
+            .await
+            .status(),
+        429
+    );
+    assert!(process.logs_contain("\"failures_all_clients\":3"));
 }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod admin_page;
+pub mod auth_failures;
 mod checkouts;
 mod deadletters;
 mod examples;

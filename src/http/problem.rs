@@ -48,6 +48,12 @@ pub enum ApiError {
     /// The request body did not arrive in time (a slow or stalled client).
     #[error("{0}")]
     RequestTimeout(String),
+    /// Too many wrong admin credentials from this client, or from all clients.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after: Duration,
+    },
     #[error("the request breaks {} rule(s)", .0.len())]
     Validation(Vec<FieldError>),
     #[error("{detail}")]
@@ -64,6 +70,14 @@ impl ApiError {
         ApiError::BadRequest {
             detail: detail.into(),
             errors: Vec::new(),
+        }
+    }
+
+    /// A client held off after too many wrong admin credentials (its own or everyone's).
+    pub fn too_many_guesses(retry_after: Duration) -> ApiError {
+        ApiError::TooManyRequests {
+            detail: "too many wrong admin credentials; retry after the time given".into(),
+            retry_after,
         }
     }
 
@@ -100,6 +114,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -143,6 +158,9 @@ impl ApiError {
             }
             ApiError::RequestTimeout(_) => {
                 ("/problems/request-timeout", "Request not received in time")
+            }
+            ApiError::TooManyRequests { .. } => {
+                ("/problems/too-many-requests", "Too many requests")
             }
             ApiError::Validation(_) => {
                 ("/problems/invalid-request", "The request breaks the rules")
@@ -190,11 +208,13 @@ impl IntoResponse for ApiError {
         }
         let mut response = render(status, &self.problem());
         match &self {
-            ApiError::Unavailable { retry_after, .. } => {
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(retry_after.as_secs().max(1)),
-                );
+            ApiError::Unavailable { retry_after, .. }
+            | ApiError::TooManyRequests { retry_after, .. } => {
+                // Whole seconds, rounded up: retrying earlier would only be refused again.
+                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
             }
             ApiError::Unauthorized => {
                 response
