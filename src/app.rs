@@ -28,6 +28,8 @@ pub struct App {
     pub intake_permits: Arc<tokio::sync::Semaphore>,
     /// The payment capture endpoint, when one is configured.
     pub payments: Option<Gateway>,
+    /// Wrong admin credentials by client, to hold guessers off.
+    pub admin_failures: crate::http::auth_failures::AuthFailures,
     /// Bulk dead-letter resubmits running in this process.
     pub resubmit_jobs: crate::deadletters::jobs::Running,
 }

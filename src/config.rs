@@ -151,6 +151,8 @@ pub struct Config {
     pub max_in_flight: usize,
     pub retry_after: Duration,
     pub request_timeout: Duration,
+    /// Limits that keep slow, oversized or guessing clients from exhausting the server.
+    pub hostile: HostileLimits,
     pub shutdown_delay: Duration,
     pub shutdown_timeout: Duration,
     pub log: String,
@@ -163,6 +165,26 @@ pub struct Config {
     pub payment_timeout: Duration,
     /// Sent as `Authorization: Bearer` to the payment endpoint.
     pub payment_token: Option<SecretString>,
+}
+
+/// What a client may hold or try before it is cut off (README "Hostile clients").
+#[derive(Clone, Debug)]
+pub struct HostileLimits {
+    /// Open connections at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Whole request head (line and headers) must arrive within this; hyper also applies
+    /// it to an idle keep-alive connection waiting for its next request.
+    pub header_read_timeout: Duration,
+    /// A request body must be read whole within this, however it trickles in.
+    pub body_read_timeout: Duration,
+    /// Largest request head in bytes, and most header fields; past either: 431.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Wrong admin credentials allowed per client address, and from all clients, in one
+    /// window; past either, admin calls answer 429 until the window ends.
+    pub admin_failures_per_client: u32,
+    pub admin_failures_global: u32,
+    pub admin_failure_window: Duration,
 }
 
 /// The payment endpoint. Its query string may carry a key, so it prints as scheme, host,
@@ -271,6 +293,14 @@ struct Raw {
     max_in_flight: u32,
     retry_after_seconds: u64,
     request_timeout_seconds: u64,
+    max_connections: u32,
+    header_read_timeout_seconds: u64,
+    body_read_timeout_seconds: u64,
+    max_header_bytes: u32,
+    max_headers: u32,
+    admin_auth_failures: u32,
+    admin_auth_global_failures: u32,
+    admin_auth_window_seconds: u64,
     shutdown_delay_seconds: u64,
     shutdown_timeout_seconds: u64,
     #[serde(deserialize_with = "lenient_string")]
@@ -325,6 +355,14 @@ impl Default for Raw {
             max_in_flight: 1024,
             retry_after_seconds: 5,
             request_timeout_seconds: 30,
+            max_connections: 1024,
+            header_read_timeout_seconds: 30,
+            body_read_timeout_seconds: 10,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            admin_auth_failures: 10,
+            admin_auth_global_failures: 100,
+            admin_auth_window_seconds: 300,
             shutdown_delay_seconds: 0,
             shutdown_timeout_seconds: 30,
             log: "info".into(),
@@ -468,6 +506,8 @@ fn env_name(key: &str) -> String {
 
 impl Raw {
     fn validate(self, partner_keys: Vec<(String, String)>) -> Result<Config, ConfigError> {
+        // Before any field is moved out of `self`.
+        let hostile = self.hostile_limits()?;
         let listen = self.listen.trim().parse::<SocketAddr>().map_err(|e| {
             invalid(
                 "CARTBUS_LISTEN",
@@ -701,6 +741,7 @@ impl Raw {
             max_in_flight,
             retry_after,
             request_timeout,
+            hostile,
             shutdown_delay,
             shutdown_timeout,
             log: self.log,
@@ -709,6 +750,58 @@ impl Raw {
             payment_url,
             payment_timeout,
             payment_token,
+        })
+    }
+}
+
+impl Raw {
+    fn hostile_limits(&self) -> Result<HostileLimits, ConfigError> {
+        Ok(HostileLimits {
+            max_connections: in_range(
+                "CARTBUS_MAX_CONNECTIONS",
+                self.max_connections,
+                1,
+                1_000_000,
+            )? as usize,
+            header_read_timeout: seconds(
+                "CARTBUS_HEADER_READ_TIMEOUT_SECONDS",
+                self.header_read_timeout_seconds,
+                1,
+                600,
+            )?,
+            body_read_timeout: seconds(
+                "CARTBUS_BODY_READ_TIMEOUT_SECONDS",
+                self.body_read_timeout_seconds,
+                1,
+                600,
+            )?,
+            // Below 1 KiB a browser's ordinary head no longer fits; above 256 KiB hyper's
+            // read buffer (~400 KiB) would be reached first.
+            max_header_bytes: in_range(
+                "CARTBUS_MAX_HEADER_BYTES",
+                self.max_header_bytes,
+                1024,
+                256 * 1024,
+            )? as usize,
+            max_headers: in_range("CARTBUS_MAX_HEADERS", self.max_headers, 8, 1000)? as usize,
+            admin_failures_per_client: in_range(
+                "CARTBUS_ADMIN_AUTH_FAILURES",
+                self.admin_auth_failures,
+                1,
+                1_000_000,
+            )?,
+            admin_failures_global: in_range(
+                "CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES",
+                self.admin_auth_global_failures,
+                1,
+                1_000_000,
+            )?,
+            admin_failure_window: seconds(
+                "CARTBUS_ADMIN_AUTH_WINDOW_SECONDS",
+                self.admin_auth_window_seconds,
+                1,
+                86_400,
+            )?,
         })
     }
 }
@@ -843,6 +936,14 @@ mod tests {
             ("CARTBUS_PAYMENT_URL", "not a url"),
             ("CARTBUS_PAYMENT_TIMEOUT_MS", "50"),
             ("CARTBUS_PAYMENT_TIMEOUT_MS", "60001"),
+            ("CARTBUS_MAX_CONNECTIONS", "0"),
+            ("CARTBUS_HEADER_READ_TIMEOUT_SECONDS", "0"),
+            ("CARTBUS_BODY_READ_TIMEOUT_SECONDS", "601"),
+            ("CARTBUS_MAX_HEADER_BYTES", "512"),
+            ("CARTBUS_MAX_HEADERS", "2"),
+            ("CARTBUS_ADMIN_AUTH_FAILURES", "0"),
+            ("CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES", "0"),
+            ("CARTBUS_ADMIN_AUTH_WINDOW_SECONDS", "0"),
         ] {
             let err = Config::from_vars([(key, value)])
                 .expect_err(key)

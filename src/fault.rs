@@ -18,3 +18,17 @@ pub async fn freeze_if_hit(name: &str) {
         std::future::pending::<()>().await;
     }
 }
+
+/// Delays the calling task by the milliseconds fail point `name` is configured with
+/// (`FAILPOINTS=intake-slow=return(2000)`), as a slow queue or database would.
+pub async fn delay_if_hit(name: &str) {
+    if let Some(millis) = configured_millis(name) {
+        tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+    }
+}
+
+fn configured_millis(name: &str) -> Option<u64> {
+    let _ = name;
+    fail::fail_point!(name, |millis| millis.and_then(|m| m.parse().ok()));
+    None
+}

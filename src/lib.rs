@@ -72,6 +72,7 @@ impl Application {
             metrics.intake_messages.clone(),
             metrics.drain_messages.clone(),
         );
+        let admin_failures = http::auth_failures::AuthFailures::new(&config.hostile);
         let app = Arc::new(App {
             config,
             db,
@@ -83,6 +84,7 @@ impl Application {
             control,
             intake_permits: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
             payments,
+            admin_failures,
             resubmit_jobs: Default::default(),
         });
         if let Some(gateway) = &app.payments {
@@ -149,21 +151,21 @@ impl Application {
                 tokio::time::sleep(app.config.shutdown_delay).await;
             }
         };
-        let server = axum::serve(listener, http::router(app.clone()))
-            .with_graceful_shutdown(drain)
-            .into_future();
+        let server = http::server::serve(
+            listener,
+            http::router(app.clone()),
+            &app.config.hostile,
+            &app.metrics,
+            drain,
+        );
         tokio::pin!(server);
-        let served = tokio::select! {
-            result = &mut server => result,
+        tokio::select! {
+            () = &mut server => {}
             _ = shutdown.cancelled() => {
                 workers_stop.cancel();
                 let grace = app.config.shutdown_delay + app.config.shutdown_timeout;
-                match tokio::time::timeout(grace, &mut server).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tracing::warn!("in-flight requests did not finish in time; closing them");
-                        Ok(())
-                    }
+                if tokio::time::timeout(grace, &mut server).await.is_err() {
+                    tracing::warn!("in-flight requests did not finish in time; closing them");
                 }
             }
         };
@@ -183,7 +185,7 @@ impl Application {
         }
         app.db.close().await;
         tracing::info!("stopped");
-        served.context("HTTP server failed")
+        Ok(())
     }
 }
 

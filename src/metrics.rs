@@ -54,6 +54,9 @@ pub struct Metrics {
     /// Broker connections opened and lost; a climbing loss count is a flapping broker.
     pub queue_connects: Counter,
     pub queue_connection_losses: Counter,
+    /// HTTP connections open, and those closed at once for `CARTBUS_MAX_CONNECTIONS`.
+    pub http_connections: Gauge,
+    pub http_connections_refused: Counter,
     /// The drain switch as this instance lives it.
     pub consumer_running: Gauge,
     pub consumer_in_flight: Gauge,
@@ -150,6 +153,18 @@ impl Metrics {
             "queue_connection_losses",
             "Broker connections lost or dropped as hung",
             queue_connection_losses.clone(),
+        );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open",
+            http_connections.clone(),
+        );
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed as soon as accepted: CARTBUS_MAX_CONNECTIONS were open",
+            http_connections_refused.clone(),
         );
         let consumer_running = Gauge::default();
         registry.register(
@@ -282,6 +297,8 @@ impl Metrics {
             queue_up,
             queue_connects,
             queue_connection_losses,
+            http_connections,
+            http_connections_refused,
             checkouts,
             consumer,
             http_requests,

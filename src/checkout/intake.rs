@@ -36,6 +36,8 @@ pub enum IntakeError {
 pub async fn submit(app: &AppState, cart: &Cart) -> Result<Accepted, IntakeError> {
     let message = message::encode(cart, Utc::now());
     let address = &app.config.cart_address;
+    // Test-only: a slow intake, to fill the in-flight limit with real checkouts.
+    crate::fault::delay_if_hit("intake-slow").await;
     match tokio::time::timeout(app.config.send_timeout, app.queue.send(address, message)).await {
         Ok(Ok(())) => {
             // Test-only: die after the queue took the cart, before the storefront hears.

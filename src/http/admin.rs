@@ -1,10 +1,12 @@
 //! The admin API for the drain switch (DESIGN §3 Admin, §6): bearer `CARTBUS_ADMIN_TOKEN`.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -40,7 +42,21 @@ impl FromRequestParts<AppState> for AdminAuth {
                 "the admin API is off: CARTBUS_ADMIN_TOKEN is not set".into(),
             ));
         };
+        // Not trusting X-Forwarded-For: behind a proxy every client shares its address.
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        // Checked before the token, so a held-off client learns nothing from trying more.
+        if let Err(held) = app.admin_failures.check(client) {
+            tracing::debug!(%client, global = held.global, "admin call held off after too many wrong credentials");
+            return Err(ApiError::too_many_guesses(held.retry_after));
+        }
         if !bearer(&parts.headers).is_some_and(|t| secrets_match(t, token.expose_secret())) {
+            // Only a presented credential is a guess; a missing one is counted as none.
+            if parts.headers.contains_key(AUTHORIZATION) {
+                record_failure(app, client);
+            }
             return Err(ApiError::Unauthorized);
         }
         let actor = parts
@@ -57,12 +73,36 @@ impl FromRequestParts<AppState> for AdminAuth {
     }
 }
 
+/// Counts a wrong credential from `client` and says so, never with what was presented.
+fn record_failure(app: &AppState, client: IpAddr) {
+    let recorded = app.admin_failures.record(client);
+    let limits = &app.config.hostile;
+    if recorded.limit_reached {
+        tracing::warn!(
+            %client,
+            failures = recorded.client,
+            failures_all_clients = recorded.all,
+            window = ?limits.admin_failure_window,
+            "too many wrong admin credentials: admin calls answer 429 until the window ends"
+        );
+    } else {
+        tracing::warn!(
+            %client,
+            failures = recorded.client,
+            failures_all_clients = recorded.all,
+            "wrong admin credentials"
+        );
+    }
+}
+
 /// The drain switch, every live instance, and the backlog.
 #[utoipa::path(get, path = "/v1/admin/consumer", tag = "admin",
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The switch and the instances", body = Status, example = json!(crate::http::examples::status_running())),
         (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = super::problem::Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
         (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
     ))]
@@ -94,6 +134,9 @@ pub struct PauseRequest {
         (status = 200, description = "Paused and drained: no instance consumes or holds a delivery", body = Status, example = json!(crate::http::examples::status_drained())),
         (status = 202, description = "Paused; not (yet) drained when the wait ended", body = Status, example = json!(crate::http::examples::status_pausing())),
         (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = super::problem::Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
+        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::body_timeout())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
         (status = 422, description = "A bad field", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::pause_invalid())),
@@ -198,6 +241,9 @@ pub struct ResumeRequest {
     responses(
         (status = 200, description = "Running; instances of other versions stay passive", body = Status, example = json!(crate::http::examples::status_running())),
         (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = super::problem::Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
+        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::body_timeout())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
         (status = 422, description = "A bad field", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resume_invalid())),
@@ -254,6 +300,8 @@ pub struct HistoryQuery {
         (status = 200, description = "Newest first", body = Vec<HistoryEntry>, example = json!(crate::http::examples::history())),
         (status = 422, description = "A bad limit", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::limit_invalid())),
         (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
+        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = super::problem::Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
     ))]
@@ -274,7 +322,10 @@ pub async fn history(
 /// A JSON object body that may also be empty (`curl -X POST …/pause` with no body).
 pub struct OptionalJson(pub Map<String, Value>);
 
-impl<S: Send + Sync> axum::extract::FromRequest<S> for OptionalJson {
+impl<S: Send + Sync> axum::extract::FromRequest<S> for OptionalJson
+where
+    AppState: axum::extract::FromRef<S>,
+{
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {

@@ -142,6 +142,7 @@ pub struct CheckoutStatus {
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong storefront key", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Queue unavailable and this cart_id was ordered with a different payload", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than 256 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The cart breaks a rule; `errors` names each field", body = Problem, content_type = "application/problem+json"),

@@ -1,6 +1,6 @@
 //! Extractors that turn every rejection into the app's problem+json error.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use axum::http::request::Parts;
@@ -21,10 +21,13 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Nesting deeper than serde_json's recursion limit (128) is a 400, not a crash.
 pub struct JsonBody(pub Value);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl<S: Send + Sync> FromRequest<S> for JsonBody
+where
+    AppState: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         check_json_content_type(req.headers())?;
         let declared = req
             .headers()
@@ -36,8 +39,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 limit: MAX_BODY_BYTES,
             });
         }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+        // One deadline for the whole body, so a client trickling it in cannot hold the
+        // request (and its in-flight slot) for long.
+        let deadline = AppState::from_ref(state).config.hostile.body_read_timeout;
+        let read = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES);
+        let bytes = tokio::time::timeout(deadline, read)
             .await
+            .map_err(|_| ApiError::body_timeout(deadline))?
             .map_err(|e| {
                 let too_large =
                     std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
@@ -62,7 +70,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 /// headers at all); when there is one, read as [`JsonBody`].
 pub struct OptionalJsonBody(pub Option<Value>);
 
-impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody
+where
+    AppState: FromRef<S>,
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod admin_page;
+pub mod auth_failures;
 mod checkouts;
 mod deadletters;
 mod examples;
@@ -11,6 +12,7 @@ mod orders;
 mod outbox;
 mod payments;
 pub mod problem;
+pub mod server;
 
 use std::time::Instant;
 

@@ -45,6 +45,15 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request body did not arrive in time (a slow or stalled client).
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// Too many wrong admin credentials from this client, or from all clients.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after: Duration,
+    },
     #[error("the request breaks {} rule(s)", .0.len())]
     Validation(Vec<FieldError>),
     #[error("{detail}")]
@@ -62,6 +71,22 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
         }
+    }
+
+    /// A client held off after too many wrong admin credentials (its own or everyone's).
+    pub fn too_many_guesses(retry_after: Duration) -> ApiError {
+        ApiError::TooManyRequests {
+            detail: "too many wrong admin credentials; retry after the time given".into(),
+            retry_after,
+        }
+    }
+
+    /// The request body did not arrive whole within `deadline`.
+    pub fn body_timeout(deadline: Duration) -> ApiError {
+        ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} s",
+            deadline.as_secs()
+        ))
     }
 
     /// The orders database failed a read or write an admin call needed.
@@ -88,6 +113,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -128,6 +155,12 @@ impl ApiError {
             }
             ApiError::UnsupportedMediaType(_) => {
                 ("/problems/unsupported-media-type", "Unsupported media type")
+            }
+            ApiError::RequestTimeout(_) => {
+                ("/problems/request-timeout", "Request not received in time")
+            }
+            ApiError::TooManyRequests { .. } => {
+                ("/problems/too-many-requests", "Too many requests")
             }
             ApiError::Validation(_) => {
                 ("/problems/invalid-request", "The request breaks the rules")
@@ -175,11 +208,13 @@ impl IntoResponse for ApiError {
         }
         let mut response = render(status, &self.problem());
         match &self {
-            ApiError::Unavailable { retry_after, .. } => {
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(retry_after.as_secs().max(1)),
-                );
+            ApiError::Unavailable { retry_after, .. }
+            | ApiError::TooManyRequests { retry_after, .. } => {
+                // Whole seconds, rounded up: retrying earlier would only be refused again.
+                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
             }
             ApiError::Unauthorized => {
                 response
