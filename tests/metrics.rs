@@ -150,7 +150,9 @@ async fn metrics_show_the_backlog_the_drain_switch_and_instances_as_they_change(
             .await;
     }
     let text = scrape_until(&app, "the drain rate after resuming", |text| {
+        // The drain is counted once the batch is settled, just after its orders commit.
         sample(text, "cartbus_drain_per_second").is_some_and(|r| r > 0.0)
+            && sample(text, "cartbus_drain_messages_total") == Some(2.0)
             && sample(text, r#"cartbus_instances{state="running"}"#) == Some(1.0)
     })
     .await;
@@ -183,7 +185,9 @@ async fn metrics_show_the_backlog_the_drain_switch_and_instances_as_they_change(
     changed["lines"][0]["name"] = json!("Something else");
     assert_eq!(app.post_cart(&changed).await.status(), 202);
     let text = scrape_until(&app, "the conflict dead letter", |text| {
+        // The dead letter commits just before its delivery is settled and counted.
         sample(text, r#"cartbus_dead_letters{reason="conflict"}"#) == Some(1.0)
+            && sample(text, "cartbus_drain_messages_total") == Some(3.0)
     })
     .await;
     assert_eq!(value(&text, "cartbus_intake_messages_total"), 3.0);
