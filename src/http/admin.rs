@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -14,7 +14,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::extract::{bearer, secrets_match};
+use super::extract::{Query, bearer, secrets_match};
 use super::problem::ApiError;
 use crate::app::AppState;
 use crate::checkout::FieldError;
@@ -129,7 +129,7 @@ pub struct PauseRequest {
 /// Pause consuming on every instance; with `wait_seconds`, answer when drained.
 #[utoipa::path(post, path = "/v1/admin/consumer/pause", tag = "admin",
     security(("admin_token" = [])),
-    request_body(content = PauseRequest, content_type = "application/json", example = json!(crate::http::examples::pause_request())),
+    request_body(content = Option<PauseRequest>, description = "Optional", content_type = "application/json", example = json!(crate::http::examples::pause_request())),
     responses(
         (status = 200, description = "Paused and drained: no instance consumes or holds a delivery", body = Status, example = json!(crate::http::examples::status_drained())),
         (status = 202, description = "Paused; not (yet) drained when the wait ended", body = Status, example = json!(crate::http::examples::status_pausing())),
@@ -237,7 +237,7 @@ pub struct ResumeRequest {
 /// Resume consuming; only `version` consumes from now on.
 #[utoipa::path(post, path = "/v1/admin/consumer/resume", tag = "admin",
     security(("admin_token" = [])),
-    request_body(content = ResumeRequest, content_type = "application/json", example = json!(crate::http::examples::resume_request())),
+    request_body(content = Option<ResumeRequest>, description = "Optional", content_type = "application/json", example = json!(crate::http::examples::resume_request())),
     responses(
         (status = 200, description = "Running; instances of other versions stay passive", body = Status, example = json!(crate::http::examples::status_running())),
         (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),

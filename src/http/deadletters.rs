@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::admin::{AdminAuth, field, optional_string, unknown_fields};
-use super::extract::{JsonBody, OptionalJsonBody};
+use super::extract::{JsonBody, OptionalJsonBody, Query};
 use super::problem::{ApiError, Problem};
 use crate::app::AppState;
 use crate::checkout::{Cart, FieldError};
@@ -398,7 +398,7 @@ pub struct BulkRequest {
         (status = 202, description = "Started (or resumed)", body = JobView,
             headers(("Location" = String, description = "The job")),
             example = json!({"job_id": "8d6f2b9e-0c1a-4f3e-9d2b-7a5c4e3f2a10", "state": "running", "actor": "admin via cartbus-1", "reason": "database constraint fixed in 1.4.2", "filter": {"reason": "max-attempts", "source": null, "since": null}, "last_id": 0, "outcomes": {}, "resubmitted": 0, "skipped": 0, "error": null, "owner": "cartbus-1", "created_at": "2026-11-26T02:10:00Z", "updated_at": "2026-11-26T02:10:00Z", "finished_at": null})),
-        (status = 200, description = "A dry run's outcomes; or the job exists and is running or done, so nothing was started", body = Preview,
+        (status = 200, description = "A dry run's outcomes; or the job exists and is running or done, so nothing was started", body = BulkAnswer,
             example = json!({"dry_run": true, "matched": 42, "outcomes": {"would-create-order": 40, "duplicate": 2}, "truncated": false, "sample": []})),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
         (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = Problem, content_type = "application/problem+json",
@@ -466,7 +466,7 @@ pub async fn resubmit_many(
         let preview = jobs::preview(&app, &filter, max)
             .await
             .map_err(ApiError::database_unavailable)?;
-        return Ok(Json(preview).into_response());
+        return Ok(Json(BulkAnswer::Preview(preview)).into_response());
     }
     let new = NewJob {
         id: job_id,
@@ -484,7 +484,21 @@ pub async fn resubmit_many(
         StatusCode::OK
     };
     let location = format!("/v1/admin/dead-letters/resubmit/{}", view.job_id);
-    Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+    Ok((
+        status,
+        [(header::LOCATION, location)],
+        Json(BulkAnswer::Job(Box::new(view))),
+    )
+        .into_response())
+}
+
+/// What a bulk resubmit answers: a dry run's outcomes, or the job (new, resumed, or
+/// already running or done).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum BulkAnswer {
+    Preview(Preview),
+    Job(Box<JobView>),
 }
 
 fn job_filter(raw: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<JobFilter> {

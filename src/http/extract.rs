@@ -6,6 +6,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_E
 use axum::http::request::Parts;
 use http_body_util::LengthLimitError;
 use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -66,6 +67,21 @@ where
     }
 }
 
+/// A query string read into `T`; one that cannot be read (`?limit=abc`) is a 400
+/// problem like malformed JSON, not axum's plain-text rejection.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(query)| Query(query))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}
+
 /// A JSON request body that may be left out altogether (`Content-Length: 0`, or no body
 /// headers at all); when there is one, read as [`JsonBody`].
 pub struct OptionalJsonBody(pub Option<Value>);
@@ -94,12 +110,12 @@ where
     }
 }
 
+/// What a 415 says.
+pub const JSON_CONTENT_TYPE_RULE: &str =
+    "Content-Type must be application/json (charset, if given, utf-8)";
+
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let unsupported = || {
-        ApiError::UnsupportedMediaType(
-            "Content-Type must be application/json (charset, if given, utf-8)".into(),
-        )
-    };
+    let unsupported = || ApiError::UnsupportedMediaType(JSON_CONTENT_TYPE_RULE.into());
     let value = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

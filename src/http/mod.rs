@@ -83,6 +83,93 @@ impl Modify for SecuritySchemes {
     }
 }
 
+/// Documents the answers the extractors give before a handler runs, on every operation
+/// that can get them: 400 for a query string or body that cannot be read, 413 and 415 for
+/// a JSON body that is too large or not JSON. An operation that documents its own keeps it.
+struct RejectionResponses;
+
+impl Modify for RejectionResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+
+        let problem = |description: &str, error: problem::ApiError| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    PROBLEM_JSON,
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .example(Some(
+                            serde_json::to_value(error.problem()).expect("a problem serialises"),
+                        ))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let reads_query = operation.parameters.iter().flatten().any(
+                    |p| matches!(p, RefOr::T(p) if matches!(p.parameter_in, ParameterIn::Query)),
+                );
+                let reads_body = operation.request_body.is_some();
+                let mut add = |status: &str, response| {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert(RefOr::T(response));
+                };
+                if reads_body {
+                    add(
+                        "400",
+                        problem(
+                            "Malformed JSON",
+                            problem::ApiError::bad_request(
+                                "malformed JSON: expected value at line 1 column 1",
+                            ),
+                        ),
+                    );
+                    add(
+                        "413",
+                        problem(
+                            "Body larger than 256 KiB",
+                            problem::ApiError::PayloadTooLarge {
+                                limit: extract::MAX_BODY_BYTES,
+                            },
+                        ),
+                    );
+                    add(
+                        "415",
+                        problem(
+                            "Not application/json",
+                            problem::ApiError::UnsupportedMediaType(
+                                extract::JSON_CONTENT_TYPE_RULE.into(),
+                            ),
+                        ),
+                    );
+                } else if reads_query {
+                    add(
+                        "400",
+                        problem(
+                            "A query parameter of the wrong type",
+                            problem::ApiError::bad_request(
+                                "Failed to deserialize query string: limit: invalid digit found in string",
+                            ),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(checkouts::create))
@@ -109,7 +196,10 @@ fn api() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, generated from the handlers.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().split_for_parts().1
+    let mut openapi = api().split_for_parts().1;
+    // After the routes are in: `modifiers(…)` runs before they are.
+    RejectionResponses.modify(&mut openapi);
+    openapi
 }
 
 pub fn router(app: AppState) -> Router {

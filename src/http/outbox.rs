@@ -2,12 +2,13 @@
 //! `critical_error` order again once its cause is fixed.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::admin::AdminAuth;
+use super::extract::Query;
 use super::problem::ApiError;
 use crate::app::AppState;
 use crate::fulfilment::store::{self, DispatchRow};

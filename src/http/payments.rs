@@ -3,12 +3,12 @@
 //! `CARTBUS_ADMIN_TOKEN`.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::admin::{AdminAuth, field, optional_string, unknown_fields};
-use super::extract::JsonBody;
+use super::extract::{JsonBody, Query};
 use super::problem::{ApiError, Problem};
 use crate::app::AppState;
 use crate::checkout::CartId;
