@@ -129,8 +129,13 @@ impl Email {
 
     pub fn parse(s: &str) -> Option<Email> {
         let s = s.trim();
-        (s.len() <= Self::MAX_LEN && email_address::EmailAddress::is_valid(s) && s.contains('@'))
-            .then(|| Email(s.to_string()))
+        // RFC 5322 lets a quoted local part hold a tab, and email_address takes it; like
+        // every other string of a cart, an address holds no control characters.
+        (s.len() <= Self::MAX_LEN
+            && !s.chars().any(char::is_control)
+            && email_address::EmailAddress::is_valid(s)
+            && s.contains('@'))
+        .then(|| Email(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -437,6 +437,14 @@ mod tests {
     }
 
     #[test]
+    fn an_email_with_a_control_character_is_refused() {
+        // Caught by the checkout_body fuzz target: RFC 5322 allows a tab in a quoted local part.
+        let mut bad = cart();
+        bad["customer"]["email"] = json!("\"ada\tlovelace\"@example.com");
+        assert_eq!(pointers(&bad), ["/customer/email"]);
+    }
+
+    #[test]
     fn overflow_is_a_field_error_not_a_panic() {
         let mut bad = cart();
         bad["lines"][0]["quantity"] = json!(10_000);

@@ -195,7 +195,7 @@ pub async fn resubmit(app: &App, id: i64, options: &Options<'_>) -> Result<Repor
         if options.corrected.is_some() {
             return Err(Error::CannotCorrectReply);
         }
-        Plan::Reply(replies::check(app, &letter.message()))
+        Plan::Reply(replies::check(&app.config.fulfilment, &letter.message()))
     } else {
         plan_cart(app, &letter, options).await?
     };

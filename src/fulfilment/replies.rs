@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::message::{self, PARTNER_STATUSES, SIGNATURE_PROPERTY, StatusReply};
+use super::settings::FulfilmentSettings;
 use crate::app::{App, AppState};
 use crate::control::{self, pause};
 use crate::db::{self, Tx};
@@ -130,9 +131,10 @@ async fn consume(
 }
 
 /// Why a reply is turned away, before anything is written.
-pub(crate) struct Refusal {
-    pub(crate) reason: DeadLetterReason,
-    pub(crate) detail: String,
+#[derive(Debug)]
+pub struct Refusal {
+    pub reason: DeadLetterReason,
+    pub detail: String,
 }
 
 fn refuse(reason: DeadLetterReason, detail: impl Into<String>) -> Refusal {
@@ -142,8 +144,10 @@ fn refuse(reason: DeadLetterReason, detail: impl Into<String>) -> Refusal {
     }
 }
 
-/// Checks the reply's form and signature; the order is checked in the transaction.
-pub(crate) fn check(app: &App, message: &Message) -> Result<StatusReply, Refusal> {
+/// Checks the reply's form and signature against the partners in `settings`; the order is
+/// checked in the transaction. Public (and free of the app and the database) so that the
+/// `status_reply` fuzz target can drive it with hostile messages.
+pub fn check(settings: &FulfilmentSettings, message: &Message) -> Result<StatusReply, Refusal> {
     let reply: StatusReply = serde_json::from_slice(&message.body).map_err(|e| {
         refuse(
             DeadLetterReason::Invalid,
@@ -151,12 +155,7 @@ pub(crate) fn check(app: &App, message: &Message) -> Result<StatusReply, Refusal
         )
     })?;
     let partner = reply.partner.to_ascii_lowercase();
-    let Some(secret) = app
-        .config
-        .fulfilment
-        .partner(&partner)
-        .and_then(|p| p.secret.as_ref())
-    else {
+    let Some(secret) = settings.partner(&partner).and_then(|p| p.secret.as_ref()) else {
         return Err(refuse(
             DeadLetterReason::BadSignature,
             format!("no secret is configured for partner {partner:?}"),
@@ -206,7 +205,7 @@ pub(crate) fn check(app: &App, message: &Message) -> Result<StatusReply, Refusal
 
 /// Applies one reply in one transaction and says how to settle it.
 async fn apply(app: &App, delivery: &Delivery) -> Result<Settlement, sqlx::Error> {
-    let checked = check(app, &delivery.message);
+    let checked = check(&app.config.fulfilment, &delivery.message);
     let mut tx = app.db.begin().await?;
     let outcome = match checked {
         Err(refusal) => Err(refusal),
