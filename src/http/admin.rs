@@ -329,28 +329,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let empty = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() == b"0")
-            || (req
-                .headers()
-                .get(axum::http::header::CONTENT_TYPE)
-                .is_none()
-                && req
-                    .headers()
-                    .get(axum::http::header::CONTENT_LENGTH)
-                    .is_none()
-                && req
-                    .headers()
-                    .get(axum::http::header::TRANSFER_ENCODING)
-                    .is_none());
-        if empty {
-            return Ok(OptionalJson(Map::new()));
-        }
-        match super::extract::JsonBody::from_request(req, state).await?.0 {
-            Value::Object(map) => Ok(OptionalJson(map)),
-            _ => Err(ApiError::field("", "must be a JSON object")),
+        match super::extract::OptionalJsonBody::from_request(req, state)
+            .await?
+            .0
+        {
+            None => Ok(OptionalJson(Map::new())),
+            Some(Value::Object(map)) => Ok(OptionalJson(map)),
+            Some(_) => Err(ApiError::field("", "must be a JSON object")),
         }
     }
 }
