@@ -100,9 +100,6 @@ fn record_failure(app: &AppState, client: IpAddr) {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The switch and the instances", body = Status, example = json!(crate::http::examples::status_running())),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
-        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = super::problem::Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
         (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
     ))]
@@ -133,10 +130,6 @@ pub struct PauseRequest {
     responses(
         (status = 200, description = "Paused and drained: no instance consumes or holds a delivery", body = Status, example = json!(crate::http::examples::status_drained())),
         (status = 202, description = "Paused; not (yet) drained when the wait ended", body = Status, example = json!(crate::http::examples::status_pausing())),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
-        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = super::problem::Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
-        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::body_timeout())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
         (status = 422, description = "A bad field", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::pause_invalid())),
@@ -240,10 +233,6 @@ pub struct ResumeRequest {
     request_body(content = Option<ResumeRequest>, description = "Optional", content_type = "application/json", example = json!(crate::http::examples::resume_request())),
     responses(
         (status = 200, description = "Running; instances of other versions stay passive", body = Status, example = json!(crate::http::examples::status_running())),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
-        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = super::problem::Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
-        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::body_timeout())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
         (status = 422, description = "A bad field", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resume_invalid())),
@@ -299,9 +288,6 @@ pub struct HistoryQuery {
     responses(
         (status = 200, description = "Newest first", body = Vec<HistoryEntry>, example = json!(crate::http::examples::history())),
         (status = 422, description = "A bad limit", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::limit_invalid())),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
-        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = super::problem::Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
     ))]

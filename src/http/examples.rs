@@ -37,20 +37,6 @@ fn field(pointer: &str, detail: &str) -> ApiError {
     ApiError::field(pointer, detail)
 }
 
-pub fn unauthorized() -> Value {
-    problem(ApiError::Unauthorized)
-}
-
-pub fn too_many_guesses() -> Value {
-    problem(ApiError::too_many_guesses(std::time::Duration::from_secs(
-        120,
-    )))
-}
-
-pub fn body_timeout() -> Value {
-    problem(ApiError::body_timeout(std::time::Duration::from_secs(10)))
-}
-
 pub fn admin_off() -> Value {
     problem(ApiError::NotFound(
         "the admin API is off: CARTBUS_ADMIN_TOKEN is not set".into(),

@@ -83,15 +83,18 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// Documents the answers the extractors give before a handler runs, on every operation
-/// that can get them: 400 for a query string or body that cannot be read, 413 and 415 for
-/// a JSON body that is too large or not JSON. An operation that documents its own keeps it.
+/// Documents the answers given before a handler runs, on every operation that can get
+/// them: 400 for a query string or body that cannot be read; 408, 413 and 415 for a JSON
+/// body that is too slow, too large or not JSON; 401 and 429 for an admin call without the
+/// right token, or after too many wrong ones. An operation that documents its own keeps it.
 struct RejectionResponses;
 
 impl Modify for RejectionResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::PartialSchema;
+        use utoipa::openapi::header::HeaderBuilder;
         use utoipa::openapi::path::ParameterIn;
-        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 
         let problem = |description: &str, error: problem::ApiError| {
             ResponseBuilder::new()
@@ -107,6 +110,18 @@ impl Modify for RejectionResponses {
                 )
                 .build()
         };
+        let held_off = ResponseBuilder::from(problem(
+            "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends",
+            problem::ApiError::too_many_guesses(std::time::Duration::from_secs(120)),
+        ))
+        .header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Some(u64::schema()))
+                .description(Some("Seconds until the window ends"))
+                .build(),
+        )
+        .build();
         for item in openapi.paths.paths.values_mut() {
             let operations = [
                 &mut item.get,
@@ -119,14 +134,35 @@ impl Modify for RejectionResponses {
                     |p| matches!(p, RefOr::T(p) if matches!(p.parameter_in, ParameterIn::Query)),
                 );
                 let reads_body = operation.request_body.is_some();
-                let mut add = |status: &str, response| {
+                let needs_admin_token = operation.security.iter().flatten().any(|requirement| {
+                    serde_json::to_value(requirement)
+                        .is_ok_and(|names| names.get("admin_token").is_some())
+                });
+                let mut add = |status: &str, response: Response| {
                     operation
                         .responses
                         .responses
                         .entry(status.to_string())
                         .or_insert(RefOr::T(response));
                 };
+                if needs_admin_token {
+                    add(
+                        "401",
+                        problem(
+                            "Missing or wrong admin token",
+                            problem::ApiError::Unauthorized,
+                        ),
+                    );
+                    add("429", held_off.clone());
+                }
                 if reads_body {
+                    add(
+                        "408",
+                        problem(
+                            "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS",
+                            problem::ApiError::body_timeout(std::time::Duration::from_secs(10)),
+                        ),
+                    );
                     add(
                         "400",
                         problem(

@@ -41,9 +41,6 @@ pub struct OutboxPage {
     params(OutboxQuery),
     responses(
         (status = 200, description = "One page of rows", body = OutboxPage, example = json!(crate::http::examples::outbox_page())),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
-        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = super::problem::Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 503, description = "The orders database is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
         (status = 422, description = "A bad filter, named", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::outbox_invalid())),
@@ -96,9 +93,6 @@ pub async fn list(
     params(("order_id" = Uuid, Path, description = "The order whose hand-off to retry")),
     responses(
         (status = 202, description = "Queued for the relay again"),
-        (status = 401, description = "Missing or wrong admin token", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
-        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = super::problem::Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 422, description = "order_id is not a UUID", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::order_id_invalid())),
         (status = 503, description = "The orders database is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),

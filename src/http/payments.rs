@@ -44,9 +44,6 @@ pub struct PaymentList {
     params(ListQuery),
     responses(
         (status = 200, description = "Newest call first", body = PaymentList, example = json!(crate::http::examples::payment_list())),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
-        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
         (status = 422, description = "A bad query parameter", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::payments_invalid())),
         (status = 503, description = "The orders database is unavailable", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
@@ -112,10 +109,6 @@ pub struct ResolveRequest {
     responses(
         (status = 200, description = "Resolved (now, or before in the same way)", body = PaymentView, example = json!(crate::http::examples::payment_resolved())),
         (status = 400, description = "Not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_bad_cart_id())),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unauthorized())),
-        (status = 429, description = "Too many wrong admin tokens from this client or from all: held off, even with the right token, until the window ends", body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds until the window ends")), example = json!(crate::http::examples::too_many_guesses())),
-        (status = 408, description = "The body did not arrive within CARTBUS_BODY_READ_TIMEOUT_SECONDS", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::body_timeout())),
         (status = 404, description = "No payment step for this cart, or admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_not_found())),
         (status = 409, description = "The payment is not unknown (it has a result, was resolved the other way, or its call may still be in flight: try again after the time the detail names)", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_conflict())),
         (status = 422, description = "A bad field", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resolve_invalid())),
