@@ -222,10 +222,7 @@ async fn a_config_file_is_read_and_the_environment_wins() {
         .filter(|(k, _)| k != "CARTBUS_INSTANCE")
         .collect();
     vars.push(("CARTBUS_VERSION".into(), "1.2.3".into()));
-    let settings = Settings {
-        data_dir: dir.path().to_path_buf(),
-        vars,
-    };
+    let settings = Settings { vars, ..settings };
     let file_arg = file.display().to_string();
     let process = Process::start(&settings, &[("CARTBUS_CONFIG", file_arg.as_str())]);
     let (status, ready) = get_json(&client(), &process.base, "/health/ready").await;

@@ -98,6 +98,9 @@ impl Backend {
 pub struct Settings {
     pub data_dir: PathBuf,
     pub vars: Vec<(String, String)>,
+    /// The cartbus binary that [`Process::start`] runs: this test build's, unless a test
+    /// runs a copy of its own.
+    pub binary: PathBuf,
 }
 
 impl Settings {
@@ -116,6 +119,7 @@ impl Settings {
         Settings {
             data_dir: data_dir.to_path_buf(),
             vars,
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_cartbus")),
         }
     }
 
@@ -130,6 +134,7 @@ impl Settings {
         Settings {
             data_dir: self.data_dir.clone(),
             vars: self.vars.clone(),
+            binary: self.binary.clone(),
         }
         .set(key, value)
     }
@@ -448,7 +453,7 @@ pub struct Process {
 impl Process {
     /// Starts the binary with `settings` (JSON logs) and waits until it is listening.
     pub fn start(settings: &Settings, extra_env: &[(&str, &str)]) -> Process {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cartbus"));
+        let mut command = Command::new(&settings.binary);
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

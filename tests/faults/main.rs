@@ -22,6 +22,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -277,7 +278,7 @@ impl Dir {
     }
 }
 
-async fn rig(name: &'static str, broker_url: Option<&str>, dir: Dir) -> Rig {
+async fn rig(name: &'static str, broker_url: Option<&str>, dir: Dir, binary: &Path) -> Rig {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -305,11 +306,12 @@ async fn rig(name: &'static str, broker_url: Option<&str>, dir: Dir) -> Rig {
             (backend, settings, Some(proxy))
         }
     };
-    let settings = settings
+    let mut settings = settings
         .set("CARTBUS_LISTEN", format!("127.0.0.1:{port}"))
         .set("CARTBUS_INSTANCE", "faults-1")
         .set("CARTBUS_ROUTES", "*=acme")
         .set("CARTBUS_RELAY_LEASE_SECONDS", "2");
+    settings.binary = binary.to_path_buf();
     Rig {
         name,
         settings,
@@ -341,6 +343,8 @@ struct Row {
     not_handed_off: usize,
     /// Why the phase could not run as planned.
     failure: Option<String>,
+    /// How long the phase ran, faults and the clean finish.
+    took: Duration,
 }
 
 impl Row {
@@ -422,6 +426,7 @@ const KILL_POINTS: [&str; 5] = [
 ];
 
 async fn run_phase(rig: &Rig, fault: Fault, cycles: usize, earlier: &mut HashSet<Uuid>) -> Row {
+    let started = Instant::now();
     let mut row = Row {
         fault: fault.name(),
         stack: rig.name,
@@ -449,6 +454,7 @@ async fn run_phase(rig: &Rig, fault: Fault, cycles: usize, earlier: &mut HashSet
     check(rig, &entries, earlier, base, &mut row).await;
     earlier.extend(entries.iter().map(|e| e.cart_id));
     drop(clean);
+    row.took = started.elapsed();
     row
 }
 
@@ -468,6 +474,7 @@ async fn inject(rig: &Rig, fault: Fault, cycles: usize, load: &Load) -> Result<(
             let deadline = Instant::now() + HIT_DEADLINE;
             while !doomed.logs_contain("fail point hit") {
                 if Instant::now() > deadline {
+                    print_last_logs(&doomed);
                     return Err(format!("{point} not reached in cycle {cycle}"));
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -492,16 +499,20 @@ async fn inject(rig: &Rig, fault: Fault, cycles: usize, load: &Load) -> Result<(
         injected = load.progress(CLIENTS, "after the last fault").await;
     }
     if injected.is_err() {
-        // What the instance was saying when the phase went wrong.
-        for line in instance.logs().iter().rev().take(15).rev() {
-            eprintln!(
-                "FAULTS: instance log: {}",
-                line.chars().take(400).collect::<String>()
-            );
-        }
+        print_last_logs(&instance);
     }
     drop(instance);
     injected
+}
+
+/// What the instance was saying when the phase went wrong.
+fn print_last_logs(instance: &Process) {
+    for line in instance.logs().iter().rev().take(15).rev() {
+        eprintln!(
+            "FAULTS: instance log: {}",
+            line.chars().take(400).collect::<String>()
+        );
+    }
 }
 
 /// One injection of a fault against the running instance, undone before it returns.
@@ -933,10 +944,10 @@ async fn check(rig: &Rig, entries: &[Entry], earlier: &HashSet<Uuid>, base: i64,
 
 /// The disk-full phase, on a rig of its own whose data directory is a 1 GiB tmpfs (room
 /// for a full run's carts; the filler takes what is left).
-async fn disk_full(cycles: usize) -> Row {
+async fn disk_full(cycles: usize, binary: &Path) -> Row {
     match Tmpfs::mount(1024) {
         Ok(tmpfs) => {
-            let rig = rig("embedded", None, Dir::Tmpfs(tmpfs)).await;
+            let rig = rig("embedded", None, Dir::Tmpfs(tmpfs), binary).await;
             run_phase(&rig, Fault::DiskFull, cycles, &mut HashSet::new()).await
         }
         Err(why) => Row {
@@ -952,12 +963,12 @@ async fn disk_full(cycles: usize) -> Row {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| fault | stack | cycles | accepted | lost | duplicated | wrong | not handed off | errors seen by clients | ordered, unconfirmed |"
+        "| fault | stack | cycles | time | accepted | lost | duplicated | wrong | not handed off | errors seen by clients | ordered, unconfirmed |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.fault,
             r.failure
                 .as_deref()
@@ -965,6 +976,7 @@ fn print_table(rows: &[Row]) {
                 .unwrap_or_default(),
             r.stack,
             r.cycles,
+            minutes_and_seconds(r.took),
             r.accepted,
             r.lost,
             r.duplicated,
@@ -973,6 +985,16 @@ fn print_table(rows: &[Row]) {
             r.errors,
             r.ordered_unconfirmed,
         );
+    }
+}
+
+/// `7 min 5 s`, `42 s`.
+fn minutes_and_seconds(took: Duration) -> String {
+    let seconds = took.as_secs();
+    if seconds < 60 {
+        format!("{seconds} s")
+    } else {
+        format!("{} min {} s", seconds / 60, seconds % 60)
     }
 }
 
@@ -1001,6 +1023,12 @@ fn main() -> ExitCode {
 async fn campaign(args: &Args) -> Vec<Row> {
     let started = Instant::now();
     let mut rows = Vec::new();
+    // A private copy of the binary: a `cargo build` during a long run replaces
+    // target/debug/cartbus with one built without fail points, and every kill phase after
+    // it would wait in vain for a fail point.
+    let private = tempfile::tempdir().expect("tempdir");
+    let binary = private.path().join("cartbus");
+    std::fs::copy(env!("CARGO_BIN_EXE_cartbus"), &binary).expect("copy the cartbus binary");
     let mut stacks: Vec<(&'static str, Option<String>)> = vec![("embedded", None)];
     if args.stack.as_deref() != Some("embedded")
         && let Some(url) = broker::url(TEST)
@@ -1012,7 +1040,7 @@ async fn campaign(args: &Args) -> Vec<Row> {
             continue;
         }
         let dir = Dir::Temp(tempfile::tempdir().expect("tempdir"));
-        let rig = rig(name, url.as_deref(), dir).await;
+        let rig = rig(name, url.as_deref(), dir, &binary).await;
         let mut earlier = HashSet::new();
         let mut faults: Vec<Fault> = KILL_POINTS.iter().map(|p| Fault::KillAt(p)).collect();
         faults.push(Fault::HoldDatabase);
@@ -1027,7 +1055,7 @@ async fn campaign(args: &Args) -> Vec<Row> {
                 Fault::KillBroker,
             ]);
         } else if args.wants(Fault::DiskFull.key(), name) {
-            rows.push(disk_full(args.cycles).await);
+            rows.push(disk_full(args.cycles, &binary).await);
         }
         for fault in faults {
             if !args.wants(fault.key(), name) {
