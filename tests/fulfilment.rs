@@ -501,6 +501,102 @@ async fn a_partner_address_the_broker_refuses_ends_as_critical_error() {
     app.stop().await.expect("stops");
 }
 
+/// A broker outage is the broker's fault, not the order's: however many times the relay
+/// finds the broker gone, the rows keep their retries, and every order reaches its partner
+/// once the broker is back. (Before, each try counted, and a long enough outage left every
+/// waiting order in `critical_error` for a person to push on.)
+#[tokio::test]
+async fn a_broker_outage_does_not_use_up_the_relays_retries() {
+    const TEST: &str = "a_broker_outage_does_not_use_up_the_relays_retries";
+    let Some(url) = broker::url(TEST) else { return };
+    let mut upstream = url::Url::parse(&url).expect("CARTBUS_TEST_AMQP_URL is a URL");
+    let broker_at = upstream
+        .socket_addrs(|| Some(5672))
+        .ok()
+        .and_then(|a| a.into_iter().next())
+        .expect("the broker's address");
+    // The broker's stand-in: it takes TCP connections but never answers, until it starts
+    // passing them on to the real broker.
+    let door = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = door.local_addr().expect("address").port();
+    let _ = upstream.set_port(Some(port));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tag = tag();
+    let settings = settings(
+        dir.path(),
+        &Backend::Sqlite,
+        &Stack::Broker(upstream.to_string()),
+        &tag,
+    )
+    .set("CARTBUS_RELAY_MAX_RETRIES", "1")
+    .set("CARTBUS_RELAY_RETRY_BASE_MS", "10");
+    let app = TestApp::spawn(&settings).await;
+
+    // No broker: the carts are written directly as orders, and wait in the outbox.
+    let carts: Vec<Value> = (0..3).map(|_| cart_to("FR", None, 1_000)).collect();
+    for cart in &carts {
+        assert_eq!(app.post_cart(cart).await.status(), 201);
+    }
+    // More tries than the retry limit allows (two), all while the broker is away.
+    eventually("the relay to find the broker away five times", || async {
+        let text = metrics_text(&app.client, &app.base).await;
+        (metric(
+            &text,
+            "cartbus_outbox_events_total{outcome=\"send_deferred\"}",
+        ) >= 5.0)
+            .then_some(())
+    })
+    .await;
+    let text = metrics_text(&app.client, &app.base).await;
+    assert_eq!(
+        metric(
+            &text,
+            "cartbus_outbox_events_total{outcome=\"critical_error\"}"
+        ),
+        0.0
+    );
+    let rows: Vec<(String, i32, Option<String>)> = cartbus::on_db!(&app.state.db, |pool| {
+        sqlx::query_as("SELECT process_status, retry_count, last_error FROM order_dispatch")
+            .fetch_all(pool)
+            .await
+            .expect("read order_dispatch")
+    });
+    assert_eq!(rows.len(), carts.len());
+    for (status, retries, last_error) in &rows {
+        assert_ne!(status, "critical_error");
+        assert_eq!(*retries, 0, "a try while the broker was away was counted");
+        if let Some(error) = last_error {
+            assert!(error.contains("queue unavailable"), "{error}");
+        }
+    }
+
+    // The broker comes back: every order reaches its partner, once.
+    let forwarding = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = door.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(broker_at).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    wait_all_processed(&app, carts.len()).await;
+    broker::wait_connected(&app.state).await;
+    let ids = order_ids(&app).await;
+    let messages = take_all(&app.state.queue, &address_of(&app, "fabrikam"), carts.len()).await;
+    let sent: HashSet<String> = messages.iter().map(|m| m.message_id.clone()).collect();
+    let expected: HashSet<String> = carts
+        .iter()
+        .map(|cart| ids[&cart_id(cart)].to_string())
+        .collect();
+    assert_eq!(sent, expected);
+    assert_eq!(messages.len(), carts.len());
+    app.stop().await.expect("stops");
+    forwarding.abort();
+}
+
 async fn assert_critical_errors(client: &reqwest::Client, base: &str, rows: usize, tries: i64) {
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let page: Value = eventually("critical_error rows in the admin API", || async {

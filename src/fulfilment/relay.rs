@@ -2,7 +2,9 @@
 //! due `order_dispatch` rows under a lease, sends each order to the partner its shipping
 //! address routes to (and a copy to audit above the threshold), then marks the rows it
 //! still holds `processed`. A send that fails is retried with backoff and, past the
-//! limit, left as `critical_error` for a person.
+//! limit, left as `critical_error` for a person. A send that fails because the queue is
+//! down is not counted against its row: the relay pauses and tries again, however long
+//! the outage, so that a broker restart never leaves orders for a person to push on.
 //!
 //! Delivery to partners is at least once: a relay that dies (or stalls past its lease)
 //! between sending and marking leaves rows that another relay sends again. Partners
@@ -20,11 +22,44 @@ use super::store::{self, AfterFailure};
 use crate::app::AppState;
 use crate::control;
 use crate::orders::{self, OrderView};
+use crate::queue::QueueError;
 
 /// Longest wait between retries of one row.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 /// Back-off after the database or the relay itself failed.
 const ERROR_PAUSE: Duration = Duration::from_secs(2);
+/// Back-off after sends failed because the queue was down; the rows are due again then.
+const QUEUE_DOWN_PAUSE: Duration = Duration::from_secs(1);
+
+/// What one batch did.
+struct Batch {
+    /// Rows claimed.
+    claimed: usize,
+    /// Some send failed because the queue was down (not because it refused the message).
+    queue_down: bool,
+}
+
+/// Why an order could not be sent.
+enum SendFailure {
+    /// The order's own problem (no route, a partner without an address, the broker
+    /// refused it): counts against the row's retries.
+    Order(String),
+    /// The queue was down or did not answer: the row is tried again without counting.
+    QueueDown(String),
+}
+
+impl SendFailure {
+    fn sending(address: &str, error: QueueError) -> SendFailure {
+        let why = format!("sending to {address}: {error}");
+        // Matched in full, so that a new kind of error must be placed here.
+        match error {
+            QueueError::Refused(_) => SendFailure::Order(why),
+            QueueError::Unavailable(_) | QueueError::Storage(_) | QueueError::Closed => {
+                SendFailure::QueueDown(why)
+            }
+        }
+    }
+}
 
 pub async fn run(app: AppState, stop: CancellationToken) {
     let settings = &app.config.fulfilment;
@@ -63,7 +98,15 @@ async fn work(app: AppState, stop: CancellationToken) {
         let batch = relay_batch(&app).await;
         app.control.set_consuming(false);
         match batch {
-            Ok(claimed) if claimed >= settings.relay.batch => continue,
+            Ok(Batch {
+                queue_down: true, ..
+            }) => {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(QUEUE_DOWN_PAUSE) => {}
+                }
+            }
+            Ok(Batch { claimed, .. }) if claimed >= settings.relay.batch => continue,
             Ok(_) => {
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -82,8 +125,8 @@ async fn work(app: AppState, stop: CancellationToken) {
     }
 }
 
-/// One batch: claim, load, route, send, mark. Returns how many rows it claimed.
-async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
+/// One batch: claim, load, route, send, mark.
+async fn relay_batch(app: &AppState) -> Result<Batch, sqlx::Error> {
     let settings = &app.config.fulfilment;
     let batch_id = Uuid::now_v7();
     let now = Utc::now();
@@ -100,12 +143,20 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
         batch_id,
         now,
         until,
-        settings.relay.batch,
+        // While the queue is down, one row probes it, instead of a whole batch failing.
+        if app.outbox_queue.is_healthy() {
+            settings.relay.batch
+        } else {
+            1
+        },
         &route,
     )
     .await?;
     if claimed.is_empty() {
-        return Ok(0);
+        return Ok(Batch {
+            claimed: 0,
+            queue_down: false,
+        });
     }
     let ids: Vec<Uuid> = claimed.iter().map(|row| row.order_id).collect();
     let orders = orders::find_many(&app.db, &ids).await?;
@@ -114,7 +165,7 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
     // attempt stays with that partner (its send may have reached the partner though it
     // counted as failed, and the partner's replies are checked against it).
     let mut routed: Vec<(&OrderView, &str)> = Vec::with_capacity(orders.len());
-    let mut failures: Vec<(Uuid, String)> = Vec::new();
+    let mut failures: Vec<(Uuid, SendFailure)> = Vec::new();
     for order in &orders {
         let address = &order.shipping_address;
         let partner = claimed
@@ -125,7 +176,7 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
             Some(partner) => routed.push((order, partner)),
             None => failures.push((
                 order.order_id,
-                format!(
+                SendFailure::Order(format!(
                     "no CARTBUS_ROUTES rule for {}{} and no `*` default",
                     address.country,
                     address
@@ -133,7 +184,7 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
                         .as_deref()
                         .map(|r| format!(":{r}"))
                         .unwrap_or_default()
-                ),
+                )),
             )),
         }
     }
@@ -143,7 +194,10 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
             batch = claimed.len(),
             "outbox lease lapsed before sending; leaving the batch to the next relay"
         );
-        return Ok(claimed.len());
+        return Ok(Batch {
+            claimed: claimed.len(),
+            queue_down: false,
+        });
     }
 
     let sends = routed.iter().map(|(order, partner)| async move {
@@ -176,22 +230,35 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
             .map(|row| u32::try_from(row.retry_count).unwrap_or(0))
             .unwrap_or(0)
     };
-    for (order_id, error) in failures {
+    let queue_down = failures
+        .iter()
+        .any(|(_, failure)| matches!(failure, SendFailure::QueueDown(_)));
+    let mut deferred = 0u64;
+    let mut last_queue_error = None;
+    for (order_id, failure) in failures {
         let failed_before = retry_count(order_id);
-        let after = if failed_before >= settings.relay.max_retries {
-            AfterFailure::GiveUp
-        } else {
-            let delay = settings
-                .relay
-                .retry_base
-                .saturating_mul(2_u32.saturating_pow(failed_before))
-                .min(MAX_RETRY_DELAY);
-            AfterFailure::Retry(now + delay)
+        let (after, error) = match failure {
+            SendFailure::QueueDown(error) => (AfterFailure::Defer(now + QUEUE_DOWN_PAUSE), error),
+            SendFailure::Order(error) if failed_before >= settings.relay.max_retries => {
+                (AfterFailure::GiveUp, error)
+            }
+            SendFailure::Order(error) => {
+                let delay = settings
+                    .relay
+                    .retry_base
+                    .saturating_mul(2_u32.saturating_pow(failed_before))
+                    .min(MAX_RETRY_DELAY);
+                (AfterFailure::Retry(now + delay), error)
+            }
         };
         if !store::mark_failed(&app.db, batch_id, order_id, &error, after, now).await? {
             continue;
         }
         match after {
+            AfterFailure::Defer(_) => {
+                deferred += 1;
+                last_queue_error = Some(error);
+            }
             AfterFailure::GiveUp => {
                 app.metrics.outbox("critical_error", 1);
                 tracing::error!(%order_id, attempts = failed_before + 1, %error, "order could not be handed to its partner: critical_error, needs a person (GET /v1/admin/outbox)");
@@ -202,18 +269,28 @@ async fn relay_batch(app: &AppState) -> Result<usize, sqlx::Error> {
             }
         }
     }
-    Ok(claimed.len())
+    if deferred > 0 {
+        // One line per batch, not per order: an outage can hold thousands.
+        app.metrics.outbox("send_deferred", deferred);
+        tracing::warn!(orders = deferred, error = last_queue_error.as_deref().unwrap_or(""), retry_in = ?QUEUE_DOWN_PAUSE, "the queue is down: orders wait for it, their retries not counted");
+    }
+    Ok(Batch {
+        claimed: claimed.len(),
+        queue_down,
+    })
 }
 
 /// The new-order to the partner, then the audit copy when the total is above the
 /// threshold.
-async fn send_order(app: &AppState, order: &OrderView, partner: &str) -> Result<(), String> {
+async fn send_order(app: &AppState, order: &OrderView, partner: &str) -> Result<(), SendFailure> {
     let settings = &app.config.fulfilment;
     let Some(address) = settings.partner(partner).map(|p| p.address.as_str()) else {
-        return Err(format!("partner {partner} has no address"));
+        return Err(SendFailure::Order(format!(
+            "partner {partner} has no address"
+        )));
     };
     if crate::fault::hit("relay-send") {
-        return Err("fail point relay-send".into());
+        return Err(SendFailure::Order("fail point relay-send".into()));
     }
     let message = message::new_order(order, partner, &settings.status_address);
     let audit = (order.total > audit_threshold(settings.audit_threshold, &order.currency))
@@ -221,12 +298,12 @@ async fn send_order(app: &AppState, order: &OrderView, partner: &str) -> Result<
     app.outbox_queue
         .send(address, message)
         .await
-        .map_err(|e| format!("sending to {address}: {e}"))?;
+        .map_err(|e| SendFailure::sending(address, e))?;
     if let Some(copy) = audit {
         app.outbox_queue
             .send(&settings.audit_address, copy)
             .await
-            .map_err(|e| format!("sending the audit copy to {}: {e}", settings.audit_address))?;
+            .map_err(|e| SendFailure::sending(&settings.audit_address, e))?;
         app.metrics.outbox("audit_copy", 1);
     }
     Ok(())

@@ -251,6 +251,9 @@ pub async fn mark_sent(
 pub enum AfterFailure {
     /// Retried at this time.
     Retry(DateTime<Utc>),
+    /// Tried again at this time, without counting the try: the queue was down, which says
+    /// nothing about this row, and a broker outage must not use up its retries.
+    Defer(DateTime<Utc>),
     /// Out of retries: `critical_error`, for a person.
     GiveUp,
 }
@@ -264,15 +267,18 @@ pub async fn mark_failed(
     after: AfterFailure,
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let (status, next) = match after {
-        AfterFailure::Retry(at) => ("error", at),
-        AfterFailure::GiveUp => ("critical_error", now),
+    // A deferred row keeps its status and its count.
+    let (status, next, counted) = match after {
+        AfterFailure::Retry(at) => (Some("error"), at, 1_i32),
+        AfterFailure::Defer(at) => (None, at, 0),
+        AfterFailure::GiveUp => (Some("critical_error"), now, 1),
     };
     on_db!(db, |pool| {
         let done = sqlx::query(
             "UPDATE order_dispatch
-             SET process_status = $1, next_attempt_at = $2, retry_count = retry_count + 1,
-                 last_error = $3, locked_until = NULL, version = version + 1
+             SET process_status = COALESCE($1, process_status), next_attempt_at = $2,
+                 retry_count = retry_count + $6, last_error = $3, locked_until = NULL,
+                 version = version + 1
              WHERE order_id = $4 AND batch_id = $5",
         )
         .bind(status)
@@ -280,6 +286,7 @@ pub async fn mark_failed(
         .bind(error)
         .bind(order_id)
         .bind(batch_id)
+        .bind(counted)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -137,8 +137,15 @@ pub struct QueueStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// The queue cannot be reached or did not answer: a fault of the infrastructure, not
+    /// of the message, and it passes.
     #[error("queue unavailable: {0}")]
     Unavailable(String),
+    /// The queue answered and refused this message or its address (an AMQP outcome other
+    /// than accepted, or an attach the broker turned down): sending it again as it is
+    /// will likely fail again.
+    #[error("queue refused the message: {0}")]
+    Refused(String),
     #[error("queue storage failed")]
     Storage(#[from] sqlx::Error),
     #[error("queue is shutting down")]

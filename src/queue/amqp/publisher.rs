@@ -205,7 +205,7 @@ impl Publisher {
                 .await
                 .map_err(|_| QueueError::Unavailable(format!("attaching {address} timed out")))?
                 .map_err(|e| {
-                    QueueError::Unavailable(format!("cannot attach a sender to {address}: {e}"))
+                    QueueError::Refused(format!("cannot attach a sender to {address}: {e}"))
                 })?;
             self.senders.insert(address.to_string(), sender);
         }
@@ -334,7 +334,7 @@ fn answer(
         }
         Ok(Ok(other)) => {
             *timeouts_in_a_row = 0;
-            Err(QueueError::Unavailable(format!(
+            Err(QueueError::Refused(format!(
                 "broker did not accept: {other:?}"
             )))
         }
