@@ -444,6 +444,11 @@ pub async fn queued_messages(data_dir: &Path) -> i64 {
 }
 
 /// A cartbus child process, for tests that kill it.
+/// Pids of the children [`Process::start`] started and has not killed yet, so that a
+/// runner stopped by a signal (`tests/faults`) can kill them on its way out: no destructor
+/// runs then, and an orphaned instance would go on holding its port and its database.
+pub static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
 pub struct Process {
     pub child: Child,
     pub base: String,
@@ -468,6 +473,9 @@ impl Process {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("start cartbus");
+        if let Ok(mut children) = CHILDREN.lock() {
+            children.push(child.id());
+        }
         let stderr = child.stderr.take().expect("stderr piped");
         let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (address_tx, address_rx) = std::sync::mpsc::channel();
@@ -502,6 +510,10 @@ impl Process {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let pid = self.child.id();
+        if let Ok(mut children) = CHILDREN.lock() {
+            children.retain(|&child| child != pid);
+        }
     }
 
     pub fn pid(&self) -> i32 {

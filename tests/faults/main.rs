@@ -988,6 +988,36 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// A long run is often stopped by hand (Ctrl-C, or `kill` of the runner): its cartbus
+/// instances go with it instead of living on as orphans.
+async fn kill_children_when_stopped() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    let children = common::CHILDREN
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or_default();
+    for &pid in &children {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    eprintln!(
+        "faults: stopped by a signal; killed {} cartbus instance(s)",
+        children.len()
+    );
+    std::process::exit(130);
+}
+
 /// `7 min 5 s`, `42 s`.
 fn minutes_and_seconds(took: Duration) -> String {
     let seconds = took.as_secs();
@@ -1010,6 +1040,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    runtime.spawn(kill_children_when_stopped());
     let rows = runtime.block_on(campaign(&args));
     print_table(&rows);
     if rows.iter().all(Row::ok) {
