@@ -618,8 +618,12 @@ async fn hold_database(rig: &Rig, load: &Load) -> Result<(), String> {
     };
     match &rig.backend {
         Backend::Sqlite => {
+            // The lock goes to whoever asks when it is free, not in turn: under load
+            // cartbus's own writers can keep it for longer than SQLite's default 5 s wait,
+            // and the fault must not fail to start because the database is busy.
             let options = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(rig.settings.data_dir.join("cartbus.db"));
+                .filename(rig.settings.data_dir.join("cartbus.db"))
+                .busy_timeout(HIT_DEADLINE);
             let mut conn = sqlx::SqliteConnection::connect_with(&options)
                 .await
                 .map_err(|e| e.to_string())?;
