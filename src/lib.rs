@@ -1,21 +1,21 @@
 //! cartbus: a queue-buffered checkout service. See DESIGN.md for the contract.
 
-pub mod app;
-pub mod checkout;
+//!
+//! The modules are layers, bottom to top (`tests/layers.rs` holds the list and checks it):
+//! support (`fault`, `telemetry`, `metrics`) ← `domain` ← `config` ← `queue` ← `store` ←
+//! `service` ← `runtime` ← `http` ← this crate root and `cli`.
+
 pub mod cli;
 pub mod config;
-pub mod consumer;
-pub mod control;
-pub mod db;
-pub mod deadletters;
+pub mod domain;
 mod fault;
-pub mod fulfilment;
-mod health;
 pub mod http;
 pub mod metrics;
-pub mod orders;
-pub mod payments;
 pub mod queue;
+pub mod runtime;
+pub mod service;
+mod sqlite;
+pub mod store;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -27,15 +27,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{App, AppState, Health};
 use crate::config::{Config, QueueConfig};
-use crate::control::Control;
-use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::queue::embedded::EmbeddedOptions;
 use crate::queue::{
     AmqpOptions, AmqpQueue, BrokerCounters, EmbeddedQueue, Queue, UnavailableQueue,
 };
+use crate::runtime::app::{App, AppState, Health};
+use crate::service::drain::Control;
+use crate::store::Db;
 
 /// How often an idle embedded-queue consumer looks for carts sent by other processes.
 const EMBEDDED_POLL: Duration = Duration::from_millis(100);
@@ -62,17 +62,17 @@ impl Application {
             }
             _ => queue.clone(),
         };
-        let payments = payments::Gateway::from_config(&config)
+        let payments = service::payment::Gateway::from_config(&config)
             .context("cannot build the HTTP client for CARTBUS_PAYMENT_URL")?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (CARTBUS_LISTEN)", config.listen))?;
         let control = Control::new(
-            db::known_schema_version(&config_kind),
+            store::known_schema_version(&config_kind),
             metrics.intake_messages.clone(),
             metrics.drain_messages.clone(),
         );
-        let admin_failures = http::auth_failures::AuthFailures::new(&config.hostile);
+        let admin_failures = runtime::auth_failures::AuthFailures::new(&config.hostile);
         let app = Arc::new(App {
             config,
             db,
@@ -95,7 +95,7 @@ impl Application {
                 "admin API off (/v1/admin/* answers 404): set CARTBUS_ADMIN_TOKEN (16+ characters) to pause and resume consumers"
             );
         }
-        health::prepare_database(&app).await;
+        runtime::health::prepare_database(&app).await;
         Ok(Application {
             listener,
             app,
@@ -134,12 +134,12 @@ impl Application {
         let workers_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         for _ in 0..app.config.consumers {
-            tasks.spawn(consumer::run(app.clone(), workers_stop.clone()));
+            tasks.spawn(service::consumer::run(app.clone(), workers_stop.clone()));
         }
-        tasks.spawn(fulfilment::relay::run(app.clone(), workers_stop.clone()));
-        tasks.spawn(fulfilment::replies::run(app.clone(), workers_stop.clone()));
-        tasks.spawn(health::monitor(app.clone(), workers_stop.clone()));
-        tasks.spawn(control::watch(app.clone(), workers_stop.clone()));
+        tasks.spawn(service::relay::run(app.clone(), workers_stop.clone()));
+        tasks.spawn(service::replies::run(app.clone(), workers_stop.clone()));
+        tasks.spawn(runtime::health::monitor(app.clone(), workers_stop.clone()));
+        tasks.spawn(service::drain::watch(app.clone(), workers_stop.clone()));
 
         let drain = {
             let app = app.clone();

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
                 command: BrokerCommand::Setup { dead_letter_queue },
             }) => broker_setup(&config, dead_letter_queue).await,
             Some(Command::Migrate) => {
-                cartbus::db::migrate_url(&config.database_url, &config.database_kind).await?;
+                cartbus::store::migrate_url(&config.database_url, &config.database_kind).await?;
                 tracing::info!(database = ?config.database_kind, "migrations applied");
                 Ok(())
             }

@@ -1,7 +1,5 @@
 //! Prometheus metrics, one registry per app (no globals, so tests can run apps side by side).
 
-pub mod sample;
-
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;

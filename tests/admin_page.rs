@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use cartbus::checkout::{Cart, message};
-use cartbus::queue::DeadLetterReason;
+use cartbus::domain::Reason;
+use cartbus::domain::{Cart, cart_message as message};
 use common::{Backend, Settings, TestApp, eventually, services_required, skipped};
 use serde_json::{Value, json};
 
@@ -134,11 +134,11 @@ async fn an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browse
     let cart_id = cart_json["cart_id"].as_str().expect("cart_id").to_string();
     let cart = Cart::parse(&cart_json).expect("a valid cart");
     let mut tx = app.state.db.begin().await.expect("begin");
-    cartbus::deadletters::record(
+    cartbus::store::dead_letters::record(
         &mut tx,
         &config.cart_address,
         &message::encode(&cart, chrono::Utc::now()),
-        DeadLetterReason::MaxAttempts,
+        Reason::MaxAttempts,
         "failed 5 times: the orders database did not answer",
         5,
     )

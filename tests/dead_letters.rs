@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use cartbus::fulfilment::message::{self, StatusReply};
+use cartbus::domain::partner::{self as message, StatusReply};
 
 use common::broker;
 use common::{Backend, Process, Settings, TestApp, eventually, metric, metrics_text};

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cartbus::domain::Reason;
 use cartbus::queue::embedded::EmbeddedOptions;
 use cartbus::queue::{
-    DeadLetterReason, Delivery, EmbeddedQueue, Lookup, Message, Properties, Property, Queue,
-    Receiver, Settlement,
+    Delivery, EmbeddedQueue, Lookup, Message, Properties, Property, Queue, Receiver, Settlement,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -175,7 +175,7 @@ async fn reject_dead_letters_at_once_with_its_reason() {
     let mut receiver = queue.receiver(ADDRESS).await.expect("receiver");
     let batch = receive(&mut receiver, 2).await;
     let reject = Settlement::Reject {
-        reason: DeadLetterReason::UnknownSchema,
+        reason: Reason::UnknownSchema,
         detail: "schema 99".into(),
     };
     receiver

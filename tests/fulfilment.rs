@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cartbus::fulfilment::message::{self, StatusReply};
-use cartbus::fulfilment::simulator::{self, SimulatorOptions, SimulatorStats};
+use cartbus::domain::partner::{self as message, StatusReply};
 use cartbus::queue::{Message, Property, Queue, Settlement};
+use cartbus::service::partner_simulator::{self as simulator, SimulatorOptions, SimulatorStats};
 use common::broker;
 use common::{
     Backend, DEADLINE, Process, Settings, TestApp, eventually, get_json, metric, metrics_text,

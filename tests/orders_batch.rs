@@ -3,8 +3,9 @@
 
 mod common;
 
-use cartbus::checkout::Cart;
-use cartbus::orders::{self, Placement, Source};
+use cartbus::domain::Cart;
+use cartbus::domain::order::{Placement, Source};
+use cartbus::store::orders;
 use common::{Backend, Settings, TestApp};
 
 fn parse(value: &serde_json::Value) -> Cart {

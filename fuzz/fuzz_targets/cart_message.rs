@@ -8,7 +8,7 @@
 
 #![no_main]
 
-use cartbus::checkout::message::{self, Decoded, KNOWN_SCHEMAS};
+use cartbus::domain::cart_message::{self as message, Decoded, KNOWN_SCHEMAS};
 use cartbus::queue::{Message, Properties, Property};
 use chrono::{TimeZone, Utc};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};

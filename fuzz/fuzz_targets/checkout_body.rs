@@ -5,7 +5,7 @@
 
 #![no_main]
 
-use cartbus::checkout::{Cart, FieldError, MAX_LINES, MAX_QUANTITY};
+use cartbus::domain::{Cart, FieldError, MAX_LINES, MAX_QUANTITY};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

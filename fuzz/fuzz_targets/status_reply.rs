@@ -7,9 +7,9 @@
 
 #![no_main]
 
-use cartbus::fulfilment::message::{self, PARTNER_STATUSES, SIGNATURE_PROPERTY, StatusReply};
-use cartbus::fulfilment::replies;
-use cartbus::fulfilment::settings::{self, FulfilmentSettings, RawFulfilment};
+use cartbus::domain::partner::{self as message, PARTNER_STATUSES, SIGNATURE_PROPERTY, StatusReply};
+use cartbus::service::replies;
+use cartbus::config::fulfilment::{self as settings, FulfilmentSettings, RawFulfilment};
 use cartbus::queue::{Message, Property};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;

@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use cartbus::config::Config;
-use cartbus::fulfilment::simulator::{self, SimulatorOptions, SimulatorStats};
+use cartbus::service::partner_simulator::{self as simulator, SimulatorOptions, SimulatorStats};
 
 #[derive(Parser)]
 #[command(
@@ -87,7 +87,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let db = match cartbus::db::Db::connect_lazy(&config) {
+        let db = match cartbus::store::Db::connect_lazy(&config) {
             Ok(db) => db,
             Err(e) => {
                 eprintln!("cartbus-partner: DATABASE_URL is not usable: {e}");

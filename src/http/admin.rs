@@ -16,10 +16,10 @@ use serde_json::{Map, Value};
 
 use super::extract::{Query, bearer, secrets_match};
 use super::problem::ApiError;
-use crate::app::AppState;
-use crate::checkout::FieldError;
-use crate::control::store::{self, Change, HistoryEntry};
-use crate::control::{self, Status};
+use crate::domain::FieldError;
+use crate::runtime::app::AppState;
+use crate::service::drain::{self, Status};
+use crate::store::switch::{self, Change, HistoryEntry};
 
 /// Longest `wait_seconds` a pause call may ask for.
 const MAX_WAIT_SECONDS: u64 = 300;
@@ -107,7 +107,7 @@ pub async fn consumer(
     State(app): State<AppState>,
     _auth: AdminAuth,
 ) -> Result<Json<Status>, ApiError> {
-    Ok(Json(control::status(&app).await.map_err(unavailable)?))
+    Ok(Json(drain::status(&app).await.map_err(unavailable)?))
 }
 
 /// Body of `POST /v1/admin/consumer/pause` (documentation; parsed by hand to name every
@@ -180,7 +180,7 @@ pub async fn pause(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let (switch, changed) = store::change(
+    let (switch, changed) = switch::change(
         &app.db,
         Change {
             action: "pause",
@@ -202,13 +202,13 @@ pub async fn pause(
     // Poll only what `drained` needs: the backlog figures (a queue count) come once, at
     // the end.
     loop {
-        let (switch, _, drained) = control::drain_state(&app).await.map_err(unavailable)?;
+        let (switch, _, drained) = drain::drain_state(&app).await.map_err(unavailable)?;
         if drained || Instant::now() >= deadline || !switch.is_paused() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = control::status(&app).await.map_err(unavailable)?;
+    let status = drain::status(&app).await.map_err(unavailable)?;
     let code = if status.drained {
         StatusCode::OK
     } else {
@@ -254,7 +254,7 @@ pub async fn resume(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let (switch, changed) = store::change(
+    let (switch, changed) = switch::change(
         &app.db,
         Change {
             action: "resume",
@@ -272,7 +272,7 @@ pub async fn resume(
         tracing::warn!(by = %auth.actor, active_version = ?switch.active_version, "consumer resumed");
     }
     app.control.nudge();
-    Ok(Json(control::status(&app).await.map_err(unavailable)?))
+    Ok(Json(drain::status(&app).await.map_err(unavailable)?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -301,7 +301,7 @@ pub async fn history(
         return Err(ApiError::field("/limit", "must be from 1 to 1000"));
     }
     Ok(Json(
-        store::history(&app.db, limit).await.map_err(unavailable)?,
+        switch::history(&app.db, limit).await.map_err(unavailable)?,
     ))
 }
 

@@ -9,7 +9,7 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::app::AppState;
+use crate::runtime::app::AppState;
 
 const INDEX: &str = include_str!("admin_page/index.html");
 const SCRIPT: &str = include_str!("admin_page/app.js");

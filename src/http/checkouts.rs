@@ -9,11 +9,12 @@ use uuid::Uuid;
 
 use super::extract::{JsonBody, StorefrontAuth};
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
-use crate::checkout::intake::{self, Accepted, IntakeError};
-use crate::checkout::{Cart, CartId};
-use crate::orders::{self, CheckoutState};
+use crate::domain::order::CheckoutState;
+use crate::domain::{Cart, CartId};
 use crate::queue::Lookup;
+use crate::runtime::app::AppState;
+use crate::service::intake::{self, Accepted, IntakeError};
+use crate::store::order_reads;
 
 /// The request body of `POST /v1/checkouts` (documentation only: bodies are parsed by
 /// `Cart::parse`, which reports every bad field).
@@ -233,7 +234,7 @@ pub async fn status(
         CartId::parse(&cart_id).map_err(|e| ApiError::bad_request(format!("cart_id {e}")))?;
     // Database, then queue, then database again: the consumer commits the order before
     // it removes the message, so a cart absent from the queue is visible in the database.
-    if let Ok(Some(state)) = orders::checkout_state(&app.db, cart_id).await {
+    if let Ok(Some(state)) = order_reads::checkout_state(&app.db, cart_id).await {
         return Ok(Json(from_state(cart_id, state)));
     }
     let lookup = app
@@ -262,13 +263,15 @@ async fn database_state(
     app: &AppState,
     cart_id: CartId,
 ) -> Result<Option<CheckoutState>, ApiError> {
-    orders::checkout_state(&app.db, cart_id).await.map_err(|e| {
-        tracing::warn!(error = %e, "checkout status: database unavailable");
-        ApiError::Unavailable {
-            detail: "the orders database is unavailable".into(),
-            retry_after: app.config.retry_after,
-        }
-    })
+    order_reads::checkout_state(&app.db, cart_id)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "checkout status: database unavailable");
+            ApiError::Unavailable {
+                detail: "the orders database is unavailable".into(),
+                retry_after: app.config.retry_after,
+            }
+        })
 }
 
 fn pending(cart_id: CartId) -> CheckoutStatus {

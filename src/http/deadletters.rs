@@ -18,11 +18,11 @@ use uuid::Uuid;
 use super::admin::{AdminAuth, field, optional_string, unknown_fields};
 use super::extract::{JsonBody, OptionalJsonBody, Query};
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
-use crate::checkout::{Cart, FieldError};
-use crate::deadletters::jobs::{self, JobFilter, JobView, NewJob, Preview};
-use crate::deadletters::resubmit::{self, Options, Report};
-use crate::deadletters::{self, AuditEntry, DeadLetterView, Filter, Status};
+use crate::domain::{Cart, FieldError};
+use crate::runtime::app::AppState;
+use crate::service::resubmit::{self, Options, Report};
+use crate::service::resubmit_jobs::{self, JobFilter, JobView, NewJob, Preview};
+use crate::store::dead_letters::{self, AuditEntry, DeadLetterView, Filter, Status};
 
 const MAX_REASON: usize = 500;
 const MAX_FILTER: usize = 500;
@@ -116,12 +116,12 @@ pub async fn list(
         since,
         after,
     };
-    let mut items = deadletters::list(&app.db, &filter, limit + 1)
+    let mut items = dead_letters::list(&app.db, &filter, limit + 1)
         .await
         .map_err(ApiError::database_unavailable)?;
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);
-    let counts = deadletters::counts_by_reason(&app.db)
+    let counts = dead_letters::counts_by_reason(&app.db)
         .await
         .map_err(ApiError::database_unavailable)?
         .into_iter()
@@ -160,11 +160,11 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<DeadLetterDetail>, ApiError> {
     let id = parse_id(&id)?;
-    let dead_letter = deadletters::find(&app.db, id)
+    let dead_letter = dead_letters::find(&app.db, id)
         .await
         .map_err(ApiError::database_unavailable)?
         .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))?;
-    let audit = deadletters::audit(&app.db, id)
+    let audit = dead_letters::audit(&app.db, id)
         .await
         .map_err(ApiError::database_unavailable)?;
     Ok(Json(DeadLetterDetail { dead_letter, audit }))
@@ -219,12 +219,12 @@ pub async fn delete(
     let Some(reason) = reason.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
-    let dead_letter = deadletters::delete(&app.db, id, &auth.actor, &reason)
+    let dead_letter = dead_letters::delete(&app.db, id, &auth.actor, &reason)
         .await
         .map_err(ApiError::database_unavailable)?
         .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))?;
     tracing::warn!(id, by = %auth.actor, reason, "dead letter deleted");
-    let audit = deadletters::audit(&app.db, id)
+    let audit = dead_letters::audit(&app.db, id)
         .await
         .map_err(ApiError::database_unavailable)?;
     Ok(Json(DeadLetterDetail { dead_letter, audit }))
@@ -445,7 +445,7 @@ pub async fn resubmit_many(
         return Err(ApiError::Validation(errors));
     }
     if dry_run {
-        let preview = jobs::preview(&app, &filter, max)
+        let preview = resubmit_jobs::preview(&app, &filter, max)
             .await
             .map_err(ApiError::database_unavailable)?;
         return Ok(Json(BulkAnswer::Preview(preview)).into_response());
@@ -456,9 +456,9 @@ pub async fn resubmit_many(
         actor: auth.actor,
         reason: reason.unwrap_or_default(),
     };
-    let (view, started) = jobs::start(&app, new).await.map_err(|e| match e {
-        jobs::JobError::Mismatch(_) => ApiError::Conflict(e.to_string()),
-        jobs::JobError::Database(e) => ApiError::database_unavailable(e),
+    let (view, started) = resubmit_jobs::start(&app, new).await.map_err(|e| match e {
+        resubmit_jobs::JobError::Mismatch(_) => ApiError::Conflict(e.to_string()),
+        resubmit_jobs::JobError::Database(e) => ApiError::database_unavailable(e),
     })?;
     let status = if started {
         StatusCode::ACCEPTED
@@ -560,7 +560,7 @@ pub async fn resubmit_job(
 ) -> Result<Json<JobView>, ApiError> {
     let job_id =
         Uuid::try_parse(&job_id).map_err(|_| ApiError::field("/job_id", "must be a UUID"))?;
-    jobs::find(&app.db, job_id)
+    resubmit_jobs::find(&app.db, job_id)
         .await
         .map_err(ApiError::database_unavailable)?
         .map(Json)

@@ -11,12 +11,12 @@ use super::deadletters::{DeadLetterDetail, DeadLetterPage};
 use super::outbox::OutboxPage;
 use super::payments::PaymentList;
 use super::problem::ApiError;
-use crate::checkout::FieldError;
-use crate::control::store::{HistoryEntry, InstanceRow, Switch};
-use crate::control::{Backlog, Status};
-use crate::deadletters::{AuditEntry, DeadLetterView};
-use crate::fulfilment::store::DispatchRow;
-use crate::payments::{PaymentState, PaymentView};
+use crate::domain::FieldError;
+use crate::domain::payment::{PaymentState, PaymentView};
+use crate::service::drain::{Backlog, Status};
+use crate::store::dead_letters::{AuditEntry, DeadLetterView};
+use crate::store::outbox::DispatchRow;
+use crate::store::switch::{HistoryEntry, InstanceRow, Switch};
 
 const CART: Uuid = uuid!("6f1c0c1e-5d7b-4a53-9b1a-2f6a3d9f0c11");
 const ORDER: Uuid = uuid!("01936f0e-8a6c-7d2e-9b41-5c3f2a1d0e77");

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::problem::ApiError;
-use crate::app::AppState;
+use crate::runtime::app::AppState;
 
 /// Largest request body accepted (DESIGN §3).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;

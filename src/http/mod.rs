@@ -2,7 +2,6 @@
 
 mod admin;
 mod admin_page;
-pub mod auth_failures;
 mod checkouts;
 mod deadletters;
 mod examples;
@@ -32,8 +31,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::metrics::HttpLabels;
+use crate::runtime::app::AppState;
 use problem::{PROBLEM_JSON, problem_response};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -6,7 +6,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
 
-use crate::app::AppState;
+use crate::runtime::app::AppState;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Live {
@@ -61,7 +61,7 @@ pub async fn ready(State(app): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    crate::metrics::sample::at_scrape(&app).await;
+    crate::runtime::sample::at_scrape(&app).await;
     (
         [(
             header::CONTENT_TYPE,

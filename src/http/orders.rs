@@ -5,8 +5,9 @@ use axum::extract::{Path, State};
 use uuid::Uuid;
 
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
-use crate::orders::{self, OrderView};
+use crate::domain::order::OrderView;
+use crate::runtime::app::AppState;
+use crate::store::order_reads;
 
 /// A purchase order with its lines and status history (oldest first).
 #[utoipa::path(
@@ -25,7 +26,7 @@ pub async fn get(
 ) -> Result<Json<OrderView>, ApiError> {
     let order_id = Uuid::try_parse(order_id.trim())
         .map_err(|_| ApiError::bad_request("order_id must be a UUID"))?;
-    match orders::find(&app.db, order_id).await {
+    match order_reads::find(&app.db, order_id).await {
         Ok(Some(order)) => Ok(Json(order)),
         Ok(None) => Err(ApiError::NotFound(format!("no order {order_id}"))),
         Err(e) => {

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::admin::AdminAuth;
 use super::extract::Query;
 use super::problem::ApiError;
-use crate::app::AppState;
-use crate::fulfilment::store::{self, DispatchRow};
+use crate::runtime::app::AppState;
+use crate::store::outbox::{self, DispatchRow};
 
 const STATUSES: [&str; 4] = ["critical_error", "error", "pending", "processed"];
 
@@ -68,10 +68,10 @@ pub async fn list(
                 .map_err(|_| ApiError::field("/after", "must be the `next` of a page"))?,
         ),
     };
-    let items = store::list(&app.db, status, after, limit + 1)
+    let items = outbox::list(&app.db, status, after, limit + 1)
         .await
         .map_err(ApiError::database_unavailable)?;
-    let counts = store::counts(&app.db)
+    let counts = outbox::counts(&app.db)
         .await
         .map_err(ApiError::database_unavailable)?;
     let more = items.len() as i64 > limit;
@@ -105,7 +105,7 @@ pub async fn retry(
 ) -> Result<axum::http::StatusCode, ApiError> {
     let order_id =
         Uuid::try_parse(&order_id).map_err(|_| ApiError::field("/order_id", "must be a UUID"))?;
-    if !store::retry(&app.db, order_id, Utc::now())
+    if !outbox::retry(&app.db, order_id, Utc::now())
         .await
         .map_err(ApiError::database_unavailable)?
     {

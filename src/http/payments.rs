@@ -10,9 +10,11 @@ use serde_json::Value;
 use super::admin::{AdminAuth, field, optional_string, unknown_fields};
 use super::extract::{JsonBody, Query};
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
-use crate::checkout::CartId;
-use crate::payments::{self, Finding, PaymentView, ResolveError, store};
+use crate::domain::CartId;
+use crate::domain::payment::{Finding, PaymentView};
+use crate::runtime::app::AppState;
+use crate::service::payment::resolve::{self, ResolveError};
+use crate::store::payments as store;
 
 const MAX_REASON: usize = 500;
 const MAX_PAYMENT_ID: usize = 200;
@@ -73,7 +75,7 @@ pub async fn list(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let cutoff = payments::abandoned_before(app.config.payment_timeout);
+    let cutoff = crate::domain::payment::abandoned_before(app.config.payment_timeout);
     let items = store::list(&app.db, filter, cutoff, limit)
         .await
         .map_err(|e| unavailable(&app, e))?;
@@ -167,7 +169,7 @@ pub async fn resolve(
             retry_after: app.config.retry_after,
         });
     }
-    payments::resolve(
+    resolve::resolve(
         &app.db,
         cart_id.as_uuid(),
         finding,

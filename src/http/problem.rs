@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::checkout::FieldError;
+use crate::domain::FieldError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 

@@ -25,8 +25,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    DeadLetterReason, Delivery, Lookup, Message, Properties, Queue, QueueError, QueueStats,
-    Receiver, Settlement,
+    Delivery, Lookup, Message, Properties, Queue, QueueError, QueueStats, Reason, Receiver,
+    Settlement,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/queue");
@@ -441,7 +441,7 @@ async fn run_writer(
                         "embedded queue write failed: {e}"
                     ))));
                 }
-                if !crate::db::sqlite_connection_is_sound(&mut conn)
+                if !crate::sqlite::connection_is_sound(&mut conn)
                     .await
                     .unwrap_or(false)
                 {
@@ -713,7 +713,7 @@ async fn settle(
                 && attempts >= max_attempts
             {
                 let detail = format!("failed {attempts} times; last: {detail}");
-                dead_letter(conn, id, None, DeadLetterReason::MaxAttempts, &detail, now).await?;
+                dead_letter(conn, id, None, Reason::MaxAttempts, &detail, now).await?;
             }
             attempts.is_some()
         }
@@ -732,7 +732,7 @@ async fn dead_letter(
     conn: &mut SqliteConnection,
     id: i64,
     token: Option<i64>,
-    reason: DeadLetterReason,
+    reason: Reason,
     detail: &str,
     now: i64,
 ) -> Result<bool, sqlx::Error> {

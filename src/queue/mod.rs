@@ -9,43 +9,16 @@
 pub mod amqp;
 pub mod embedded;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::Reason;
+pub use crate::domain::message::{Message, Properties, Property};
 pub use amqp::{AmqpOptions, AmqpQueue, BrokerCounters};
 pub use embedded::EmbeddedQueue;
-
-/// A typed application property, as AMQP 1.0 carries them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Property {
-    Bool(bool),
-    Int(i32),
-    Long(i64),
-    String(String),
-}
-
-pub type Properties = BTreeMap<String, Property>;
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Message {
-    pub message_id: String,
-    pub content_type: String,
-    /// AMQP `correlation-id`: what a reply refers to (the order id of a new-order).
-    pub correlation_id: Option<String>,
-    /// AMQP `reply-to`: the address to answer on.
-    pub reply_to: Option<String>,
-    /// AMQP `subject`: the kind of message (`new-order`).
-    pub subject: Option<String>,
-    pub properties: Properties,
-    pub body: Bytes,
-}
 
 /// A message handed out by a [`Receiver`], to be settled with its `tag`.
 #[derive(Clone, Debug)]
@@ -57,50 +30,6 @@ pub struct Delivery {
     pub tag: u64,
 }
 
-/// Why a message was dead-lettered; stable strings, shown to operators and in metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DeadLetterReason {
-    /// Same cart_id, different payload from the order that exists.
-    Conflict,
-    /// A message schema version this consumer does not know.
-    UnknownSchema,
-    /// A message that cannot be decoded or holds an invalid cart.
-    Invalid,
-    /// Failed more often than the attempt limit allows.
-    MaxAttempts,
-    /// A partner reply whose signature is missing or wrong, or whose partner has no
-    /// secret configured.
-    BadSignature,
-    /// A partner reply about an order that does not exist.
-    UnknownOrder,
-    /// A partner reply about an order assigned to another partner.
-    WrongPartner,
-    /// The payment endpoint was called and whether it captured is not known: never
-    /// called again; a person checks with the payment service and resolves it.
-    PaymentUnknown,
-}
-
-impl DeadLetterReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadLetterReason::Conflict => "conflict",
-            DeadLetterReason::UnknownSchema => "unknown-schema",
-            DeadLetterReason::Invalid => "invalid",
-            DeadLetterReason::MaxAttempts => "max-attempts",
-            DeadLetterReason::BadSignature => "bad-signature",
-            DeadLetterReason::UnknownOrder => "unknown-order",
-            DeadLetterReason::WrongPartner => "wrong-partner",
-            DeadLetterReason::PaymentUnknown => "payment-unknown",
-        }
-    }
-}
-
-impl std::fmt::Display for DeadLetterReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Settlement {
     /// Done: remove the message.
@@ -110,10 +39,7 @@ pub enum Settlement {
     /// Back to the queue counting an attempt; dead-lettered at the attempt limit.
     Fail { delay: Duration, detail: String },
     /// Dead-letter now.
-    Reject {
-        reason: DeadLetterReason,
-        detail: String,
-    },
+    Reject { reason: Reason, detail: String },
 }
 
 /// What the queue knows about one message id.

@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use cartbus::app::AppState;
 use cartbus::queue::amqp::durable_target;
+use cartbus::runtime::app::AppState;
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Header, Message, MessageId, Outcome, Properties,
 };

@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cartbus::Application;
-use cartbus::app::AppState;
 use cartbus::config::Config;
+use cartbus::runtime::app::AppState;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -13,8 +13,8 @@ mod common;
 mod mutate;
 mod rules;
 
-use cartbus::checkout::message::{self, Decoded};
-use cartbus::checkout::{Cart, FieldError, Money, Quantity};
+use cartbus::domain::cart_message::{self as message, Decoded};
+use cartbus::domain::{Cart, FieldError, Money, Quantity};
 use common::{Backend, Settings, TestApp};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};

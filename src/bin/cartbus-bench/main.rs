@@ -263,7 +263,7 @@ async fn cartbus_publish(
     let QueueConfig::Amqp(broker) = config.queue.clone() else {
         anyhow::bail!("not a broker URL");
     };
-    let db = cartbus::db::Db::connect_lazy(&config)?;
+    let db = cartbus::store::Db::connect_lazy(&config)?;
     let queue = Arc::new(AmqpQueue::start(
         AmqpOptions {
             broker,

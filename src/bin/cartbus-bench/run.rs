@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use cartbus::checkout::Cart;
 use cartbus::config::Config;
-use cartbus::db::Db;
-use cartbus::orders::{self, Source};
+use cartbus::domain::Cart;
+use cartbus::domain::order::Source;
 use cartbus::queue::embedded::EmbeddedOptions;
 use cartbus::queue::{EmbeddedQueue, Queue};
+use cartbus::store::Db;
+use cartbus::store::orders;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -524,7 +525,7 @@ async fn memory_with_backlog(
                     queue
                         .send(
                             "checkout-carts",
-                            cartbus::checkout::message::encode(&cart, chrono::Utc::now()),
+                            cartbus::domain::cart_message::encode(&cart, chrono::Utc::now()),
                         )
                         .await?;
                 }

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use chrono::Utc;
 use sqlx::{QueryBuilder, Row};
 
-use crate::db::Db;
 use crate::on_db;
+use crate::store::Db;
 
 /// Failed attempts recorded so far for each of `message_ids` (absent = none).
 pub async fn of(

@@ -37,8 +37,8 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AmqpConfig;
-use crate::db::Db;
 use crate::queue::{Lookup, Message, Queue, QueueError, QueueStats, Receiver};
+use crate::store::Db;
 
 pub use convert::to_amqp;
 use publisher::PublisherState;

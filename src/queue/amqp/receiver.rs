@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{AmqpOptions, CONTROL_TIMEOUT, attempts, connect, convert, durable_source};
-use crate::db::Db;
 use crate::queue::{Delivery, Message, QueueError, Receiver, Settlement};
+use crate::store::Db;
 
 struct Held {
     info: DeliveryInfo,

@@ -1,0 +1,46 @@
+//! Every reason a message is dead-lettered or a checkout rejected, written once.
+
+/// Why a message was dead-lettered or a checkout turned away: stable strings, shown to
+/// operators, storefronts and in metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Same cart_id, different payload from the order that exists.
+    Conflict,
+    /// A message schema version this consumer does not know.
+    UnknownSchema,
+    /// A message that cannot be decoded or holds an invalid cart.
+    Invalid,
+    /// Failed more often than the attempt limit allows.
+    MaxAttempts,
+    /// A partner reply whose signature is missing or wrong, or whose partner has no
+    /// secret configured.
+    BadSignature,
+    /// A partner reply about an order that does not exist.
+    UnknownOrder,
+    /// A partner reply about an order assigned to another partner.
+    WrongPartner,
+    /// The payment endpoint was called and whether it captured is not known: never
+    /// called again; a person checks with the payment service and resolves it.
+    PaymentUnknown,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Conflict => "conflict",
+            Reason::UnknownSchema => "unknown-schema",
+            Reason::Invalid => "invalid",
+            Reason::MaxAttempts => "max-attempts",
+            Reason::BadSignature => "bad-signature",
+            Reason::UnknownOrder => "unknown-order",
+            Reason::WrongPartner => "wrong-partner",
+            Reason::PaymentUnknown => "payment-unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,137 @@
+//! The gauges read from the queue and the database when `/metrics` is scraped. Every
+//! figure is read at the same time, each with [`TIMEOUT`], so a slow database delays a
+//! scrape by at most that long; a figure not had in time keeps its last value.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::metrics::{ReasonLabel, StateLabel, StatusLabel};
+use crate::runtime::app::App;
+use crate::service::drain::{self, State};
+
+/// Longest wait for any one sampled figure.
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Outbox statuses with a gauge; `processed` rows only grow (count them with
+/// `cartbus_outbox_events_total{outcome="sent"}`), and counting them would make a scrape
+/// scan the whole table.
+const OUTBOX_STATUSES: [&str; 3] = ["pending", "error", "critical_error"];
+
+/// Refreshes every sampled gauge.
+pub async fn at_scrape(app: &App) {
+    tokio::join!(
+        backlog(app),
+        drain_switch(app),
+        outbox(app),
+        dead_letters(app),
+        payments(app),
+    );
+    let metrics = &app.metrics;
+    metrics.ready.set(i64::from(app.is_ready()));
+    metrics.queue_up.set(i64::from(app.queue.is_healthy()));
+    metrics
+        .consumer_running
+        .set(i64::from(app.control.state() == State::Running));
+    metrics
+        .consumer_in_flight
+        .set(i64::try_from(app.control.in_flight()).unwrap_or(i64::MAX));
+}
+
+async fn within<T, E>(read: impl Future<Output = Result<T, E>>) -> Option<T> {
+    tokio::time::timeout(TIMEOUT, read).await.ok()?.ok()
+}
+
+async fn backlog(app: &App) {
+    let backlog = drain::backlog(app).await;
+    let metrics = &app.metrics;
+    if let Some(depth) = backlog.depth {
+        metrics
+            .queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        metrics
+            .queue_oldest_age
+            .set(backlog.oldest_age_seconds.unwrap_or(0.0));
+    }
+    metrics.intake_per_second.set(backlog.intake_per_s);
+    metrics.drain_per_second.set(backlog.drain_per_s);
+    metrics
+        .catch_up_eta_seconds
+        .set(backlog.catch_up_eta_seconds.unwrap_or(f64::NAN));
+}
+
+async fn drain_switch(app: &App) {
+    let Some((switch, instances, drained)) = within(drain::drain_state(app)).await else {
+        return;
+    };
+    let metrics = &app.metrics;
+    metrics
+        .drain_switch_paused
+        .set(i64::from(switch.is_paused()));
+    metrics.drain_switch_drained.set(i64::from(drained));
+    // Every known state is always there (0 rather than absent). Counted first and then set,
+    // never cleared, so a scrape running alongside never sees the family half filled; the
+    // price is that a state only another version knows keeps its last count until restart.
+    let mut counts: std::collections::BTreeMap<String, i64> = State::ALL
+        .iter()
+        .map(|state| (state.as_str().to_string(), 0))
+        .collect();
+    for instance in instances {
+        *counts.entry(instance.state).or_default() += 1;
+    }
+    for (state, n) in counts {
+        metrics
+            .instances
+            .get_or_create(&StateLabel { state })
+            .set(n);
+    }
+}
+
+async fn outbox(app: &App) {
+    let Some(counts) = within(crate::store::outbox::counts(&app.db)).await else {
+        return;
+    };
+    for status in OUTBOX_STATUSES {
+        let n = counts
+            .iter()
+            .find(|(s, _)| s == status)
+            .map_or(0, |(_, n)| *n);
+        app.metrics
+            .outbox_rows
+            .get_or_create(&StatusLabel {
+                status: status.to_string(),
+            })
+            .set(n);
+    }
+}
+
+async fn dead_letters(app: &App) {
+    let Some(counts) = within(crate::store::dead_letters::counts_by_reason(&app.db)).await else {
+        return;
+    };
+    // A reason with none left disappears rather than keep its last value.
+    app.metrics.dead_letters.clear();
+    for (reason, n) in counts {
+        app.metrics
+            .dead_letters
+            .get_or_create(&ReasonLabel { reason })
+            .set(n);
+    }
+}
+
+async fn payments(app: &App) {
+    use crate::store::payments;
+    let abandoned_before = crate::domain::payment::abandoned_before(app.config.payment_timeout);
+    let (unknown, stuck) = tokio::join!(
+        within(payments::count_unknown(&app.db, abandoned_before)),
+        within(payments::count_captured_without_order(
+            &app.db,
+            abandoned_before
+        )),
+    );
+    if let Some(unknown) = unknown {
+        app.metrics.payments_unknown.set(unknown);
+    }
+    if let Some(stuck) = stuck {
+        app.metrics.payments_captured_without_order.set(stuck);
+    }
+}

@@ -1,0 +1,13 @@
+//! Services: what cartbus does, written once. Each takes the parts it needs (the
+//! database, the queue, small settings) and is called by HTTP handlers and background
+//! tasks alike.
+
+pub mod consumer;
+pub mod drain;
+pub mod intake;
+pub mod partner_simulator;
+pub mod payment;
+pub mod relay;
+pub mod replies;
+pub mod resubmit;
+pub mod resubmit_jobs;

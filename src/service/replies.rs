@@ -1,0 +1,312 @@
+//! Partner status replies (DESIGN §7): read from the status queue, signature checked,
+//! appended to the order's history, settled after the commit.
+//!
+//! - bad or missing signature, unknown partner, unknown order, an order assigned to
+//!   another partner, or an unreadable reply → recorded in `dead_letters`, rejected,
+//!   nothing else changed;
+//! - the same (order, status) again → accepted, nothing changed;
+//! - otherwise → `order_status` gets the status, the order its tracking id.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::fulfilment::FulfilmentSettings;
+use crate::domain::Reason;
+use crate::domain::partner::{self as message, PARTNER_STATUSES, SIGNATURE_PROPERTY, StatusReply};
+use crate::on_tx;
+use crate::queue::{Delivery, Message, Property, QueueError, Receiver, Settlement};
+use crate::runtime::app::{App, AppState};
+use crate::service::drain::{self, pause};
+use crate::store::dead_letters;
+use crate::store::{self, Tx};
+
+const BATCH: usize = 64;
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a reply stays back when the database could not take it.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+const MAX_TRACKING_ID: usize = 100;
+
+pub async fn run(app: AppState, stop: CancellationToken) {
+    let settings = &app.config.fulfilment;
+    if !settings.replies_enabled() || !app.config.consumer_enabled {
+        if settings.enabled() {
+            tracing::warn!(
+                "partner status replies not read on this instance: no partner has a CARTBUS_PARTNER_<NAME>_SECRET (or CARTBUS_CONSUMER=off)"
+            );
+        }
+        return;
+    }
+    let address = settings.status_address.clone();
+    let mut modes = app.control.subscribe();
+    let mut backoff = MIN_BACKOFF;
+    while !stop.is_cancelled() {
+        if !drain::until_working(&app, &mut modes, &stop).await {
+            break;
+        }
+        // Counted as consuming for the whole session, like the cart consumer: `drained`
+        // waits until replies in hand are committed and the receiver is closed.
+        app.control.set_consuming(true);
+        let receiver = match app.queue.receiver(&address).await {
+            Ok(receiver) => receiver,
+            Err(e) => {
+                app.control.set_consuming(false);
+                tracing::warn!(error = %e, %address, retry_in = ?backoff, "cannot open the partner status receiver");
+                pause(&stop, backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        tracing::info!(%address, "reading partner status replies");
+        let session = drain::Session::start(&app, &stop);
+        let result = consume(&app, receiver, session.token(), &mut backoff).await;
+        app.control.set_consuming(false);
+        app.control.nudge();
+        drop(session);
+        if let Err(e) = result {
+            tracing::warn!(error = %e, retry_in = ?backoff, "partner status receiver lost");
+            pause(&stop, backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+async fn consume(
+    app: &App,
+    mut receiver: Box<dyn Receiver>,
+    stop: &CancellationToken,
+    reconnect_backoff: &mut Duration,
+) -> Result<(), QueueError> {
+    let mut backoff = MIN_BACKOFF;
+    let result = loop {
+        let deliveries = match receiver.receive(BATCH, stop).await {
+            Ok(deliveries) if deliveries.is_empty() => break Ok(()),
+            Ok(deliveries) => deliveries,
+            Err(e) => break Err(e),
+        };
+        let mut settlements = Vec::with_capacity(deliveries.len());
+        let mut database_down = false;
+        for delivery in &deliveries {
+            let settlement = match apply(app, delivery).await {
+                Ok(settlement) => settlement,
+                Err(e) if store::is_transient(&e) || matches!(e, sqlx::Error::PoolTimedOut) => {
+                    database_down = true;
+                    app.metrics.partner_reply("released");
+                    Settlement::Release { delay: RETRY_DELAY }
+                }
+                Err(e) => {
+                    tracing::error!(message_id = %delivery.message.message_id, error = %e, "partner reply failed");
+                    app.metrics.partner_reply("failed");
+                    Settlement::Fail {
+                        delay: RETRY_DELAY,
+                        detail: format!("database refused the reply: {e}"),
+                    }
+                }
+            };
+            settlements.push((delivery.tag, settlement));
+        }
+        if let Err(e) = receiver.settle(settlements).await {
+            break Err(e);
+        }
+        *reconnect_backoff = MIN_BACKOFF;
+        if database_down {
+            pause(stop, backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        } else {
+            backoff = MIN_BACKOFF;
+        }
+        if stop.is_cancelled() {
+            break Ok(());
+        }
+    };
+    if let Err(e) = receiver.close().await {
+        tracing::warn!(error = %e, "could not give back unsettled partner replies");
+    }
+    result
+}
+
+/// Why a reply is turned away, before anything is written.
+#[derive(Debug)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+fn refuse(reason: Reason, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Checks the reply's form and signature against the partners in `settings`; the order is
+/// checked in the transaction. Public (and free of the app and the database) so that the
+/// `status_reply` fuzz target can drive it with hostile messages.
+pub fn check(settings: &FulfilmentSettings, message: &Message) -> Result<StatusReply, Refusal> {
+    let reply: StatusReply = serde_json::from_slice(&message.body).map_err(|e| {
+        refuse(
+            Reason::Invalid,
+            format!("not a status reply {{order_id, status, tracking_id?, partner}}: {e}"),
+        )
+    })?;
+    let partner = reply.partner.to_ascii_lowercase();
+    let Some(secret) = settings.partner(&partner).and_then(|p| p.secret.as_ref()) else {
+        return Err(refuse(
+            Reason::BadSignature,
+            format!("no secret is configured for partner {partner:?}"),
+        ));
+    };
+    let Some(Property::String(signature)) = message.properties.get(SIGNATURE_PROPERTY) else {
+        return Err(refuse(
+            Reason::BadSignature,
+            "no `signature` application property",
+        ));
+    };
+    if !message::verify(secret.expose_secret().as_bytes(), &message.body, signature) {
+        return Err(refuse(
+            Reason::BadSignature,
+            format!("signature does not match the body under {partner}'s secret"),
+        ));
+    }
+    // Signed by the partner from here on; still, check what it says.
+    if !PARTNER_STATUSES.contains(&reply.status.as_str()) {
+        return Err(refuse(
+            Reason::Invalid,
+            format!(
+                "unknown status {:?}; expected one of {}",
+                reply.status,
+                PARTNER_STATUSES.join(", ")
+            ),
+        ));
+    }
+    if let Some(correlation) = &message.correlation_id
+        && Uuid::try_parse(correlation).ok() != Some(reply.order_id)
+    {
+        return Err(refuse(
+            Reason::Invalid,
+            format!("correlation-id {correlation:?} is not the reply's order_id"),
+        ));
+    }
+    if let Some(tracking) = &reply.tracking_id
+        && (tracking.trim().is_empty() || tracking.len() > MAX_TRACKING_ID)
+    {
+        return Err(refuse(
+            Reason::Invalid,
+            format!("tracking_id must be 1 to {MAX_TRACKING_ID} characters"),
+        ));
+    }
+    Ok(StatusReply { partner, ..reply })
+}
+
+/// Applies one reply in one transaction and says how to settle it.
+async fn apply(app: &App, delivery: &Delivery) -> Result<Settlement, sqlx::Error> {
+    let checked = check(&app.config.fulfilment, &delivery.message);
+    let mut tx = app.db.begin().await?;
+    let outcome = match checked {
+        Err(refusal) => Err(refusal),
+        Ok(reply) => record(&mut tx, &reply).await?,
+    };
+    let settlement = match outcome {
+        Ok(Recorded::Applied) => {
+            app.metrics.partner_reply("applied");
+            Settlement::Accept
+        }
+        Ok(Recorded::Duplicate) => {
+            app.metrics.partner_reply("duplicate");
+            Settlement::Accept
+        }
+        Err(Refusal { reason, detail }) => {
+            dead_letters::record(
+                &mut tx,
+                &app.config.fulfilment.status_address,
+                &delivery.message,
+                reason,
+                &detail,
+                delivery.attempts,
+            )
+            .await?;
+            tracing::warn!(message_id = %delivery.message.message_id, %reason, detail, "partner reply dead-lettered");
+            app.metrics.partner_reply(reason.as_str());
+            Settlement::Reject { reason, detail }
+        }
+    };
+    tx.commit().await?;
+    Ok(settlement)
+}
+
+pub(crate) enum Recorded {
+    Applied,
+    Duplicate,
+}
+
+/// Records a checked reply against its order, in the caller's transaction.
+pub(crate) async fn record(
+    tx: &mut Tx,
+    reply: &StatusReply,
+) -> Result<Result<Recorded, Refusal>, sqlx::Error> {
+    let partner: Option<Option<String>> = on_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT transport_partner FROM orders WHERE id = $1"
+    )
+    .bind(reply.order_id)
+    .fetch_optional(&mut *c)
+    .await)?;
+    let assigned = match partner {
+        None => {
+            return Ok(Err(refuse(
+                Reason::UnknownOrder,
+                format!("no order {}", reply.order_id),
+            )));
+        }
+        Some(assigned) => assigned,
+    };
+    if assigned.as_deref() != Some(reply.partner.as_str()) {
+        return Ok(Err(refuse(
+            Reason::WrongPartner,
+            format!(
+                "order {} is assigned to {}, not {}",
+                reply.order_id,
+                assigned.as_deref().unwrap_or("no partner yet"),
+                reply.partner
+            ),
+        )));
+    }
+    let inserted: u64 = on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO order_status (order_id, status, at) VALUES ($1, $2, $3)
+         ON CONFLICT (order_id, status) DO NOTHING"
+    )
+    .bind(reply.order_id)
+    .bind(&reply.status)
+    .bind(Utc::now())
+    .execute(&mut *c)
+    .await
+    .map(|done| done.rows_affected()))?;
+    if inserted == 0 {
+        return Ok(Ok(Recorded::Duplicate));
+    }
+    if let Some(tracking) = &reply.tracking_id {
+        // A late reply (received_by_partner after shipped) keeps the newer tracking id.
+        let recorded: Vec<String> = on_tx!(tx, |c| sqlx::query_scalar(
+            "SELECT status FROM order_status WHERE order_id = $1"
+        )
+        .bind(reply.order_id)
+        .fetch_all(&mut *c)
+        .await)?;
+        let step = |status: &str| PARTNER_STATUSES.iter().position(|s| *s == status);
+        let furthest = recorded.iter().filter_map(|s| step(s)).max();
+        if furthest <= step(&reply.status) {
+            on_tx!(tx, |c| sqlx::query(
+                "UPDATE orders SET tracking_id = $1 WHERE id = $2"
+            )
+            .bind(tracking.trim())
+            .bind(reply.order_id)
+            .execute(&mut *c)
+            .await
+            .map(drop))?;
+        }
+    }
+    Ok(Ok(Recorded::Applied))
+}

@@ -1,0 +1,463 @@
+//! Resubmitting a dead letter (issue 8): the message is processed again, here and now, by
+//! the rules its reader applies (the consumer's for a cart, the reply reader's for a
+//! partner reply), and the operator sees the outcome at once.
+//!
+//! It does not go back through the queue: a poison message cannot then loop, and the
+//! outcome is known when the call answers. The same guarantees hold as for the queue:
+//! - one order per cart_id ([`orders::place`]);
+//! - the payment step at most once;
+//! - nothing committed while the drain switch forbids consuming.
+//!
+//! The dead letter is locked, checked again, and marked in the same transaction as the
+//! order. Two resubmits of one dead letter therefore run one after the other, and a
+//! resolved one is never resubmitted again. Each resubmit counts against
+//! `CARTBUS_RESUBMIT_LIMIT`.
+//!
+//! A dry run does all of this in a transaction that is rolled back. It makes no payment
+//! call: it reads what the payment step would decide from what is recorded.
+
+use chrono::Utc;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::domain::Cart;
+use crate::domain::Reason;
+use crate::domain::cart_message::{self, Decoded};
+use crate::domain::order::{Placement, Source};
+use crate::domain::partner::StatusReply;
+use crate::on_tx;
+use crate::runtime::app::App;
+use crate::service::payment::{self, Verdict};
+use crate::service::replies::{self, Recorded, Refusal};
+use crate::store::Tx;
+use crate::store::dead_letters::{self, Row};
+use crate::store::orders;
+use crate::store::payments;
+
+/// What a resubmit did, or (dry run) would do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Dry run: the cart would become a new order.
+    WouldCreateOrder,
+    CreatedOrder,
+    /// The cart has its order already (same payload): nothing new, and the dead letter is
+    /// resolved.
+    Duplicate,
+    /// Another order holds this cart_id with a different payload: resubmit a corrected
+    /// cart (a new cart_id), or delete the dead letter.
+    Conflict,
+    /// Still not a valid cart or reply.
+    Invalid,
+    /// A schema version this build does not read.
+    UnknownSchema,
+    /// The payment was refused: the checkout is rejected, no order; resolved.
+    PaymentDeclined,
+    /// The payment's outcome is unknown: resolve it through `/v1/admin/payments` first.
+    PaymentUnknown,
+    /// Dry run: the partner reply would be recorded.
+    WouldApplyReply,
+    ReplyApplied,
+    BadSignature,
+    UnknownOrder,
+    WrongPartner,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::WouldCreateOrder => "would-create-order",
+            Outcome::CreatedOrder => "created-order",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Conflict => "conflict",
+            Outcome::Invalid => "invalid",
+            Outcome::UnknownSchema => "unknown-schema",
+            Outcome::PaymentDeclined => "payment-declined",
+            Outcome::PaymentUnknown => "payment-unknown",
+            Outcome::WouldApplyReply => "would-apply-reply",
+            Outcome::ReplyApplied => "reply-applied",
+            Outcome::BadSignature => "bad-signature",
+            Outcome::UnknownOrder => "unknown-order",
+            Outcome::WrongPartner => "wrong-partner",
+        }
+    }
+
+    /// Whether this outcome, for real, takes the dead letter off the open list.
+    pub fn resolves(self) -> bool {
+        matches!(
+            self,
+            Outcome::CreatedOrder
+                | Outcome::Duplicate
+                | Outcome::PaymentDeclined
+                | Outcome::ReplyApplied
+        )
+    }
+
+    fn refused(reason: Reason) -> Outcome {
+        match reason {
+            Reason::BadSignature => Outcome::BadSignature,
+            Reason::UnknownOrder => Outcome::UnknownOrder,
+            Reason::WrongPartner => Outcome::WrongPartner,
+            _ => Outcome::Invalid,
+        }
+    }
+}
+
+/// How to resubmit.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options<'a> {
+    pub dry_run: bool,
+    /// A corrected cart to process instead of the message's own (carts only).
+    pub corrected: Option<&'a Cart>,
+    /// Who, for the audit trail.
+    pub actor: &'a str,
+    /// Why, for the audit trail.
+    pub reason: Option<&'a str>,
+    /// The bulk job this resubmit belongs to: its progress moves in the same transaction.
+    pub job: Option<Uuid>,
+}
+
+/// What a resubmit did.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Report {
+    pub dead_letter_id: i64,
+    pub dry_run: bool,
+    pub outcome: Outcome,
+    /// The dead letter is now resolved (never in a dry run).
+    pub resolved: bool,
+    /// What happened, in words.
+    #[schema(
+        example = "order 0193a5c2-7d1e-7b3a-9f00-5a1d2c3b4e5f created for cart 5f0c8a52-2a4c-4c1e-9b7e-3f1d2a6b8c90"
+    )]
+    pub detail: String,
+    /// The order made, found or in the way.
+    pub order_id: Option<Uuid>,
+    /// The cart processed (the corrected one's, when one was given).
+    pub cart_id: Option<Uuid>,
+    /// Resubmits of this dead letter so far, this one included.
+    pub resubmits: i32,
+    /// `CARTBUS_RESUBMIT_LIMIT`.
+    pub resubmit_limit: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no dead letter {0}")]
+    NotFound(i64),
+    #[error("dead letter {0} was deleted; it cannot be resubmitted")]
+    Deleted(i64),
+    #[error("dead letter {id} is resolved already ({resolution}); nothing to do")]
+    Resolved { id: i64, resolution: String },
+    #[error(
+        "dead letter {id} was resubmitted {resubmits} times, the limit \
+         (CARTBUS_RESUBMIT_LIMIT); fix the cause, or delete it"
+    )]
+    LimitReached { id: i64, resubmits: i32 },
+    #[error("a partner reply is signed over its body, so it can only be resubmitted as it came")]
+    CannotCorrectReply,
+    /// The drain switch forbids writing orders (paused, fenced, another version).
+    #[error("the drain switch forbids it now: {0}; resume first (a dry run works meanwhile)")]
+    Gated(String),
+    /// The cart's payment step cannot be decided yet (a first call may be in flight, or
+    /// the call could not be sent); try again shortly.
+    #[error("{0}")]
+    Retry(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// What to do with the message, decided before the transaction (decoding, and the
+/// payment step, whose call must not hold a transaction open).
+enum Plan {
+    Place {
+        cart: Box<Cart>,
+        source: Source,
+    },
+    /// Not processable as it is: nothing is written but the audit.
+    Unprocessable(Outcome, String),
+    PaymentRefused {
+        cart_id: Uuid,
+        reason: &'static str,
+        detail: String,
+    },
+    PaymentUnknown {
+        cart_id: Uuid,
+        detail: String,
+    },
+    Reply(Result<StatusReply, Refusal>),
+}
+
+/// Resubmits dead letter `id` (see the module doc).
+pub async fn resubmit(app: &App, id: i64, options: &Options<'_>) -> Result<Report, Error> {
+    let letter = dead_letters::load(&app.db, id)
+        .await?
+        .ok_or(Error::NotFound(id))?;
+    check(app, &letter, options.dry_run)?;
+    let plan = if letter.source == app.config.fulfilment.status_address {
+        if options.corrected.is_some() {
+            return Err(Error::CannotCorrectReply);
+        }
+        Plan::Reply(replies::check(&app.config.fulfilment, &letter.message()))
+    } else {
+        plan_cart(app, &letter, options).await?
+    };
+
+    let mut tx = app.db.begin().await?;
+    if !options.dry_run
+        && let Some(why) = crate::store::switch::forbids_consuming(&mut tx, app).await?
+    {
+        return Err(Error::Gated(why));
+    }
+    // Checked again under the lock: another resubmit may have got there first.
+    let letter = dead_letters::lock(&mut tx, id)
+        .await?
+        .ok_or(Error::NotFound(id))?;
+    check(app, &letter, options.dry_run)?;
+    let done = carry_out(&mut tx, plan, options.dry_run).await?;
+    let resolved = !options.dry_run && done.outcome.resolves();
+    let resubmits = letter.resubmits + i32::from(!options.dry_run);
+    if options.dry_run {
+        tx.rollback().await?;
+    } else {
+        mark(&mut tx, &letter, &done, resolved, options).await?;
+        tx.commit().await?;
+        app.metrics.dead_letter_resubmit(done.outcome.as_str());
+        if done.outcome == Outcome::CreatedOrder {
+            app.outbox_wake.notify_one();
+        }
+        tracing::info!(
+            dead_letter = id,
+            outcome = done.outcome.as_str(),
+            order_id = ?done.order_id,
+            by = options.actor,
+            "dead letter resubmitted"
+        );
+    }
+    Ok(Report {
+        dead_letter_id: id,
+        dry_run: options.dry_run,
+        outcome: done.outcome,
+        resolved,
+        detail: done.detail,
+        order_id: done.order_id,
+        cart_id: done.cart_id,
+        resubmits,
+        resubmit_limit: app.config.resubmit_limit,
+    })
+}
+
+/// Refuses a dead letter that is deleted, resolved or (for real) at its replay limit.
+fn check(app: &App, letter: &Row, dry_run: bool) -> Result<(), Error> {
+    if letter.deleted_at.is_some() {
+        return Err(Error::Deleted(letter.id));
+    }
+    if letter.resolved_at.is_some() {
+        let resolution = match (&letter.resolution, letter.order_id) {
+            (Some(how), Some(order_id)) => format!("{how}, order {order_id}"),
+            (Some(how), None) => how.clone(),
+            (None, _) => "resolved".into(),
+        };
+        return Err(Error::Resolved {
+            id: letter.id,
+            resolution,
+        });
+    }
+    if !dry_run && letter.resubmits >= i32::try_from(app.config.resubmit_limit).unwrap_or(i32::MAX)
+    {
+        return Err(Error::LimitReached {
+            id: letter.id,
+            resubmits: letter.resubmits,
+        });
+    }
+    Ok(())
+}
+
+async fn plan_cart(app: &App, letter: &Row, options: &Options<'_>) -> Result<Plan, Error> {
+    let original = letter.message();
+    let cart = match options.corrected {
+        Some(cart) => Box::new(cart.clone()),
+        None => match cart_message::decode(&original) {
+            Decoded::Cart(cart) => cart,
+            Decoded::UnknownSchema(detail) => {
+                return Ok(Plan::Unprocessable(Outcome::UnknownSchema, detail));
+            }
+            Decoded::Invalid(detail) => return Ok(Plan::Unprocessable(Outcome::Invalid, detail)),
+        },
+    };
+    let cart_id = cart.cart_id.as_uuid();
+    let source = if letter.source == crate::service::intake::DIRECT_SOURCE {
+        Source::Direct
+    } else {
+        Source::Queue
+    };
+    let Some(gateway) = &app.payments else {
+        return Ok(Plan::Place { cart, source });
+    };
+    let verdict = if options.dry_run {
+        payment::predict(app, &cart)
+            .await?
+            .unwrap_or(Verdict::Proceed)
+    } else {
+        // The payment step sees the cart being placed (the corrected one, if any).
+        let message = match options.corrected {
+            Some(cart) => cart_message::encode(cart, Utc::now()),
+            None => original,
+        };
+        payment::decide(app, gateway, &[(&cart, &message)])
+            .await?
+            .remove(&cart_id)
+            .unwrap_or(Verdict::Proceed)
+    };
+    Ok(match verdict {
+        Verdict::Proceed => Plan::Place { cart, source },
+        Verdict::Refused { reason, detail } => Plan::PaymentRefused {
+            cart_id,
+            reason,
+            detail,
+        },
+        Verdict::Unknown(detail) => Plan::PaymentUnknown { cart_id, detail },
+        Verdict::Retry(why) => return Err(Error::Retry(why)),
+    })
+}
+
+/// What the transaction did.
+struct Done {
+    outcome: Outcome,
+    detail: String,
+    order_id: Option<Uuid>,
+    cart_id: Option<Uuid>,
+}
+
+async fn carry_out(tx: &mut Tx, plan: Plan, dry_run: bool) -> Result<Done, sqlx::Error> {
+    let done = |outcome, detail: String, order_id, cart_id| Done {
+        outcome,
+        detail,
+        order_id,
+        cart_id,
+    };
+    Ok(match plan {
+        Plan::Unprocessable(outcome, detail) => done(outcome, detail, None, None),
+        Plan::Place { cart, source } => {
+            let cart_id = cart.cart_id.as_uuid();
+            match orders::place(tx, &cart, &cart.payload_hash(), source).await? {
+                Placement::Created(_) if dry_run => done(
+                    Outcome::WouldCreateOrder,
+                    format!("cart {cart_id} would become a new order"),
+                    None,
+                    Some(cart_id),
+                ),
+                Placement::Created(order_id) => done(
+                    Outcome::CreatedOrder,
+                    format!("order {order_id} created for cart {cart_id}"),
+                    Some(order_id),
+                    Some(cart_id),
+                ),
+                Placement::Duplicate(order_id) => done(
+                    Outcome::Duplicate,
+                    format!(
+                        "cart {cart_id} is order {order_id} already (same payload): \
+                         nothing new is created"
+                    ),
+                    Some(order_id),
+                    Some(cart_id),
+                ),
+                Placement::Conflict(order_id) => done(
+                    Outcome::Conflict,
+                    format!(
+                        "order {order_id} holds cart_id {cart_id} with a different payload; \
+                         resubmit a corrected cart with a new cart_id, or delete this"
+                    ),
+                    Some(order_id),
+                    Some(cart_id),
+                ),
+            }
+        }
+        Plan::PaymentRefused {
+            cart_id,
+            reason,
+            detail,
+        } => {
+            orders::record_rejection(tx, cart_id, reason, &detail).await?;
+            done(Outcome::PaymentDeclined, detail, None, Some(cart_id))
+        }
+        Plan::PaymentUnknown { cart_id, detail } => {
+            payments::mark_unknown(tx, cart_id, &detail).await?;
+            let detail =
+                format!("{detail}; resolve it first: POST /v1/admin/payments/{cart_id}/resolve");
+            done(Outcome::PaymentUnknown, detail, None, Some(cart_id))
+        }
+        Plan::Reply(Err(Refusal { reason, detail })) => {
+            done(Outcome::refused(reason), detail, None, None)
+        }
+        Plan::Reply(Ok(reply)) => match replies::record(tx, &reply).await? {
+            Err(Refusal { reason, detail }) => done(Outcome::refused(reason), detail, None, None),
+            Ok(Recorded::Applied) => done(
+                if dry_run {
+                    Outcome::WouldApplyReply
+                } else {
+                    Outcome::ReplyApplied
+                },
+                format!(
+                    "{} from {} for order {}",
+                    reply.status, reply.partner, reply.order_id
+                ),
+                Some(reply.order_id),
+                None,
+            ),
+            Ok(Recorded::Duplicate) => done(
+                Outcome::Duplicate,
+                format!(
+                    "order {} has {} already: nothing changes",
+                    reply.order_id, reply.status
+                ),
+                Some(reply.order_id),
+                None,
+            ),
+        },
+    })
+}
+
+/// Counts the resubmit, resolves the dead letter when the outcome says so, writes the
+/// audit entry and moves the bulk job on: all in the caller's transaction.
+async fn mark(
+    tx: &mut Tx,
+    letter: &Row,
+    done: &Done,
+    resolved: bool,
+    options: &Options<'_>,
+) -> Result<(), sqlx::Error> {
+    let now = Utc::now();
+    on_tx!(tx, |c| sqlx::query(
+        "UPDATE dead_letters SET resubmits = resubmits + 1, resubmitted_at = $2,
+             resolved_at = $3, resolution = $4, order_id = $5
+         WHERE id = $1"
+    )
+    .bind(letter.id)
+    .bind(now)
+    .bind(resolved.then_some(now))
+    .bind(resolved.then_some(done.outcome.as_str()))
+    .bind(if resolved { done.order_id } else { None })
+    .execute(&mut *c)
+    .await
+    .map(drop))?;
+    on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO dead_letter_audit
+             (dead_letter_id, action, outcome, order_id, actor, reason, detail, job_id, at)
+         VALUES ($1, 'resubmit', $2, $3, $4, $5, $6, $7, $8)"
+    )
+    .bind(letter.id)
+    .bind(done.outcome.as_str())
+    .bind(done.order_id)
+    .bind(options.actor)
+    .bind(options.reason)
+    .bind(&done.detail)
+    .bind(options.job)
+    .bind(now)
+    .execute(&mut *c)
+    .await
+    .map(drop))?;
+    if let Some(job) = options.job {
+        super::resubmit_jobs::advance(tx, job, letter.id).await?;
+    }
+    Ok(())
+}

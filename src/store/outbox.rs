@@ -1,0 +1,365 @@
+//! The outbox table `order_dispatch` (DESIGN §5, §7): claiming a batch under a lease, and
+//! recording what became of each row. Every write after the claim names the batch and
+//! requires the lease to hold, so a relay that stalled past its lease changes nothing.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::on_db;
+use crate::store::Db;
+
+/// One row a relay holds.
+#[derive(Clone, Debug, FromRow)]
+pub struct Claimed {
+    pub order_id: Uuid,
+    pub retry_count: i32,
+    /// Set when an earlier attempt routed it: the order stays with that partner.
+    pub partner: Option<String>,
+}
+
+/// Locks up to `limit` due rows for `batch_id` for `until - now` — rows that are pending
+/// or waiting to retry, due, and not leased (or whose lease lapsed) — and routes them, in
+/// one transaction (one commit per batch, not two). PostgreSQL skips rows another relay
+/// is claiming at this moment; SQLite has one writer, so the claim is atomic.
+///
+/// A row routed by an earlier attempt keeps its partner; the others get `route(country,
+/// region)`, recorded on the row and on the order before anything is sent, so that the
+/// partner's reply can be checked against it. `partner` is `None` where no rule matched.
+pub async fn claim(
+    db: &Db,
+    instance: &str,
+    batch_id: Uuid,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: usize,
+    route: &(dyn Fn(&str, Option<&str>) -> Option<String> + Sync),
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            // Leases on the database's clock: instances whose clocks disagree still agree
+            // on whether a lease has lapsed.
+            let lease_ms = (until - now).num_milliseconds();
+            let mut claimed: Vec<Claimed> = sqlx::query_as(
+                "UPDATE order_dispatch d
+                 SET locked_by = $1, locked_until = now() + make_interval(secs => $2::float8 / 1000),
+                     batch_id = $3, version = d.version + 1
+                 FROM (SELECT order_id FROM order_dispatch
+                       WHERE process_status IN ('pending', 'error') AND next_attempt_at <= now()
+                         AND (locked_until IS NULL OR locked_until < now())
+                       ORDER BY next_attempt_at
+                       LIMIT $4
+                       FOR UPDATE SKIP LOCKED) due
+                 WHERE d.order_id = due.order_id
+                 RETURNING d.order_id, d.retry_count, d.partner",
+            )
+            .bind(instance)
+            .bind(lease_ms as f64)
+            .bind(batch_id)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            let unrouted = unrouted(&claimed);
+            if !unrouted.is_empty() {
+                let places: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+                    "SELECT id, ship_country, ship_region FROM orders WHERE id = ANY($1)",
+                )
+                .bind(&unrouted)
+                .fetch_all(&mut *tx)
+                .await?;
+                let assigned = assign(&mut claimed, &places, route);
+                let (ids, partners): (Vec<Uuid>, Vec<String>) = assigned.into_iter().unzip();
+                sqlx::query(
+                    "UPDATE order_dispatch d SET partner = t.partner
+                     FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
+                     WHERE d.order_id = t.order_id",
+                )
+                .bind(&ids)
+                .bind(&partners)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE orders o SET transport_partner = t.partner
+                     FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
+                     WHERE o.id = t.order_id",
+                )
+                .bind(&ids)
+                .bind(&partners)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(claimed)
+        }
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let mut claimed: Vec<Claimed> = sqlx::query_as(
+                "UPDATE order_dispatch
+                 SET locked_by = $1, locked_until = $2, batch_id = $3, version = version + 1
+                 WHERE order_id IN (
+                       SELECT order_id FROM order_dispatch
+                       WHERE process_status IN ('pending', 'error') AND next_attempt_at <= $4
+                         AND (locked_until IS NULL OR locked_until < $4)
+                       ORDER BY next_attempt_at
+                       LIMIT $5)
+                 RETURNING order_id, retry_count, partner",
+            )
+            .bind(instance)
+            .bind(until)
+            .bind(batch_id)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            let unrouted = unrouted(&claimed);
+            let mut places: Vec<(Uuid, String, Option<String>)> = Vec::new();
+            for id in &unrouted {
+                let place: Option<(Uuid, String, Option<String>)> = sqlx::query_as(
+                    "SELECT id, ship_country, ship_region FROM orders WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                places.extend(place);
+            }
+            for (id, partner) in assign(&mut claimed, &places, route) {
+                sqlx::query("UPDATE order_dispatch SET partner = $1 WHERE order_id = $2")
+                    .bind(&partner)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE orders SET transport_partner = $1 WHERE id = $2")
+                    .bind(&partner)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(claimed)
+        }
+    }
+}
+
+/// Claimed rows no earlier attempt routed.
+fn unrouted(claimed: &[Claimed]) -> Vec<Uuid> {
+    claimed
+        .iter()
+        .filter(|row| row.partner.is_none())
+        .map(|row| row.order_id)
+        .collect()
+}
+
+/// Routes the claimed rows that have no partner yet; returns the new assignments.
+fn assign(
+    claimed: &mut [Claimed],
+    places: &[(Uuid, String, Option<String>)],
+    route: &(dyn Fn(&str, Option<&str>) -> Option<String> + Sync),
+) -> Vec<(Uuid, String)> {
+    let mut assigned = Vec::new();
+    for row in claimed.iter_mut().filter(|row| row.partner.is_none()) {
+        let Some((_, country, region)) = places.iter().find(|(id, _, _)| *id == row.order_id)
+        else {
+            continue;
+        };
+        if let Some(partner) = route(country, region.as_deref()) {
+            assigned.push((row.order_id, partner.clone()));
+            row.partner = Some(partner);
+        }
+    }
+    assigned
+}
+
+/// Marks sent rows `processed` and appends `sent_to_partner`, in one transaction, for the
+/// rows this batch still holds. Returns the ids marked; the others were claimed by
+/// another relay after this one's lease lapsed (every claim writes a new batch id, so
+/// the batch id alone says who holds a row).
+pub async fn mark_sent(
+    db: &Db,
+    batch_id: Uuid,
+    order_ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if order_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let marked: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE order_dispatch
+                 SET process_status = 'processed', processed_at = $3, locked_until = NULL,
+                     last_error = NULL, version = version + 1
+                 WHERE order_id = ANY($1) AND batch_id = $2
+                 RETURNING order_id",
+            )
+            .bind(order_ids)
+            .bind(batch_id)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO order_status (order_id, status, at)
+                 SELECT id, 'sent_to_partner', $2 FROM UNNEST($1::uuid[]) AS t(id)
+                 ON CONFLICT (order_id, status) DO NOTHING",
+            )
+            .bind(&marked)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(marked)
+        }
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let mut marked = Vec::with_capacity(order_ids.len());
+            for id in order_ids {
+                let done = sqlx::query(
+                    "UPDATE order_dispatch
+                     SET process_status = 'processed', processed_at = $3, locked_until = NULL,
+                         last_error = NULL, version = version + 1
+                     WHERE order_id = $1 AND batch_id = $2",
+                )
+                .bind(id)
+                .bind(batch_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 1 {
+                    sqlx::query(
+                        "INSERT INTO order_status (order_id, status, at)
+                         VALUES ($1, 'sent_to_partner', $2)
+                         ON CONFLICT (order_id, status) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    marked.push(*id);
+                }
+            }
+            tx.commit().await?;
+            Ok(marked)
+        }
+    }
+}
+
+/// What a failed send leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Retried at this time.
+    Retry(DateTime<Utc>),
+    /// Tried again at this time, without counting the try: the queue was down, which says
+    /// nothing about this row, and a broker outage must not use up its retries.
+    Defer(DateTime<Utc>),
+    /// Out of retries: `critical_error`, for a person.
+    GiveUp,
+}
+
+/// Records a failed send of a row this batch still holds; false when another relay has it.
+pub async fn mark_failed(
+    db: &Db,
+    batch_id: Uuid,
+    order_id: Uuid,
+    error: &str,
+    after: AfterFailure,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    // A deferred row keeps its status and its count.
+    let (status, next, counted) = match after {
+        AfterFailure::Retry(at) => (Some("error"), at, 1_i32),
+        AfterFailure::Defer(at) => (None, at, 0),
+        AfterFailure::GiveUp => (Some("critical_error"), now, 1),
+    };
+    on_db!(db, |pool| {
+        let done = sqlx::query(
+            "UPDATE order_dispatch
+             SET process_status = COALESCE($1, process_status), next_attempt_at = $2,
+                 retry_count = retry_count + $6, last_error = $3, locked_until = NULL,
+                 version = version + 1
+             WHERE order_id = $4 AND batch_id = $5",
+        )
+        .bind(status)
+        .bind(next)
+        .bind(error)
+        .bind(order_id)
+        .bind(batch_id)
+        .bind(counted)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    })
+}
+
+/// Rows by status, except `processed` (which only grows): what the metrics and the admin
+/// API show.
+pub async fn counts(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    on_db!(db, |pool| sqlx::query_as(
+        "SELECT process_status, COUNT(*) FROM order_dispatch
+         WHERE process_status IN ('pending', 'error', 'critical_error')
+         GROUP BY process_status"
+    )
+    .fetch_all(pool)
+    .await)
+}
+
+/// An outbox row as the admin API shows it.
+#[derive(Clone, Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct DispatchRow {
+    pub order_id: Uuid,
+    /// `pending`, `error` (retrying), `processed` or `critical_error`.
+    #[schema(example = "critical_error")]
+    pub process_status: String,
+    pub retry_count: i32,
+    pub last_error: Option<String>,
+    pub partner: Option<String>,
+    pub locked_by: Option<String>,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+/// Rows in one status, oldest first, after `after` (the last order id of the previous
+/// page).
+pub async fn list(
+    db: &Db,
+    status: &str,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<DispatchRow>, sqlx::Error> {
+    on_db!(db, |pool| sqlx::query_as(
+        "SELECT order_id, process_status, retry_count, last_error, partner, locked_by,
+                locked_until, next_attempt_at, created_at, processed_at
+         FROM order_dispatch
+         WHERE process_status = $1 AND ($2 IS NULL OR order_id > $2)
+         ORDER BY order_id
+         LIMIT $3"
+    )
+    .bind(status)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await)
+}
+
+/// Sends a `critical_error` (or `error`) row again from scratch; false when it is in
+/// neither state, or a relay holds it right now (breaking its lease would send it twice).
+pub async fn retry(db: &Db, order_id: Uuid, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    on_db!(db, |pool| {
+        let done = sqlx::query(
+            "UPDATE order_dispatch
+             SET process_status = 'pending', retry_count = 0, next_attempt_at = $2,
+                 locked_until = NULL, version = version + 1
+             WHERE order_id = $1 AND process_status IN ('critical_error', 'error')
+               AND (locked_until IS NULL OR locked_until < $2)",
+        )
+        .bind(order_id)
+        .bind(now)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    })
+}
