@@ -1,4 +1,4 @@
-//! Hostile clients (README "Hostile clients"): slow heads and slow bodies are cut off,
+//! Hostile clients (docs/operations.md#hostile-clients): slow heads and slow bodies are cut off,
 //! oversized heads refused, connections and checkouts capped without starving health, and
 //! admin token guessing held off — all against a real server over raw TCP.
 

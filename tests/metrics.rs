@@ -1,6 +1,6 @@
 //! `/metrics` shows what the admin page shows — the backlog, its rates and catch-up
 //! estimate, the drain switch, instances by state, outbox rows and dead letters — under
-//! the names and types the README's metrics table documents.
+//! the names and types the metrics table in docs/operations.md documents.
 
 mod common;
 
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "metrics-test-admin-token-0001";
 
-/// Every family in the README's metrics table, with its type. Counters are named here as
+/// Every family in docs/operations.md's metrics table, with its type. Counters are named here as
 /// their `# TYPE` line names them: without the `_total` their samples carry.
 const FAMILIES: [(&str, &str); 23] = [
     ("cartbus_checkouts", "counter"),

@@ -169,7 +169,7 @@ pub struct Config {
     pub payment_token: Option<SecretString>,
 }
 
-/// What a client may hold or try before it is cut off (README "Hostile clients").
+/// What a client may hold or try before it is cut off (docs/operations.md#hostile-clients).
 #[derive(Clone, Debug)]
 pub struct HostileLimits {
     /// Open connections at once; one more is closed as soon as it is accepted.

@@ -1,5 +1,5 @@
 //! The accept loop: HTTP/1.1 connections served by hyper with the limits that keep slow,
-//! oversized or numerous clients from exhausting the service (README "Hostile clients").
+//! oversized or numerous clients from exhausting the service (docs/operations.md#hostile-clients).
 //! `axum::serve` has no knobs for these, so the loop is ours.
 
 use std::future::Future;

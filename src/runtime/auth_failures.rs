@@ -1,5 +1,5 @@
 //! Wrong admin credentials, counted per client address and for all clients together, so
-//! that the admin token cannot be guessed at speed (README "Hostile clients").
+//! that the admin token cannot be guessed at speed (docs/operations.md#hostile-clients).
 //!
 //! A fixed window per client: after `per_client` failures the client is held off until
 //! the window that began with its first failure ends, whatever it presents, even the

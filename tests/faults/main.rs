@@ -12,7 +12,7 @@
 //!
 //! ```sh
 //! cargo test --test faults                           # CI: 3 cycles per fault
-//! cargo test --release --test faults -- --cycles 200 # the README's full run
+//! cargo test --release --test faults -- --cycles 200 # the full run in docs/guarantees.md
 //! cargo test --test faults -- --only consumer-in-order-tx --stack embedded
 //! ```
 //! `CARTBUS_FAULT_CYCLES` sets the default. It exits non-zero if anything was lost,

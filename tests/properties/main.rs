@@ -1,6 +1,6 @@
 //! Property tests of the cart parser and the money arithmetic (issue 9).
 //!
-//! Carts are generated from the rules (README "Rules for a cart"), then mutated one field
+//! Carts are generated from the rules (docs/http-api.md#rules-for-a-cart), then mutated one field
 //! at a time, and arbitrary JSON is thrown in too. For every input, `Cart::parse` must not
 //! panic, must accept exactly when the oracle ([`rules`]) says the rules hold, and must
 //! name every problem by a JSON pointer into the input.

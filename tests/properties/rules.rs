@@ -1,4 +1,4 @@
-//! The rules for a cart, as the README states them: the oracle the parser is checked
+//! The rules for a cart, as docs/http-api.md states them: the oracle the parser is checked
 //! against. It shares the standards' crates (uuid, email_address, isocountry,
 //! iso_currency) with the parser, none of its code.
 
