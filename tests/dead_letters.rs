@@ -764,3 +764,64 @@ async fn bulk_resubmit_killed_halfway_and_rerun_resubmits_each_dead_letter_once(
 fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
+
+/// A broken invariant in the orders store (a cart neither inserted nor found ordered
+/// before: a bug, played here by a fail point) counts as an attempt like a refused
+/// statement, so the cart ends as a `max-attempts` dead letter that names the invariant,
+/// instead of going back to the queue for ever as if the database were down.
+#[tokio::test]
+async fn a_broken_invariant_in_the_consumer_ends_as_a_dead_letter_after_max_attempts() {
+    const TEST: &str =
+        "a_broken_invariant_in_the_consumer_ends_as_a_dead_letter_after_max_attempts";
+    for broker_url in stacks(TEST) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (settings, backend) = stack_settings(dir.path(), broker_url.as_deref(), TEST).await;
+        let settings = settings.set("CARTBUS_MAX_ATTEMPTS", "3");
+        let client = common::client();
+        let mut instance = Process::start(
+            &settings,
+            &[("FAILPOINTS", "order-neither-inserted-nor-found=return")],
+        );
+        let cart = common::cart();
+        let response = common::post_cart(&client, &instance.base, &cart).await;
+        let status = response.status();
+        if status != 202 {
+            for line in instance.logs.lock().expect("logs").iter() {
+                eprintln!("{line}");
+            }
+        }
+        assert_eq!(status, 202);
+        let cart_id = cart["cart_id"].as_str().expect("cart_id");
+
+        eventually("the cart dead-lettered as max-attempts", || async {
+            (count_dead_letters(&client, &instance.base, "reason=max-attempts").await == 1)
+                .then_some(())
+        })
+        .await;
+        let (status, page) = admin_at(
+            &client,
+            &instance.base,
+            reqwest::Method::GET,
+            "/v1/admin/dead-letters?reason=max-attempts",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        let letter = &page["items"][0];
+        assert_eq!(letter["message_id"], cart_id, "{letter}");
+        let detail = letter["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.starts_with("failed 3 times; last: ")
+                && detail.contains("invariant broken: order for cart"),
+            "{detail}"
+        );
+        assert!(instance.logs_contain("store invariant broken"));
+        assert_eq!(common::order_counts(&backend, dir.path()).await.0, 0);
+        let (code, status) =
+            common::get_json(&client, &instance.base, &format!("/v1/checkouts/{cart_id}")).await;
+        assert_eq!(code, 200, "{status}");
+        assert_eq!(status["status"], "rejected", "{status}");
+        assert_eq!(status["reason"], "max-attempts", "{status}");
+        instance.kill();
+    }
+}

@@ -22,6 +22,10 @@ pub enum Reason {
     /// The payment endpoint was called and whether it captured is not known: never
     /// called again; a person checks with the payment service and resolves it.
     PaymentUnknown,
+    /// The payment service said no: the checkout is rejected (not a dead letter).
+    PaymentDeclined,
+    /// An operator found that an unknown payment did not go through: rejected.
+    PaymentFailed,
 }
 
 impl Reason {
@@ -35,7 +39,31 @@ impl Reason {
             Reason::UnknownOrder => "unknown-order",
             Reason::WrongPartner => "wrong-partner",
             Reason::PaymentUnknown => "payment-unknown",
+            Reason::PaymentDeclined => "payment-declined",
+            Reason::PaymentFailed => "payment-failed",
         }
+    }
+
+    /// The same word as a metric label value (`max_attempts`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Conflict => "conflict",
+            Reason::UnknownSchema => "unknown_schema",
+            Reason::Invalid => "invalid",
+            Reason::MaxAttempts => "max_attempts",
+            Reason::BadSignature => "bad_signature",
+            Reason::UnknownOrder => "unknown_order",
+            Reason::WrongPartner => "wrong_partner",
+            Reason::PaymentUnknown => "payment_unknown",
+            Reason::PaymentDeclined => "payment_declined",
+            Reason::PaymentFailed => "payment_failed",
+        }
+    }
+
+    /// A business outcome rather than a message that needs a person: the checkout is
+    /// turned away and its message is done with, not dead-lettered.
+    pub fn is_business_outcome(self) -> bool {
+        matches!(self, Reason::PaymentDeclined | Reason::PaymentFailed)
     }
 }
 

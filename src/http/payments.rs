@@ -187,7 +187,7 @@ pub async fn resolve(
     })
 }
 
-fn unavailable(app: &AppState, e: sqlx::Error) -> ApiError {
+fn unavailable(app: &AppState, e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "payments: orders database unavailable");
     ApiError::Unavailable {
         detail: "the orders database is unavailable".into(),

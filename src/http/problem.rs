@@ -90,7 +90,7 @@ impl ApiError {
     }
 
     /// The orders database failed a read or write an admin call needed.
-    pub fn database_unavailable(e: sqlx::Error) -> ApiError {
+    pub fn database_unavailable(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "orders database unavailable to an admin call");
         ApiError::Unavailable {
             detail: "the orders database is unavailable".into(),

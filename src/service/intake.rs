@@ -9,12 +9,11 @@ use uuid::Uuid;
 use crate::domain::Cart;
 use crate::domain::Reason;
 use crate::domain::cart_message as message;
-use crate::domain::order::{Placement, Source};
+use crate::domain::order::Source;
 use crate::runtime::app::{App, AppState};
-use crate::service::payment::{self, Verdict};
-use crate::store::dead_letters;
-use crate::store::orders;
-use crate::store::payments;
+use crate::service::payment::Verdict;
+use crate::service::place::{self, Outcome};
+use crate::store::{StoreError, dead_letters};
 
 /// Where a direct write's dead letters say they came from (no queue was involved).
 pub const DIRECT_SOURCE: &str = "direct-write";
@@ -58,7 +57,7 @@ pub async fn submit(app: &AppState, cart: &Cart) -> Result<Accepted, IntakeError
     let result = write_directly(app, cart).await;
     app.metrics.checkout(match &result {
         Ok(_) => "direct",
-        Err(IntakeError::Conflict { .. }) => "conflict",
+        Err(IntakeError::Conflict { .. }) => Reason::Conflict.label(),
         Err(IntakeError::Unavailable) => "unavailable",
     });
     result
@@ -91,95 +90,66 @@ async fn write_directly(app: &AppState, cart: &Cart) -> Result<Accepted, IntakeE
     }
 }
 
-/// The payment step, then the order. Not to be cancelled once started: no timeout wraps
-/// it (the capture call has its own, `CARTBUS_PAYMENT_TIMEOUT_MS`).
+/// The payment step, then the order, through the place service. Not to be cancelled once
+/// started: no timeout wraps it (the capture call has its own, `CARTBUS_PAYMENT_TIMEOUT_MS`).
+///
+/// A declined payment or one whose outcome is unknown makes no order now and answers as
+/// queued: the checkout's status says why (`rejected`, or `pending` with
+/// `payment-unknown` for a person to resolve). A call that never left, or a first call
+/// that may still be in flight, answers 503 so that the storefront tries again.
 async fn pay_and_place(app: &App, cart: &Cart) -> Result<Accepted, IntakeError> {
-    if let Some(gateway) = &app.payments {
-        // The same at-most-once capture as the consumer's: no order without a payment.
-        if let Some(decided) = pay(app, gateway, cart).await? {
-            return Ok(decided);
-        }
+    let cart_id = cart.cart_id.as_uuid();
+    let message = message::encode(cart, Utc::now());
+    let unavailable = |e: StoreError| {
+        tracing::error!(%cart_id, error = %e, "direct order write failed");
+        IntakeError::Unavailable
+    };
+    let verdicts = place::pay(
+        &app.db,
+        &app.metrics,
+        app.payments.as_ref(),
+        &[(cart, &message)],
+    )
+    .await
+    .map_err(unavailable)?;
+    let verdict = place::verdict_for(&verdicts, cart);
+    if let Verdict::Retry(why) = &verdict {
+        tracing::warn!(%cart_id, why, "payment not attempted; the storefront should retry");
+        return Err(IntakeError::Unavailable);
+    }
+    if app.payments.is_some() && verdict == Verdict::Proceed {
         // Test-only: die between the capture and its order.
         crate::fault::freeze_if_hit("direct-after-payment").await;
     }
     let write = async {
         let mut tx = app.db.begin().await?;
-        let placement = orders::place(&mut tx, cart, &cart.payload_hash(), Source::Direct).await?;
-        if let Placement::Conflict(order_id) = placement {
-            let detail =
-                format!("order {order_id} exists for this cart_id with a different payload");
-            orders::record_rejection(&mut tx, cart.cart_id.as_uuid(), "conflict", &detail).await?;
+        let outcome = place::place(&mut tx, &[(cart, &verdict)], Source::Direct)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::invariant("no outcome for the cart"))?;
+        if let Outcome::PaymentUnknown(detail) = &outcome {
+            dead_letters::record(
+                &mut tx,
+                DIRECT_SOURCE,
+                &message,
+                Reason::PaymentUnknown,
+                detail,
+                0,
+            )
+            .await?;
         }
         tx.commit().await?;
-        Ok::<_, sqlx::Error>(placement)
+        Ok::<_, StoreError>(outcome)
     };
-    match write.await {
-        Ok(Placement::Created(order_id) | Placement::Duplicate(order_id)) => {
+    match write.await.map_err(unavailable)? {
+        Outcome::Created(order_id) | Outcome::Duplicate(order_id) => {
             Ok(Accepted::Ordered(order_id))
         }
-        Ok(Placement::Conflict(order_id)) => Err(IntakeError::Conflict {
-            cart_id: cart.cart_id.as_uuid(),
-            order_id,
-        }),
-        Err(e) => {
-            tracing::error!(cart_id = %cart.cart_id, error = %e, "direct order write failed");
-            Err(IntakeError::Unavailable)
-        }
-    }
-}
-
-/// The payment step for a cart written directly. `None`: captured (or ordered before), go
-/// on and write the order. `Some(Queued)`: no order now; the checkout's status says why
-/// (`rejected` for a declined payment, `pending` with `payment-unknown` for a person to
-/// resolve). A call that never left, or a first call that may still be in flight, answers
-/// 503 so that the storefront tries again.
-async fn pay(
-    app: &App,
-    gateway: &crate::service::payment::Gateway,
-    cart: &Cart,
-) -> Result<Option<Accepted>, IntakeError> {
-    let message = message::encode(cart, Utc::now());
-    let cart_id = cart.cart_id.as_uuid();
-    let db_failed = |e: sqlx::Error| {
-        tracing::error!(%cart_id, error = %e, "payment step of a direct write failed");
-        IntakeError::Unavailable
-    };
-    let verdict = payment::decide(app, gateway, &[(cart, &message)])
-        .await
-        .map_err(db_failed)?
-        .remove(&cart_id)
-        .unwrap_or(Verdict::Proceed);
-    let write = async {
-        let mut tx = app.db.begin().await?;
-        match &verdict {
-            Verdict::Refused { reason, detail } => {
-                orders::record_rejection(&mut tx, cart_id, reason, detail).await?
-            }
-            Verdict::Unknown(detail) => {
-                dead_letters::record(
-                    &mut tx,
-                    DIRECT_SOURCE,
-                    &message,
-                    Reason::PaymentUnknown,
-                    detail,
-                    0,
-                )
-                .await?;
-                payments::mark_unknown(&mut tx, cart_id, detail).await?
-            }
-            Verdict::Proceed | Verdict::Retry(_) => {}
-        }
-        tx.commit().await
-    };
-    match verdict {
-        Verdict::Proceed => Ok(None),
-        Verdict::Retry(ref why) => {
-            tracing::warn!(%cart_id, why, "payment not attempted; the storefront should retry");
-            Err(IntakeError::Unavailable)
-        }
-        Verdict::Refused { .. } | Verdict::Unknown(_) => {
-            write.await.map_err(db_failed)?;
-            Ok(Some(Accepted::Queued))
-        }
+        Outcome::Rejected {
+            reason: Reason::Conflict,
+            order_id: Some(order_id),
+            ..
+        } => Err(IntakeError::Conflict { cart_id, order_id }),
+        Outcome::Rejected { .. } | Outcome::PaymentUnknown(_) => Ok(Accepted::Queued),
     }
 }

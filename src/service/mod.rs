@@ -7,6 +7,7 @@ pub mod drain;
 pub mod intake;
 pub mod partner_simulator;
 pub mod payment;
+pub mod place;
 pub mod relay;
 pub mod replies;
 pub mod resubmit;

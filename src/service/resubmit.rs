@@ -23,16 +23,15 @@ use uuid::Uuid;
 use crate::domain::Cart;
 use crate::domain::Reason;
 use crate::domain::cart_message::{self, Decoded};
-use crate::domain::order::{Placement, Source};
+use crate::domain::order::Source;
 use crate::domain::partner::StatusReply;
 use crate::on_tx;
 use crate::runtime::app::App;
-use crate::service::payment::{self, Verdict};
+use crate::service::payment::Verdict;
+use crate::service::place::{self, Outcome as Placed};
 use crate::service::replies::{self, Recorded, Refusal};
-use crate::store::Tx;
 use crate::store::dead_letters::{self, Row};
-use crate::store::orders;
-use crate::store::payments;
+use crate::store::{StoreError, Tx};
 
 /// What a resubmit did, or (dry run) would do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
@@ -69,10 +68,10 @@ impl Outcome {
             Outcome::WouldCreateOrder => "would-create-order",
             Outcome::CreatedOrder => "created-order",
             Outcome::Duplicate => "duplicate",
-            Outcome::Conflict => "conflict",
+            Outcome::Conflict => Reason::Conflict.as_str(),
             Outcome::Invalid => "invalid",
             Outcome::UnknownSchema => "unknown-schema",
-            Outcome::PaymentDeclined => "payment-declined",
+            Outcome::PaymentDeclined => Reason::PaymentDeclined.as_str(),
             Outcome::PaymentUnknown => "payment-unknown",
             Outcome::WouldApplyReply => "would-apply-reply",
             Outcome::ReplyApplied => "reply-applied",
@@ -163,27 +162,26 @@ pub enum Error {
     #[error("{0}")]
     Retry(String),
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Database(e.into())
+    }
 }
 
 /// What to do with the message, decided before the transaction (decoding, and the
 /// payment step, whose call must not hold a transaction open).
 enum Plan {
-    Place {
+    /// A cart for the place service, with its payment verdict.
+    Cart {
         cart: Box<Cart>,
         source: Source,
+        verdict: Verdict,
     },
     /// Not processable as it is: nothing is written but the audit.
     Unprocessable(Outcome, String),
-    PaymentRefused {
-        cart_id: Uuid,
-        reason: &'static str,
-        detail: String,
-    },
-    PaymentUnknown {
-        cart_id: Uuid,
-        detail: String,
-    },
     Reply(Result<StatusReply, Refusal>),
 }
 
@@ -284,39 +282,35 @@ async fn plan_cart(app: &App, letter: &Row, options: &Options<'_>) -> Result<Pla
             Decoded::Invalid(detail) => return Ok(Plan::Unprocessable(Outcome::Invalid, detail)),
         },
     };
-    let cart_id = cart.cart_id.as_uuid();
     let source = if letter.source == crate::service::intake::DIRECT_SOURCE {
         Source::Direct
     } else {
         Source::Queue
     };
-    let Some(gateway) = &app.payments else {
-        return Ok(Plan::Place { cart, source });
-    };
     let verdict = if options.dry_run {
-        payment::predict(app, &cart)
-            .await?
-            .unwrap_or(Verdict::Proceed)
+        place::predict_payment(&app.db, app.payments.as_ref(), &cart).await?
     } else {
         // The payment step sees the cart being placed (the corrected one, if any).
         let message = match options.corrected {
             Some(cart) => cart_message::encode(cart, Utc::now()),
             None => original,
         };
-        payment::decide(app, gateway, &[(&cart, &message)])
-            .await?
-            .remove(&cart_id)
-            .unwrap_or(Verdict::Proceed)
+        let verdicts = place::pay(
+            &app.db,
+            &app.metrics,
+            app.payments.as_ref(),
+            &[(&cart, &message)],
+        )
+        .await?;
+        place::verdict_for(&verdicts, &cart)
     };
-    Ok(match verdict {
-        Verdict::Proceed => Plan::Place { cart, source },
-        Verdict::Refused { reason, detail } => Plan::PaymentRefused {
-            cart_id,
-            reason,
-            detail,
-        },
-        Verdict::Unknown(detail) => Plan::PaymentUnknown { cart_id, detail },
-        Verdict::Retry(why) => return Err(Error::Retry(why)),
+    if let Verdict::Retry(why) = verdict {
+        return Err(Error::Retry(why));
+    }
+    Ok(Plan::Cart {
+        cart,
+        source,
+        verdict,
     })
 }
 
@@ -328,7 +322,7 @@ struct Done {
     cart_id: Option<Uuid>,
 }
 
-async fn carry_out(tx: &mut Tx, plan: Plan, dry_run: bool) -> Result<Done, sqlx::Error> {
+async fn carry_out(tx: &mut Tx, plan: Plan, dry_run: bool) -> Result<Done, StoreError> {
     let done = |outcome, detail: String, order_id, cart_id| Done {
         outcome,
         detail,
@@ -337,22 +331,30 @@ async fn carry_out(tx: &mut Tx, plan: Plan, dry_run: bool) -> Result<Done, sqlx:
     };
     Ok(match plan {
         Plan::Unprocessable(outcome, detail) => done(outcome, detail, None, None),
-        Plan::Place { cart, source } => {
+        Plan::Cart {
+            cart,
+            source,
+            verdict,
+        } => {
             let cart_id = cart.cart_id.as_uuid();
-            match orders::place(tx, &cart, &cart.payload_hash(), source).await? {
-                Placement::Created(_) if dry_run => done(
+            let placed = place::place(tx, &[(&cart, &verdict)], source)
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::invariant("no outcome for the cart"))?;
+            match placed {
+                Placed::Created(_) if dry_run => done(
                     Outcome::WouldCreateOrder,
                     format!("cart {cart_id} would become a new order"),
                     None,
                     Some(cart_id),
                 ),
-                Placement::Created(order_id) => done(
+                Placed::Created(order_id) => done(
                     Outcome::CreatedOrder,
                     format!("order {order_id} created for cart {cart_id}"),
                     Some(order_id),
                     Some(cart_id),
                 ),
-                Placement::Duplicate(order_id) => done(
+                Placed::Duplicate(order_id) => done(
                     Outcome::Duplicate,
                     format!(
                         "cart {cart_id} is order {order_id} already (same payload): \
@@ -361,30 +363,30 @@ async fn carry_out(tx: &mut Tx, plan: Plan, dry_run: bool) -> Result<Done, sqlx:
                     Some(order_id),
                     Some(cart_id),
                 ),
-                Placement::Conflict(order_id) => done(
+                Placed::Rejected {
+                    reason: Reason::Conflict,
+                    order_id,
+                    ..
+                } => done(
                     Outcome::Conflict,
                     format!(
-                        "order {order_id} holds cart_id {cart_id} with a different payload; \
-                         resubmit a corrected cart with a new cart_id, or delete this"
+                        "order {} holds cart_id {cart_id} with a different payload; \
+                         resubmit a corrected cart with a new cart_id, or delete this",
+                        order_id.map(|id| id.to_string()).unwrap_or_default()
                     ),
-                    Some(order_id),
+                    order_id,
                     Some(cart_id),
                 ),
+                Placed::Rejected { detail, .. } => {
+                    done(Outcome::PaymentDeclined, detail, None, Some(cart_id))
+                }
+                Placed::PaymentUnknown(detail) => {
+                    let detail = format!(
+                        "{detail}; resolve it first: POST /v1/admin/payments/{cart_id}/resolve"
+                    );
+                    done(Outcome::PaymentUnknown, detail, None, Some(cart_id))
+                }
             }
-        }
-        Plan::PaymentRefused {
-            cart_id,
-            reason,
-            detail,
-        } => {
-            orders::record_rejection(tx, cart_id, reason, &detail).await?;
-            done(Outcome::PaymentDeclined, detail, None, Some(cart_id))
-        }
-        Plan::PaymentUnknown { cart_id, detail } => {
-            payments::mark_unknown(tx, cart_id, &detail).await?;
-            let detail =
-                format!("{detail}; resolve it first: POST /v1/admin/payments/{cart_id}/resolve");
-            done(Outcome::PaymentUnknown, detail, None, Some(cart_id))
         }
         Plan::Reply(Err(Refusal { reason, detail })) => {
             done(Outcome::refused(reason), detail, None, None)

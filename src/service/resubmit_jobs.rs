@@ -408,7 +408,11 @@ pub struct Preview {
     pub sample: Vec<Report>,
 }
 
-pub async fn preview(app: &App, filter: &JobFilter, max: i64) -> Result<Preview, sqlx::Error> {
+pub async fn preview(
+    app: &App,
+    filter: &JobFilter,
+    max: i64,
+) -> Result<Preview, crate::store::StoreError> {
     let limit = i32::try_from(app.config.resubmit_limit).unwrap_or(i32::MAX);
     let mut preview = Preview {
         dry_run: true,

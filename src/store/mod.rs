@@ -296,8 +296,49 @@ pub async fn migrate_url(url: &SecretString, kind: &DatabaseKind) -> anyhow::Res
     Ok(())
 }
 
+/// What a store call can fail with, sorted by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database is away, busy or restarting: try again later, counting no attempt.
+    #[error("database unavailable: {0}")]
+    Transient(#[source] sqlx::Error),
+    /// This statement fails for this data (a constraint, say): count an attempt, and
+    /// dead-letter the message once the attempts run out.
+    #[error("database refused the statement: {0}")]
+    Permanent(#[source] sqlx::Error),
+    /// What the database returned breaks a rule the code relies on: a bug. Logged
+    /// loudly and counted as an attempt like a permanent failure — never retried forever.
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_))
+    }
+
+    /// Reports a broken invariant at error level where it is found.
+    pub fn invariant(what: impl Into<String>) -> StoreError {
+        let what = what.into();
+        tracing::error!(invariant = %what, "store invariant broken: this is a bug");
+        StoreError::Invariant(what)
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_transient(&e) {
+            StoreError::Transient(e)
+        } else {
+            StoreError::Permanent(e)
+        }
+    }
+}
+
 /// Whether an error means "the database is not reachable or not answering" (retry later)
-/// rather than "this statement is wrong for this data".
+/// rather than "this statement is wrong for this data". `Protocol` is the driver's own
+/// word for a connection that broke mid-conversation (a restarting server); cartbus never
+/// raises it itself — a broken rule of ours is [`StoreError::Invariant`].
 pub fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)

@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::order::{Placement, Source};
-use crate::domain::{Cart, Line};
+use crate::domain::{Cart, Line, Reason};
 use crate::on_tx;
-use crate::store::Tx;
+use crate::store::{StoreError, Tx};
 
 /// Turns a cart into an order, lines and a `placed` status inside the caller's
 /// transaction, idempotently on `cart_id`. Never overwrites an existing order.
@@ -19,12 +19,12 @@ pub async fn place(
     cart: &Cart,
     payload_hash: &str,
     source: Source,
-) -> Result<Placement, sqlx::Error> {
+) -> Result<Placement, StoreError> {
     let placed = place_many(tx, &[(cart, payload_hash)], source).await?;
     placed
         .into_iter()
         .next()
-        .ok_or_else(|| sqlx::Error::Protocol("no placement for the cart".into()))
+        .ok_or_else(|| StoreError::invariant("no placement for the cart"))
 }
 
 /// Most rows per multi-row statement: keeps every statement well under SQLite's 32,766
@@ -41,7 +41,7 @@ pub async fn place_many(
     tx: &mut Tx,
     carts: &[(&Cart, &str)],
     source: Source,
-) -> Result<Vec<Placement>, sqlx::Error> {
+) -> Result<Vec<Placement>, StoreError> {
     let now = Utc::now();
     let order_ids: Vec<Uuid> = carts.iter().map(|_| Uuid::now_v7()).collect();
     let mut created: HashMap<Uuid, Uuid> = HashMap::with_capacity(carts.len());
@@ -160,14 +160,18 @@ pub async fn place_many(
     let mut first_seen: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     for (cart, hash) in carts {
         let cart_id = cart.cart_id.as_uuid();
-        match created.get(&cart_id) {
+        // Test-only: play an insert that reports no row for a cart it did insert.
+        let inserted = created
+            .get(&cart_id)
+            .filter(|_| !crate::fault::hit("order-neither-inserted-nor-found"));
+        match inserted {
             Some(order_id) if first_seen.insert(cart_id) => {
                 new_orders.push((cart, *order_id));
                 placements.push(Placement::Created(*order_id));
             }
             _ => {
                 let (order_id, existing_hash) = existing.get(&cart_id).ok_or_else(|| {
-                    sqlx::Error::Protocol(format!(
+                    StoreError::invariant(format!(
                         "order for cart {cart_id} neither inserted nor found"
                     ))
                 })?;
@@ -330,14 +334,14 @@ async fn insert_orders_values(
 pub async fn record_rejection(
     tx: &mut Tx,
     cart_id: Uuid,
-    reason: &str,
+    reason: Reason,
     detail: &str,
 ) -> Result<(), sqlx::Error> {
     on_tx!(tx, |c| sqlx::query(
         "INSERT INTO rejected_checkouts (cart_id, reason, detail, at) VALUES ($1, $2, $3, $4)"
     )
     .bind(cart_id)
-    .bind(reason)
+    .bind(reason.as_str())
     .bind(detail)
     .bind(Utc::now())
     .execute(&mut *c)

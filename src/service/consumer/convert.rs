@@ -5,22 +5,19 @@
 //! it names a cart, in `rejected_checkouts`) inside the same transaction, so nothing is
 //! rejected on the queue without a committed record.
 //!
-//! With a payment endpoint configured, the batch's payments are settled first
-//! ([`super::payment`]); only captured carts go on to become orders.
+//! The carts go through the place service ([`crate::service::place`]): the batch's
+//! payments first, then its orders in one transaction.
 
 use std::time::Duration;
 
-use crate::domain::Cart;
 use crate::domain::Reason;
 use crate::domain::cart_message::{self, Decoded};
-use crate::domain::order::{Placement, Source};
-use crate::queue::{Delivery, Message, Settlement};
+use crate::domain::order::Source;
+use crate::queue::{Delivery, Settlement};
 use crate::runtime::app::App;
-use crate::service::payment::{self, Verdict};
-use crate::store;
-use crate::store::dead_letters;
-use crate::store::orders;
-use crate::store::payments;
+use crate::service::payment::Verdict;
+use crate::service::place::{self, Outcome as Placed};
+use crate::store::{StoreError, Tx, dead_letters, orders};
 
 /// How long a message stays back when the database could not take it.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -41,36 +38,43 @@ pub struct Report {
 /// The fate of one message inside a committed transaction.
 #[derive(Debug)]
 enum Outcome {
-    Created,
-    Duplicate,
-    /// The payment was refused: the checkout is rejected with this reason, no order; the
-    /// message is done with (a business outcome, not a poison message).
-    PaymentRefused(&'static str, String),
+    /// A cart, through the place service.
+    Placed(Placed),
+    /// Not a cart this build can place (or out of attempts): dead-lettered.
     Rejected(Reason, String),
 }
 
 impl Outcome {
     fn label(&self) -> &'static str {
         match self {
-            Outcome::Created => "created",
-            Outcome::Duplicate => "duplicate",
-            Outcome::PaymentRefused("payment-failed", _) => "payment_failed",
-            Outcome::PaymentRefused(..) => "payment_declined",
-            Outcome::Rejected(Reason::Conflict, _) => "conflict",
-            Outcome::Rejected(Reason::UnknownSchema, _) => "unknown_schema",
-            Outcome::Rejected(Reason::MaxAttempts, _) => "max_attempts",
-            Outcome::Rejected(Reason::Invalid, _) => "invalid",
-            Outcome::Rejected(Reason::PaymentUnknown, _) => "payment_unknown",
-            Outcome::Rejected(reason, _) => reason.as_str(),
+            Outcome::Placed(placed) => placed.label(),
+            Outcome::Rejected(reason, _) => reason.label(),
         }
     }
 
-    fn settlement(self) -> Settlement {
+    /// Why the message is dead-lettered, if it is: a checkout turned away for a business
+    /// reason (a declined payment) is done with, not dead-lettered.
+    fn dead_letter(&self) -> Option<(Reason, &str)> {
         match self {
-            Outcome::Created | Outcome::Duplicate | Outcome::PaymentRefused(..) => {
-                Settlement::Accept
+            Outcome::Placed(Placed::Created(_) | Placed::Duplicate(_)) => None,
+            Outcome::Placed(Placed::Rejected { reason, .. }) if reason.is_business_outcome() => {
+                None
             }
-            Outcome::Rejected(reason, detail) => Settlement::Reject { reason, detail },
+            Outcome::Placed(Placed::Rejected { reason, detail, .. }) => Some((*reason, detail)),
+            Outcome::Placed(Placed::PaymentUnknown(detail)) => {
+                Some((Reason::PaymentUnknown, detail))
+            }
+            Outcome::Rejected(reason, detail) => Some((*reason, detail)),
+        }
+    }
+
+    fn settlement(&self) -> Settlement {
+        match self.dead_letter() {
+            None => Settlement::Accept,
+            Some((reason, detail)) => Settlement::Reject {
+                reason,
+                detail: detail.to_string(),
+            },
         }
     }
 }
@@ -78,10 +82,7 @@ impl Outcome {
 /// Why a conversion transaction failed.
 #[derive(Debug)]
 enum Failure {
-    /// No connection or transaction could be had: the database is away, whatever the
-    /// error code says (a refusing server reports e.g. SQLSTATE 55000 while connecting).
-    Unreachable(sqlx::Error),
-    Statement(sqlx::Error),
+    Store(StoreError),
     /// The switch says this instance must not commit orders (paused, another version,
     /// or a newer schema), seen inside the transaction.
     Gated(String),
@@ -90,25 +91,37 @@ enum Failure {
 impl Failure {
     fn is_transient(&self) -> bool {
         match self {
-            Failure::Unreachable(_) => true,
-            Failure::Statement(e) => store::is_transient(e),
+            Failure::Store(e) => e.is_transient(),
             Failure::Gated(_) => false,
         }
+    }
+
+    /// No connection or transaction could be had, or its commit failed: the database is
+    /// away, whatever the error code says (a refusing server reports e.g. SQLSTATE 55000
+    /// while connecting).
+    fn unreachable(e: sqlx::Error) -> Failure {
+        Failure::Store(StoreError::Transient(e))
     }
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Unreachable(e) | Failure::Statement(e) => e.fmt(f),
+            Failure::Store(e) => e.fmt(f),
             Failure::Gated(why) => f.write_str(why),
         }
     }
 }
 
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
 impl From<sqlx::Error> for Failure {
     fn from(e: sqlx::Error) -> Self {
-        Failure::Statement(e)
+        Failure::Store(e.into())
     }
 }
 
@@ -136,48 +149,44 @@ pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
         .collect();
 
     let mut report = Report::default();
-    if let Some(gateway) = &app.payments {
-        let carts: Vec<(&Cart, &Message)> = items
-            .iter()
-            .filter_map(|item| match &item.decoded {
-                Decoded::Cart(cart) => Some((cart.as_ref(), &item.delivery.message)),
-                _ => None,
-            })
-            .collect();
-        match payment::decide(app, gateway, &carts).await {
-            Ok(verdicts) => {
-                for item in &mut items {
-                    if let Decoded::Cart(cart) = &item.decoded
-                        && let Some(verdict) = verdicts.get(&cart.cart_id.as_uuid())
-                    {
-                        item.payment = verdict.clone();
-                    }
+    let carts: Vec<_> = items
+        .iter()
+        .filter_map(|item| match &item.decoded {
+            Decoded::Cart(cart) => Some((cart.as_ref(), &item.delivery.message)),
+            _ => None,
+        })
+        .collect();
+    match place::pay(&app.db, &app.metrics, app.payments.as_ref(), &carts).await {
+        Ok(verdicts) => {
+            for item in &mut items {
+                if let Decoded::Cart(cart) = &item.decoded {
+                    item.payment = place::verdict_for(&verdicts, cart);
                 }
             }
-            Err(e) => {
-                let e = Failure::Statement(e);
-                for item in &items {
-                    failed(app, &mut report, item, &e).await;
-                }
-                return report;
+        }
+        Err(e) => {
+            let e = Failure::Store(e);
+            for item in &items {
+                failed(app, &mut report, item, &e).await;
             }
-        }
-        let (retry, rest): (Vec<Item>, Vec<Item>) = items
-            .into_iter()
-            .partition(|item| matches!(item.payment, Verdict::Retry(_)));
-        for item in retry {
-            app.metrics.consumed("released", 1);
-            report.settlements.push((
-                item.delivery.tag,
-                Settlement::Release {
-                    delay: PAYMENT_RETRY_DELAY,
-                },
-            ));
-        }
-        items = rest;
-        if items.is_empty() {
             return report;
         }
+    }
+    let (retry, rest): (Vec<Item>, Vec<Item>) = items
+        .into_iter()
+        .partition(|item| matches!(item.payment, Verdict::Retry(_)));
+    for item in retry {
+        app.metrics.consumed("released", 1);
+        report.settlements.push((
+            item.delivery.tag,
+            Settlement::Release {
+                delay: PAYMENT_RETRY_DELAY,
+            },
+        ));
+    }
+    let items = rest;
+    if items.is_empty() {
+        return report;
     }
 
     match convert(app, &items).await {
@@ -220,7 +229,7 @@ pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
 }
 
 fn settle_with(app: &App, report: &mut Report, item: &Item<'_>, outcome: Outcome) {
-    if let Outcome::Rejected(reason, detail) = &outcome {
+    if let Some((reason, detail)) = outcome.dead_letter() {
         tracing::warn!(message_id = item.message_id(), %reason, detail, "cart message dead-lettered");
     }
     app.metrics.consumed(outcome.label(), 1);
@@ -230,7 +239,8 @@ fn settle_with(app: &App, report: &mut Report, item: &Item<'_>, outcome: Outcome
 }
 
 /// A message whose transaction failed: back to the queue, without counting an attempt when
-/// the database is down; counted otherwise, and dead-lettered on its last attempt.
+/// the database is down; counted otherwise (a refused statement, a broken invariant), and
+/// dead-lettered on its last attempt.
 async fn failed(app: &App, report: &mut Report, item: &Item<'_>, e: &Failure) {
     if e.is_transient() {
         report.database_down = true;
@@ -247,13 +257,7 @@ async fn failed(app: &App, report: &mut Report, item: &Item<'_>, e: &Failure) {
     if attempts >= app.config.max_attempts {
         let detail = format!("failed {attempts} times; last: {detail}");
         let outcome = Outcome::Rejected(Reason::MaxAttempts, detail);
-        match record_rejections(
-            app,
-            std::slice::from_ref(item),
-            std::slice::from_ref(&outcome),
-        )
-        .await
-        {
+        match record_last_attempt(app, item, &outcome).await {
             Ok(()) => return settle_with(app, report, item, outcome),
             Err(e) => {
                 tracing::error!(message_id = item.message_id(), error = %e, "cannot record the dead letter; keeping the message")
@@ -270,27 +274,17 @@ async fn failed(app: &App, report: &mut Report, item: &Item<'_>, e: &Failure) {
     ));
 }
 
-/// Converts the items in one transaction (their orders in a few multi-row statements),
-/// recording rejections in it.
+/// Converts the items in one transaction: the carts through the place service, the rest
+/// dead-lettered, every dead letter recorded in it.
 async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure> {
-    let hashes: Vec<Option<String>> = items
+    let carts: Vec<_> = items
         .iter()
-        .map(|item| match &item.decoded {
-            Decoded::Cart(cart) => Some(cart.payload_hash()),
+        .filter_map(|item| match &item.decoded {
+            Decoded::Cart(cart) => Some((cart.as_ref(), &item.payment)),
             _ => None,
         })
         .collect();
-    let carts: Vec<(&Cart, &str)> = items
-        .iter()
-        .zip(&hashes)
-        .filter_map(|(item, hash)| match (&item.decoded, hash, &item.payment) {
-            (Decoded::Cart(cart), Some(hash), Verdict::Proceed) => {
-                Some((cart.as_ref(), hash.as_str()))
-            }
-            _ => None,
-        })
-        .collect();
-    let mut tx = app.db.begin().await.map_err(Failure::Unreachable)?;
+    let mut tx = app.db.begin().await.map_err(Failure::unreachable)?;
     // The database, not timing, guarantees that nothing commits after `drained`: the
     // switch row is read (and on PostgreSQL share-locked, so a pause waits for this
     // commit) inside the very transaction that writes the orders.
@@ -300,90 +294,66 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
     // Test-only: a database that refuses every order (a broken constraint, say), so that
     // carts end as `max-attempts` dead letters.
     if crate::fault::hit("consumer-orders-refused") {
-        return Err(Failure::Statement(sqlx::Error::Configuration(
-            "fail point consumer-orders-refused: the database refuses orders".into(),
+        return Err(Failure::Store(StoreError::Permanent(
+            sqlx::Error::Configuration(
+                "fail point consumer-orders-refused: the database refuses orders".into(),
+            ),
         )));
     }
-    let mut placements = orders::place_many(&mut tx, &carts, Source::Queue)
+    let mut placed = place::place(&mut tx, &carts, Source::Queue)
         .await?
         .into_iter();
     let mut outcomes = Vec::with_capacity(items.len());
     for item in items {
-        let outcome = match (&item.decoded, &item.payment) {
-            (Decoded::Cart(_), Verdict::Refused { reason, detail }) => {
-                Outcome::PaymentRefused(reason, detail.clone())
-            }
-            (Decoded::Cart(_), Verdict::Unknown(detail)) => {
-                Outcome::Rejected(Reason::PaymentUnknown, detail.clone())
-            }
-            (Decoded::Cart(_), Verdict::Retry(_)) => {
-                return Err(Failure::Statement(sqlx::Error::Protocol(
-                    "a cart to be retried reached the orders transaction".into(),
-                )));
-            }
-            (Decoded::Cart(_), Verdict::Proceed) => match placements.next() {
-                Some(Placement::Created(_)) => Outcome::Created,
-                Some(Placement::Duplicate(_)) => Outcome::Duplicate,
-                Some(Placement::Conflict(order_id)) => Outcome::Rejected(
-                    Reason::Conflict,
-                    format!("order {order_id} exists for this cart_id with a different payload"),
-                ),
-                None => {
-                    return Err(Failure::Statement(sqlx::Error::Protocol(
-                        "fewer placements than carts".into(),
-                    )));
-                }
-            },
-            (Decoded::UnknownSchema(detail), _) => {
+        let outcome = match &item.decoded {
+            Decoded::Cart(_) => Outcome::Placed(
+                placed
+                    .next()
+                    .ok_or_else(|| StoreError::invariant("fewer outcomes than carts"))?,
+            ),
+            Decoded::UnknownSchema(detail) => {
                 Outcome::Rejected(Reason::UnknownSchema, detail.clone())
             }
-            (Decoded::Invalid(detail), _) => Outcome::Rejected(Reason::Invalid, detail.clone()),
+            Decoded::Invalid(detail) => Outcome::Rejected(Reason::Invalid, detail.clone()),
         };
-        match &outcome {
-            Outcome::Rejected(reason, detail) => {
-                record_rejection(app, &mut tx, item, *reason, detail).await?;
-            }
-            Outcome::PaymentRefused(reason, detail) => {
-                if let Decoded::Cart(cart) = &item.decoded {
-                    orders::record_rejection(&mut tx, cart.cart_id.as_uuid(), reason, detail)
-                        .await?;
-                }
-            }
-            Outcome::Created | Outcome::Duplicate => {}
-        }
+        record_dead_letter(app, &mut tx, item, &outcome).await?;
         outcomes.push(outcome);
     }
     // Test-only: die with the orders written but not committed.
     crate::fault::freeze_if_hit("consumer-in-order-tx").await;
     // A failed commit may or may not have landed; either way redelivery is safe.
-    tx.commit().await.map_err(Failure::Unreachable)?;
-    if outcomes.iter().any(|o| matches!(o, Outcome::Created)) {
+    tx.commit().await.map_err(Failure::unreachable)?;
+    if outcomes
+        .iter()
+        .any(|o| matches!(o, Outcome::Placed(Placed::Created(_))))
+    {
         app.outbox_wake.notify_one();
     }
     Ok(outcomes)
 }
 
-async fn record_rejections(
+/// The max-attempts dead letter, in a transaction of its own.
+async fn record_last_attempt(
     app: &App,
-    items: &[Item<'_>],
-    outcomes: &[Outcome],
+    item: &Item<'_>,
+    outcome: &Outcome,
 ) -> Result<(), sqlx::Error> {
     let mut tx = app.db.begin().await?;
-    for (item, outcome) in items.iter().zip(outcomes) {
-        if let Outcome::Rejected(reason, detail) = outcome {
-            record_rejection(app, &mut tx, item, *reason, detail).await?;
-        }
-    }
+    record_dead_letter(app, &mut tx, item, outcome).await?;
     tx.commit().await
 }
 
-async fn record_rejection(
+/// Records the dead letter an outcome calls for, with (for a message that never reached
+/// the place service) the checkout's rejection, so that its status says why.
+async fn record_dead_letter(
     app: &App,
-    tx: &mut store::Tx,
+    tx: &mut Tx,
     item: &Item<'_>,
-    reason: Reason,
-    detail: &str,
+    outcome: &Outcome,
 ) -> Result<(), sqlx::Error> {
+    let Some((reason, detail)) = outcome.dead_letter() else {
+        return Ok(());
+    };
     let delivery = item.delivery;
     dead_letters::record(
         tx,
@@ -394,13 +364,10 @@ async fn record_rejection(
         delivery.attempts,
     )
     .await?;
-    let Ok(cart_id) = uuid::Uuid::try_parse(item.message_id()) else {
-        return Ok(());
-    };
-    if reason == Reason::PaymentUnknown {
-        // Not a rejection: the checkout stays pending until a person resolves the payment.
-        payments::mark_unknown(tx, cart_id, detail).await
-    } else {
-        orders::record_rejection(tx, cart_id, reason.as_str(), detail).await
+    if let Outcome::Rejected(..) = outcome
+        && let Ok(cart_id) = uuid::Uuid::try_parse(item.message_id())
+    {
+        orders::record_rejection(tx, cart_id, reason, detail).await?;
     }
+    Ok(())
 }

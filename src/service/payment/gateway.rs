@@ -32,6 +32,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// `CARTBUS_PAYMENT_TIMEOUT_MS`: how long one capture call may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The gateway `config` asks for; `None` when no payment endpoint is configured.
     pub fn from_config(config: &Config) -> Result<Option<Gateway>, reqwest::Error> {
         let Some(url) = &config.payment_url else {

@@ -11,13 +11,17 @@ use std::collections::{HashMap, HashSet};
 use futures::StreamExt;
 use uuid::Uuid;
 
-use crate::domain::Cart;
 use crate::domain::payment::CallOutcome;
 use crate::domain::payment::in_flight_since;
+use crate::domain::{Cart, Reason};
+use crate::metrics::Metrics;
 use crate::queue::Message;
-use crate::runtime::app::App;
+use crate::store::Db;
 use crate::store::payments::{self as store, Known};
 pub use gateway::Gateway;
+
+/// What the shopper is told when an operator found that a payment did not go through.
+pub const PAYMENT_FAILED: &str = "the payment did not go through";
 
 /// Capture calls in flight at once per batch.
 const CONCURRENT_CALLS: usize = 16;
@@ -29,10 +33,7 @@ pub enum Verdict {
     Proceed,
     /// No order: the checkout is rejected with `reason` (`payment-declined`, or
     /// `payment-failed` as an operator found), and the message accepted.
-    Refused {
-        reason: &'static str,
-        detail: String,
-    },
+    Refused { reason: Reason, detail: String },
     /// Called before, or just now, without a result: never call again; dead-letter it.
     Unknown(String),
     /// Not called (the request never left, another consumer holds the flag, or the first
@@ -43,7 +44,8 @@ pub enum Verdict {
 /// Decides each cart's payment; one verdict per distinct cart_id. An error means the
 /// database failed; calls already made then stay flagged without a result (unknown).
 pub async fn decide(
-    app: &App,
+    db: &Db,
+    metrics: &Metrics,
     gateway: &Gateway,
     carts: &[(&Cart, &Message)],
 ) -> Result<HashMap<Uuid, Verdict>, sqlx::Error> {
@@ -54,8 +56,8 @@ pub async fn decide(
         .copied()
         .collect();
     let ids: Vec<Uuid> = carts.iter().map(|(c, _)| c.cart_id.as_uuid()).collect();
-    let in_flight_since = in_flight_since(app.config.payment_timeout);
-    let known = store::known(&app.db, &ids, in_flight_since).await?;
+    let in_flight_since = in_flight_since(gateway.timeout());
+    let known = store::known(db, &ids, in_flight_since).await?;
 
     let mut verdicts = HashMap::with_capacity(carts.len());
     let mut to_call: Vec<(&Cart, &[u8])> = Vec::new();
@@ -73,7 +75,7 @@ pub async fn decide(
     }
 
     // Committed before any call: from here a crash leaves the flag without a result.
-    let flagged: HashSet<Uuid> = store::flag(&app.db, &to_call).await?.into_iter().collect();
+    let flagged: HashSet<Uuid> = store::flag(db, &to_call).await?.into_iter().collect();
     let mut calls = Vec::with_capacity(flagged.len());
     for (cart, _) in to_call {
         let cart_id = cart.cart_id.as_uuid();
@@ -94,7 +96,7 @@ pub async fn decide(
         .collect()
         .await;
     for (cart_id, outcome) in &results {
-        app.metrics.payment_call(outcome.label());
+        metrics.payment_call(outcome.label());
         match outcome {
             CallOutcome::Captured { payment_id } => {
                 tracing::info!(%cart_id, ?payment_id, "payment captured")
@@ -112,7 +114,7 @@ pub async fn decide(
     }
     // Test-only: die between a call's answer and its record.
     crate::fault::freeze_if_hit("payment-after-call").await;
-    let taken: HashSet<Uuid> = store::record(&app.db, &results)
+    let taken: HashSet<Uuid> = store::record(db, &results)
         .await
         .inspect_err(|e| tracing::error!(error = %e, calls = results.len(), "cannot record payment results; these carts will be dead-lettered as payment-unknown when they come back"))?
         .into_iter()
@@ -122,14 +124,14 @@ pub async fn decide(
             // Resolved by an operator while the call was (still, unexpectedly) in flight:
             // the resolution stands and the redelivery follows it; what the call came to
             // is kept in the step's detail for a person to reconcile.
-            app.metrics.payment_call("late_after_resolution");
+            metrics.payment_call("late_after_resolution");
             tracing::error!(%cart_id, call = outcome.label(), ?outcome, "payment call answered after an operator resolved it; keeping the resolution — reconcile with the payment service");
             Verdict::Retry("resolved by an operator during the call".into())
         } else {
             match outcome {
                 CallOutcome::Captured { .. } => Verdict::Proceed,
                 CallOutcome::Declined { detail } => Verdict::Refused {
-                    reason: "payment-declined",
+                    reason: Reason::PaymentDeclined,
                     detail,
                 },
                 CallOutcome::NotSent { detail } => Verdict::Retry(detail),
@@ -148,10 +150,14 @@ async fn call(gateway: &Gateway, cart: &Cart) -> (Uuid, CallOutcome) {
 /// The verdict that what is recorded already gives, if any (`None`: call).
 /// What the payment step would decide for `cart` from what is recorded, without calling
 /// anyone: `None` means it would call the payment endpoint.
-pub async fn predict(app: &App, cart: &Cart) -> Result<Option<Verdict>, sqlx::Error> {
+pub async fn predict(
+    db: &Db,
+    gateway: &Gateway,
+    cart: &Cart,
+) -> Result<Option<Verdict>, sqlx::Error> {
     let cart_id = cart.cart_id.as_uuid();
-    let in_flight_since = in_flight_since(app.config.payment_timeout);
-    let known = store::known(&app.db, &[cart_id], in_flight_since).await?;
+    let in_flight_since = in_flight_since(gateway.timeout());
+    let known = store::known(db, &[cart_id], in_flight_since).await?;
     Ok(known.get(&cart_id).and_then(recorded))
 }
 
@@ -163,11 +169,11 @@ fn recorded(known: &Known) -> Option<Verdict> {
         None => None,
         Some(Some(true)) => Some(Verdict::Proceed),
         Some(Some(false)) if known.resolved => Some(Verdict::Refused {
-            reason: "payment-failed",
-            detail: "the payment did not go through".into(),
+            reason: Reason::PaymentFailed,
+            detail: PAYMENT_FAILED.into(),
         }),
         Some(Some(false)) => Some(Verdict::Refused {
-            reason: "payment-declined",
+            reason: Reason::PaymentDeclined,
             detail: known
                 .detail
                 .clone()

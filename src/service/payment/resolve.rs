@@ -6,12 +6,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use uuid::Uuid;
 
+use crate::domain::Reason;
 use crate::domain::cart_message::{self, Decoded};
-use crate::domain::order::{Placement, Source};
+use crate::domain::order::Source;
 use crate::domain::payment::{Finding, PaymentState, PaymentView, abandoned_at, abandoned_before};
 use crate::queue::Message;
-use crate::store::Db;
-use crate::store::{orders, payments};
+use crate::service::payment::{PAYMENT_FAILED, Verdict};
+use crate::service::place::{self, Outcome};
+use crate::store::{Db, StoreError, payments};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -20,7 +22,13 @@ pub enum ResolveError {
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ResolveError {
+    fn from(e: sqlx::Error) -> Self {
+        ResolveError::Database(e.into())
+    }
 }
 
 /// Resolves an unknown payment: `Captured` places the order from the stored cart
@@ -94,18 +102,15 @@ pub async fn resolve(
                     )));
                 }
             };
-            let placement =
-                orders::place(&mut tx, &cart, &cart.payload_hash(), Source::Queue).await?;
-            if let Placement::Conflict(order_id) = placement {
-                return Err(ResolveError::Conflict(format!(
-                    "order {order_id} exists for this cart_id with a different payload"
-                )));
+            let placed =
+                place::place(&mut tx, &[(&cart, &Verdict::Proceed)], Source::Queue).await?;
+            if let Some(Outcome::Rejected { detail, .. }) = placed.into_iter().next() {
+                return Err(ResolveError::Conflict(detail));
             }
         }
         Finding::Failed => {
             // The shopper sees this detail; the operator's reason stays in the audit record.
-            let detail = "the payment did not go through";
-            orders::record_rejection(&mut tx, cart_id, "payment-failed", detail).await?;
+            place::reject(&mut tx, cart_id, Reason::PaymentFailed, PAYMENT_FAILED).await?;
         }
     }
     let view = payments::find(&mut tx, cart_id, cutoff)
