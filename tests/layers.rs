@@ -48,7 +48,6 @@ const KNOWN_UPWARD: &[(&str, &str)] = &[
     ("service::consumer::convert", "runtime::app"),
     ("service::drain", "runtime::app"),
     ("service::intake", "runtime::app"),
-    ("service::payment", "runtime::app"),
     ("service::relay", "runtime::app"),
     ("service::replies", "runtime::app"),
     ("service::resubmit", "runtime::app"),
