@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, QueueConfig};
+use crate::domain::drain::Identity;
 use crate::metrics::Metrics;
 use crate::queue::embedded::EmbeddedOptions;
 use crate::queue::{
@@ -68,7 +69,12 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {} (CARTBUS_LISTEN)", config.listen))?;
         let control = Control::new(
-            store::known_schema_version(&config_kind),
+            Identity {
+                instance: config.instance.clone(),
+                version: config.version.clone(),
+                known_schema: store::known_schema_version(&config_kind),
+                consumer_enabled: config.consumer_enabled,
+            },
             metrics.intake_messages.clone(),
             metrics.drain_messages.clone(),
         );

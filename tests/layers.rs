@@ -52,9 +52,6 @@ const KNOWN_UPWARD: &[(&str, &str)] = &[
     ("service::replies", "runtime::app"),
     ("service::resubmit", "runtime::app"),
     ("service::resubmit_jobs", "runtime::app"),
-    // The drain policy reads the instance's version from `App` inside the orders
-    // transaction; it moves to the one drain-switch policy.
-    ("store::switch", "runtime::app"),
 ];
 
 /// One reference from a module to another.

@@ -5,6 +5,7 @@
 
 mod cart;
 pub mod cart_message;
+pub mod drain;
 pub mod message;
 pub mod order;
 mod parse;

@@ -16,6 +16,8 @@ use tokio::sync::{Notify, watch as channel};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
+pub use crate::domain::drain::Mode;
+use crate::domain::drain::{Identity, SwitchReading};
 use crate::runtime::app::App;
 use crate::store::Db;
 use crate::store::switch::{self, Change, InstanceRow, Switch};
@@ -26,19 +28,6 @@ pub const POLL: Duration = Duration::from_millis(500);
 pub const LIVE_WINDOW: Duration = Duration::from_secs(5);
 /// How far back intake and drain rates look.
 const RATE_WINDOW: Duration = Duration::from_secs(15);
-
-/// What this instance may do, from the switch, its version and its schema.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Not yet known (before the first read of the switch): do not consume.
-    Unknown,
-    Consume,
-    Pause,
-    /// Not the active version, or `CARTBUS_CONSUMER=off`.
-    Passive,
-    /// The database has migrations this binary does not know: never consume, never write.
-    Fenced,
-}
 
 /// What the consumer actually does, as reported in heartbeats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -88,13 +77,13 @@ pub struct Control {
     processed: Counter,
     accepted: Counter,
     nudge: Notify,
-    known_schema: i64,
+    identity: Identity,
     started_at: chrono::DateTime<Utc>,
     rates: Mutex<VecDeque<(Instant, i64, i64)>>,
 }
 
 impl Control {
-    pub fn new(known_schema: i64, accepted: Counter, processed: Counter) -> Control {
+    pub fn new(identity: Identity, accepted: Counter, processed: Counter) -> Control {
         Control {
             mode: channel::Sender::new(Mode::Unknown),
             revision: AtomicI64::new(-1),
@@ -103,7 +92,7 @@ impl Control {
             processed,
             accepted,
             nudge: Notify::new(),
-            known_schema,
+            identity,
             started_at: Utc::now(),
             rates: Mutex::new(VecDeque::new()),
         }
@@ -122,7 +111,12 @@ impl Control {
     }
 
     pub fn known_schema(&self) -> i64 {
-        self.known_schema
+        self.identity.known_schema
+    }
+
+    /// This instance as the drain switch sees it.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// Re-read the switch now (after this instance changed it).
@@ -207,11 +201,11 @@ impl Control {
         }
     }
 
-    fn row(&self, app: &App, state: State) -> InstanceRow {
+    fn row(&self, state: State) -> InstanceRow {
         InstanceRow {
-            instance: app.config.instance.clone(),
-            version: app.config.version.clone(),
-            schema_version: self.known_schema,
+            instance: self.identity.instance.clone(),
+            version: self.identity.version.clone(),
+            schema_version: self.identity.known_schema,
             state: state.as_str().to_string(),
             in_flight: self.in_flight() as i64,
             processed: i64::try_from(self.processed.get()).unwrap_or(i64::MAX),
@@ -224,21 +218,12 @@ impl Control {
 }
 
 /// What this instance may do under `switch`.
-pub fn mode_for(app: &App, switch: &Switch, applied_schema: i64) -> Mode {
-    if applied_schema > app.control.known_schema {
-        Mode::Fenced
-    } else if !app.config.consumer_enabled
-        || switch
-            .active_version
-            .as_ref()
-            .is_some_and(|v| *v != app.config.version)
-    {
-        Mode::Passive
-    } else if switch.is_paused() {
-        Mode::Pause
-    } else {
-        Mode::Consume
-    }
+pub fn mode_for(control: &Control, switch: &Switch, applied_schema: i64) -> Mode {
+    control.identity.mode(&SwitchReading {
+        paused: switch.is_paused(),
+        active_version: switch.active_version.as_deref(),
+        applied_schema,
+    })
 }
 
 /// Runs until `stop`: keeps this instance's mode in step with the switch and heartbeats.
@@ -342,7 +327,7 @@ pub async fn watch(app: std::sync::Arc<App>, stop: CancellationToken) {
         }
     }
     // Leave the table saying this instance is gone, so `drained` need not wait it out.
-    let row = app.control.row(&app, State::Stopped);
+    let row = app.control.row(State::Stopped);
     if let Err(e) = switch::heartbeat(&app.db, &row).await {
         tracing::debug!(error = %e, "last heartbeat not written");
     }
@@ -374,7 +359,7 @@ async fn tick(app: &App) -> Result<Mode, sqlx::Error> {
         };
     }
     let applied = app.db.applied_schema_version().await?;
-    let mode = mode_for(app, &switch, applied);
+    let mode = mode_for(&app.control, &switch, applied);
     app.control
         .revision
         .store(switch.revision, Ordering::Release);
@@ -383,7 +368,7 @@ async fn tick(app: &App) -> Result<Mode, sqlx::Error> {
         *current = mode;
         changed
     });
-    let row = app.control.row(app, app.control.state());
+    let row = app.control.row(app.control.state());
     switch::heartbeat(&app.db, &row).await?;
     let since = Utc::now() - LIVE_WINDOW;
     let instances = switch::instances(&app.db, since).await?;
@@ -453,7 +438,7 @@ pub async fn drain_state(app: &App) -> Result<(Switch, Vec<InstanceRow>, bool), 
     let mut instances = switch::instances(&app.db, Utc::now() - LIVE_WINDOW).await?;
     // This instance speaks for itself from memory: fresher than its last heartbeat, and
     // present even before its first one (an empty list would read as drained).
-    let me = app.control.row(app, app.control.state());
+    let me = app.control.row(app.control.state());
     instances.retain(|i| i.instance != me.instance);
     instances.push(me);
     instances.sort_by(|a, b| a.instance.cmp(&b.instance));

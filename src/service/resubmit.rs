@@ -202,9 +202,10 @@ pub async fn resubmit(app: &App, id: i64, options: &Options<'_>) -> Result<Repor
 
     let mut tx = app.db.begin().await?;
     if !options.dry_run
-        && let Some(why) = crate::store::switch::forbids_consuming(&mut tx, app).await?
+        && let Some(why) =
+            crate::store::switch::forbids_consuming(&mut tx, app.control.identity()).await?
     {
-        return Err(Error::Gated(why));
+        return Err(Error::Gated(why.to_string()));
     }
     // Checked again under the lock: another resubmit may have got there first.
     let letter = dead_letters::lock(&mut tx, id)

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::runtime::app::App;
+use crate::domain::drain::{Identity, SwitchReading};
 use crate::store::{Db, Tx};
 use crate::{on_db, on_tx};
 
@@ -187,14 +187,17 @@ pub async fn change(db: &Db, change: Change<'_>) -> Result<(Switch, bool), sqlx:
 /// Why this instance must not commit orders now, read inside the caller's transaction;
 /// `None` when it may. On PostgreSQL the row is share-locked, so a change of the switch
 /// waits for that transaction to end; SQLite's write transactions are serial already.
-pub async fn forbids_consuming(tx: &mut Tx, app: &App) -> Result<Option<String>, sqlx::Error> {
+pub async fn forbids_consuming(
+    tx: &mut Tx,
+    identity: &Identity,
+) -> Result<Option<&'static str>, sqlx::Error> {
+    let lock = if matches!(tx, Tx::Postgres(_)) {
+        " FOR SHARE"
+    } else {
+        ""
+    };
     let (desired, active_version, applied): (String, Option<String>, Option<i64>) =
         on_tx!(tx, |c| {
-            let lock = if matches!(app.db, Db::Postgres(_)) {
-                " FOR SHARE"
-            } else {
-                ""
-            };
             let (desired, active_version): (String, Option<String>) =
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "SELECT desired, active_version FROM consumer_control WHERE id = 1{lock}"
@@ -208,15 +211,11 @@ pub async fn forbids_consuming(tx: &mut Tx, app: &App) -> Result<Option<String>,
             .await?;
             Ok::<_, sqlx::Error>((desired, active_version, applied))
         })?;
-    Ok(if desired == "paused" {
-        Some("the consumer is paused".into())
-    } else if active_version.is_some_and(|v| v != app.config.version) {
-        Some("another version is the active one".into())
-    } else if applied.unwrap_or(0) > app.control.known_schema() {
-        Some("the database has a newer schema (fenced)".into())
-    } else {
-        None
-    })
+    Ok(identity.forbids(&SwitchReading {
+        paused: desired == "paused",
+        active_version: active_version.as_deref(),
+        applied_schema: applied.unwrap_or(0),
+    }))
 }
 
 async fn read_in(tx: &mut Tx) -> Result<Switch, sqlx::Error> {

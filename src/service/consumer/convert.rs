@@ -288,8 +288,10 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
     // The database, not timing, guarantees that nothing commits after `drained`: the
     // switch row is read (and on PostgreSQL share-locked, so a pause waits for this
     // commit) inside the very transaction that writes the orders.
-    if let Some(why) = crate::store::switch::forbids_consuming(&mut tx, app).await? {
-        return Err(Failure::Gated(why));
+    if let Some(why) =
+        crate::store::switch::forbids_consuming(&mut tx, app.control.identity()).await?
+    {
+        return Err(Failure::Gated(why.to_string()));
     }
     // Test-only: a database that refuses every order (a broken constraint, say), so that
     // carts end as `max-attempts` dead letters.
