@@ -229,7 +229,7 @@ pub async fn open_queue(config: &Config, db: &Db, metrics: &Metrics) -> Arc<dyn 
                         losses: metrics.queue_connection_losses.clone(),
                     },
                 },
-                db.clone(),
+                Arc::new(db.clone()),
             ))
         }
     }

@@ -38,11 +38,6 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// code to its layer. The list may only shrink: a new upward import fails the test, and
 /// so does an entry here that no longer happens (delete it).
 const KNOWN_UPWARD: &[(&str, &str)] = &[
-    // AMQP delivery attempts are counted in the orders database (classic queues do not
-    // count them); they move to the consumer's store.
-    ("queue::amqp", "store"),
-    ("queue::amqp::attempts", "store"),
-    ("queue::amqp::receiver", "store"),
     // `App` as a service locator: services to take the parts they need instead.
     ("service::consumer", "runtime::app"),
     ("service::consumer::convert", "runtime::app"),

@@ -78,6 +78,33 @@ pub enum QueueError {
     Closed,
 }
 
+/// A failure of the [`AttemptLedger`], for the log.
+pub type LedgerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a backend that cannot count failed delivery attempts itself keeps them (a
+/// classic RabbitMQ queue leaves `delivery_count` at 0). The runtime hands the AMQP
+/// backend one; the queue never knows what stores it.
+#[async_trait]
+pub trait AttemptLedger: Send + Sync + 'static {
+    /// Failed attempts recorded so far for each of `message_ids` (absent = none).
+    async fn attempts(
+        &self,
+        source: &str,
+        message_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, u32>, LedgerError>;
+
+    /// Counts one more failed attempt.
+    async fn count_failure(
+        &self,
+        source: &str,
+        message_id: &str,
+        error: &str,
+    ) -> Result<(), LedgerError>;
+
+    /// Forgets the counts of messages settled for good.
+    async fn forget(&self, source: &str, message_ids: &[&str]) -> Result<(), LedgerError>;
+}
+
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// `embedded`, `amqp`, …, for logs and metrics.

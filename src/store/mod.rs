@@ -21,6 +21,7 @@ use sqlx::{AssertSqlSafe, Postgres, SqlSafeStr, Sqlite, Transaction};
 
 use crate::config::{Config, DatabaseKind};
 
+pub mod attempts;
 pub mod dead_letters;
 pub mod order_reads;
 pub mod orders;

@@ -272,7 +272,7 @@ async fn cartbus_publish(
             send_timeout: Duration::from_secs(5),
             counters: BrokerCounters::default(),
         },
-        db,
+        Arc::new(db),
     ));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !queue.is_healthy() {

@@ -11,7 +11,6 @@
 //!   unsettled deliveries back only when their session or connection ends, so a receiver
 //!   that owns its connection returns everything it holds by closing it.
 
-mod attempts;
 mod convert;
 mod publisher;
 mod receiver;
@@ -37,8 +36,8 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AmqpConfig;
+use crate::queue::AttemptLedger;
 use crate::queue::{Lookup, Message, Queue, QueueError, QueueStats, Receiver};
-use crate::store::Db;
 
 pub use convert::to_amqp;
 use publisher::PublisherState;
@@ -89,7 +88,7 @@ pub struct BrokerCounters {
 
 pub struct AmqpQueue {
     options: Arc<AmqpOptions>,
-    db: Db,
+    ledger: Arc<dyn AttemptLedger>,
     requests: mpsc::Sender<publisher::Publish>,
     state: Arc<PublisherState>,
     stop: CancellationToken,
@@ -99,7 +98,7 @@ pub struct AmqpQueue {
 impl AmqpQueue {
     /// Starts the publishing supervisor; never fails: while the broker is unreachable,
     /// sends fail at once (so checkouts go direct) and the supervisor keeps reconnecting.
-    pub fn start(options: AmqpOptions, db: Db) -> AmqpQueue {
+    pub fn start(options: AmqpOptions, ledger: Arc<dyn AttemptLedger>) -> AmqpQueue {
         let options = Arc::new(options);
         let state = Arc::new(PublisherState::new(&options.counters));
         let stop = CancellationToken::new();
@@ -112,7 +111,7 @@ impl AmqpQueue {
         ));
         AmqpQueue {
             options,
-            db,
+            ledger,
             requests,
             state,
             stop,
@@ -159,7 +158,7 @@ impl Queue for AmqpQueue {
     async fn receiver(&self, address: &str) -> Result<Box<dyn Receiver>, QueueError> {
         let n = self.receivers.fetch_add(1, Ordering::Relaxed);
         let receiver =
-            receiver::AmqpReceiver::open(&self.options, self.db.clone(), address, n).await?;
+            receiver::AmqpReceiver::open(&self.options, self.ledger.clone(), address, n).await?;
         Ok(Box::new(receiver))
     }
 

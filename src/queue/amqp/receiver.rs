@@ -4,6 +4,7 @@
 //! RabbitMQ 3.10 session (AMQP-NOTES.md). Pausing is simply not granting more credit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,9 +22,9 @@ use futures::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{AmqpOptions, CONTROL_TIMEOUT, attempts, connect, convert, durable_source};
+use super::{AmqpOptions, CONTROL_TIMEOUT, connect, convert, durable_source};
+use crate::queue::AttemptLedger;
 use crate::queue::{Delivery, Message, QueueError, Receiver, Settlement};
-use crate::store::Db;
 
 struct Held {
     info: DeliveryInfo,
@@ -38,7 +39,7 @@ pub(super) struct AmqpReceiver {
     link: LinkReceiver,
     address: String,
     prefetch: u32,
-    db: Db,
+    ledger: Arc<dyn AttemptLedger>,
     held: HashMap<u64, Held>,
     /// Released-with-delay deliveries: kept (and so not redelivered) until their time.
     delayed: Vec<(Instant, u64)>,
@@ -50,7 +51,7 @@ pub(super) struct AmqpReceiver {
 impl AmqpReceiver {
     pub(super) async fn open(
         options: &AmqpOptions,
-        db: Db,
+        ledger: Arc<dyn AttemptLedger>,
         address: &str,
         n: u64,
     ) -> Result<AmqpReceiver, QueueError> {
@@ -87,7 +88,7 @@ impl AmqpReceiver {
             link,
             address: address.to_string(),
             prefetch: options.broker.prefetch.max(1),
-            db,
+            ledger,
             held: HashMap::new(),
             delayed: Vec::new(),
             next_tag: 0,
@@ -173,7 +174,7 @@ impl AmqpReceiver {
             .iter()
             .map(|d| d.message.message_id.as_str())
             .collect();
-        match attempts::of(&self.db, &self.address, &ids).await {
+        match self.ledger.attempts(&self.address, &ids).await {
             Ok(counts) => {
                 for delivery in batch.iter_mut() {
                     if let Some(n) = counts.get(&delivery.message.message_id) {
@@ -272,8 +273,10 @@ impl Receiver for AmqpReceiver {
                 }
                 Settlement::Release { delay } => self.delayed.push((Instant::now() + delay, tag)),
                 Settlement::Fail { delay, detail } => {
-                    if let Err(e) =
-                        attempts::record(&self.db, &self.address, &held.message_id, &detail).await
+                    if let Err(e) = self
+                        .ledger
+                        .count_failure(&self.address, &held.message_id, &detail)
+                        .await
                     {
                         tracing::warn!(error = %e, message_id = %held.message_id, "cannot count a failed attempt");
                     }
@@ -305,7 +308,7 @@ impl Receiver for AmqpReceiver {
             self.link.release_all(release_now).await.map_err(lost)?;
         }
         let ids: Vec<&str> = done_ids.iter().map(String::as_str).collect();
-        if let Err(e) = attempts::forget(&self.db, &self.address, &ids).await {
+        if let Err(e) = self.ledger.forget(&self.address, &ids).await {
             tracing::warn!(error = %e, "cannot clear delivery attempt counts");
         }
         Ok(())

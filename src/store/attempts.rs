@@ -1,14 +1,41 @@
 //! Failed-attempt counts for broker deliveries, kept in the orders database
 //! (`delivery_attempts`): a classic RabbitMQ queue leaves `delivery_count` at 0 and a
-//! release does not count, so the broker cannot enforce an attempt limit for us.
+//! release does not count, so the broker cannot enforce an attempt limit for us. The
+//! queue asks through its [`AttemptLedger`] trait and never sees the database.
 
 use std::collections::HashMap;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::{QueryBuilder, Row};
 
 use crate::on_db;
+use crate::queue::{AttemptLedger, LedgerError};
 use crate::store::Db;
+
+#[async_trait]
+impl AttemptLedger for Db {
+    async fn attempts(
+        &self,
+        source: &str,
+        message_ids: &[&str],
+    ) -> Result<HashMap<String, u32>, LedgerError> {
+        Ok(of(self, source, message_ids).await?)
+    }
+
+    async fn count_failure(
+        &self,
+        source: &str,
+        message_id: &str,
+        error: &str,
+    ) -> Result<(), LedgerError> {
+        Ok(record(self, source, message_id, error).await?)
+    }
+
+    async fn forget(&self, source: &str, message_ids: &[&str]) -> Result<(), LedgerError> {
+        Ok(forget(self, source, message_ids).await?)
+    }
+}
 
 /// Failed attempts recorded so far for each of `message_ids` (absent = none).
 pub async fn of(
