@@ -5,6 +5,7 @@
 //! support (`fault`, `telemetry`, `metrics`) ← `domain` ← `config` ← `queue` ← `store` ←
 //! `service` ← `runtime` ← `http` ← this crate root and `cli`.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod domain;
@@ -34,8 +35,11 @@ use crate::queue::embedded::EmbeddedOptions;
 use crate::queue::{
     AmqpOptions, AmqpQueue, BrokerCounters, EmbeddedQueue, Queue, UnavailableQueue,
 };
-use crate::runtime::app::{App, AppState, Health};
+use crate::runtime::app::{App, AppState};
 use crate::service::drain::Control;
+use crate::service::intake::{Intake, IntakeSettings};
+use crate::service::readiness::Health;
+use crate::service::resubmit::Resubmitter;
 use crate::store::Db;
 
 /// How often an idle embedded-queue consumer looks for carts sent by other processes.
@@ -53,7 +57,7 @@ impl Application {
     /// queue has to be up: the service starts and serves whichever works.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let db = Db::connect_lazy(&config).context("DATABASE_URL is not a usable database URL")?;
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         let config_kind = config.database_kind.clone();
         let max_in_flight = config.max_in_flight;
         let queue = open_queue(&config, &db, &metrics).await;
@@ -64,11 +68,12 @@ impl Application {
             _ => queue.clone(),
         };
         let payments = service::payment::Gateway::from_config(&config)
-            .context("cannot build the HTTP client for CARTBUS_PAYMENT_URL")?;
+            .context("cannot build the HTTP client for CARTBUS_PAYMENT_URL")?
+            .map(Arc::new);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (CARTBUS_LISTEN)", config.listen))?;
-        let control = Control::new(
+        let control = Arc::new(Control::new(
             Identity {
                 instance: config.instance.clone(),
                 version: config.version.clone(),
@@ -77,21 +82,48 @@ impl Application {
             },
             metrics.intake_messages.clone(),
             metrics.drain_messages.clone(),
-        );
+        ));
+        let health = Arc::new(Health::default());
+        let intake = Intake {
+            queue: queue.clone(),
+            db: db.clone(),
+            metrics: metrics.clone(),
+            control: control.clone(),
+            health: health.clone(),
+            payments: payments.clone(),
+            settings: Arc::new(IntakeSettings {
+                cart_address: config.cart_address.clone(),
+                send_timeout: config.send_timeout,
+                request_timeout: config.request_timeout,
+            }),
+        };
         let admin_failures = runtime::auth_failures::AuthFailures::new(&config.hostile);
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let resubmitter = Resubmitter {
+            db: db.clone(),
+            metrics: metrics.clone(),
+            payments: payments.clone(),
+            control: control.clone(),
+            outbox_wake: outbox_wake.clone(),
+            fulfilment: Arc::new(config.fulfilment.clone()),
+            resubmit_limit: config.resubmit_limit,
+            instance: config.instance.clone(),
+            jobs: Arc::default(),
+        };
         let app = Arc::new(App {
             config,
             db,
             queue,
             outbox_queue,
-            outbox_wake: tokio::sync::Notify::new(),
+            outbox_wake,
             metrics,
-            health: Health::default(),
+            health,
             control,
+            intake,
             intake_permits: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
             payments,
             admin_failures,
-            resubmit_jobs: Default::default(),
+            resubmitter,
         });
         if let Some(gateway) = &app.payments {
             tracing::info!(endpoint = %gateway.endpoint(), timeout = ?app.config.payment_timeout, "payment capture on: carts are captured before they become orders");
@@ -140,12 +172,15 @@ impl Application {
         let workers_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         for _ in 0..app.config.consumers {
-            tasks.spawn(service::consumer::run(app.clone(), workers_stop.clone()));
+            tasks.spawn(runtime::tasks::consumer(app.clone(), workers_stop.clone()));
         }
-        tasks.spawn(service::relay::run(app.clone(), workers_stop.clone()));
-        tasks.spawn(service::replies::run(app.clone(), workers_stop.clone()));
+        tasks.spawn(runtime::tasks::relay(app.clone(), workers_stop.clone()));
+        tasks.spawn(runtime::tasks::replies(app.clone(), workers_stop.clone()));
         tasks.spawn(runtime::health::monitor(app.clone(), workers_stop.clone()));
-        tasks.spawn(service::drain::watch(app.clone(), workers_stop.clone()));
+        tasks.spawn(runtime::tasks::drain_watch(
+            app.clone(),
+            workers_stop.clone(),
+        ));
 
         let drain = {
             let app = app.clone();

@@ -18,7 +18,7 @@ use super::extract::{Query, bearer, secrets_match};
 use super::problem::ApiError;
 use crate::domain::FieldError;
 use crate::runtime::app::AppState;
-use crate::service::drain::{self, Status};
+use crate::service::drain::Status;
 use crate::store::switch::{self, Change, HistoryEntry};
 
 /// Longest `wait_seconds` a pause call may ask for.
@@ -107,7 +107,7 @@ pub async fn consumer(
     State(app): State<AppState>,
     _auth: AdminAuth,
 ) -> Result<Json<Status>, ApiError> {
-    Ok(Json(drain::status(&app).await.map_err(unavailable)?))
+    Ok(Json(app.drain_status().await.map_err(unavailable)?))
 }
 
 /// Body of `POST /v1/admin/consumer/pause` (documentation; parsed by hand to name every
@@ -202,13 +202,13 @@ pub async fn pause(
     // Poll only what `drained` needs: the backlog figures (a queue count) come once, at
     // the end.
     loop {
-        let (switch, _, drained) = drain::drain_state(&app).await.map_err(unavailable)?;
+        let (switch, _, drained) = app.drain_state().await.map_err(unavailable)?;
         if drained || Instant::now() >= deadline || !switch.is_paused() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = drain::status(&app).await.map_err(unavailable)?;
+    let status = app.drain_status().await.map_err(unavailable)?;
     let code = if status.drained {
         StatusCode::OK
     } else {
@@ -272,7 +272,7 @@ pub async fn resume(
         tracing::warn!(by = %auth.actor, active_version = ?switch.active_version, "consumer resumed");
     }
     app.control.nudge();
-    Ok(Json(drain::status(&app).await.map_err(unavailable)?))
+    Ok(Json(app.drain_status().await.map_err(unavailable)?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -13,7 +13,7 @@ use crate::domain::order::CheckoutState;
 use crate::domain::{Cart, CartId};
 use crate::queue::Lookup;
 use crate::runtime::app::AppState;
-use crate::service::intake::{self, Accepted, IntakeError};
+use crate::service::intake::{Accepted, IntakeError};
 use crate::store::order_reads;
 
 /// The request body of `POST /v1/checkouts` (documentation only: bodies are parsed by
@@ -172,7 +172,7 @@ pub async fn create(
         }
     }
     let checkout_id = cart.cart_id.as_uuid();
-    match intake::submit(&app, &cart).await {
+    match app.intake.submit(&cart).await {
         Ok(Accepted::Queued) => {
             let status_url = format!("/v1/checkouts/{checkout_id}");
             Ok(created_at(

@@ -329,7 +329,8 @@ pub async fn resubmit(
         reason: reason.as_deref(),
         job: None,
     };
-    resubmit::resubmit(&app, id, &options)
+    app.resubmitter
+        .resubmit(id, &options)
         .await
         .map(Json)
         .map_err(resubmit_error)
@@ -445,7 +446,7 @@ pub async fn resubmit_many(
         return Err(ApiError::Validation(errors));
     }
     if dry_run {
-        let preview = resubmit_jobs::preview(&app, &filter, max)
+        let preview = resubmit_jobs::preview(&app.resubmitter, &filter, max)
             .await
             .map_err(ApiError::database_unavailable)?;
         return Ok(Json(BulkAnswer::Preview(preview)).into_response());
@@ -456,10 +457,13 @@ pub async fn resubmit_many(
         actor: auth.actor,
         reason: reason.unwrap_or_default(),
     };
-    let (view, started) = resubmit_jobs::start(&app, new).await.map_err(|e| match e {
-        resubmit_jobs::JobError::Mismatch(_) => ApiError::Conflict(e.to_string()),
-        resubmit_jobs::JobError::Database(e) => ApiError::database_unavailable(e),
-    })?;
+    let (view, started) =
+        resubmit_jobs::start(&app.resubmitter, new)
+            .await
+            .map_err(|e| match e {
+                resubmit_jobs::JobError::Mismatch(_) => ApiError::Conflict(e.to_string()),
+                resubmit_jobs::JobError::Database(e) => ApiError::database_unavailable(e),
+            })?;
     let status = if started {
         StatusCode::ACCEPTED
     } else {

@@ -1,14 +1,18 @@
 //! The one state type every handler and background task shares.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
-use crate::service::drain::Control;
+use crate::service::drain::{self, Control};
+use crate::service::intake::Intake;
 use crate::service::payment::Gateway;
+use crate::service::readiness::{self, Health};
+use crate::service::resubmit::Resubmitter;
+use crate::service::worker::Gate;
 use crate::store::Db;
+use crate::store::switch::{InstanceRow, Switch};
 
 pub type AppState = Arc<App>;
 
@@ -20,55 +24,60 @@ pub struct App {
     /// partner address that fails cannot disturb checkouts.
     pub outbox_queue: Arc<dyn Queue>,
     /// Wakes this instance's relay when orders were just written.
-    pub outbox_wake: tokio::sync::Notify,
-    pub metrics: Metrics,
-    pub health: Health,
-    pub control: Control,
+    pub outbox_wake: Arc<tokio::sync::Notify>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub control: Arc<Control>,
     /// One per checkout being handled; none left = shed (`CARTBUS_MAX_IN_FLIGHT`).
     pub intake_permits: Arc<tokio::sync::Semaphore>,
     /// The payment capture endpoint, when one is configured.
-    pub payments: Option<Gateway>,
+    pub payments: Option<Arc<Gateway>>,
+    /// Taking checkouts in (the queue, or the order written directly).
+    pub intake: Intake,
     /// Wrong admin credentials by client, to hold guessers off.
     pub admin_failures: crate::runtime::auth_failures::AuthFailures,
-    /// Bulk dead-letter resubmits running in this process.
-    pub resubmit_jobs: crate::service::resubmit_jobs::Running,
-}
-
-/// What readiness is made of; written by the health monitor and by the shutdown path.
-#[derive(Debug, Default)]
-pub struct Health {
-    shutting_down: AtomicBool,
-    database_up: AtomicBool,
-    migrated: AtomicBool,
-}
-
-impl Health {
-    pub fn shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-    pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
-    }
-    pub fn database_up(&self) -> bool {
-        self.database_up.load(Ordering::Relaxed)
-    }
-    pub fn set_database_up(&self, up: bool) {
-        self.database_up.store(up, Ordering::Relaxed);
-    }
-    /// The database carries this binary's schema, so orders may be written.
-    pub fn migrated(&self) -> bool {
-        self.migrated.load(Ordering::Relaxed)
-    }
-    pub fn set_migrated(&self) {
-        self.migrated.store(true, Ordering::Relaxed);
-    }
+    /// Resubmitting dead letters, one or in bulk.
+    pub resubmitter: Resubmitter,
 }
 
 impl App {
     /// Orders can be written: the database answers, has our schema, and no newer version
     /// has migrated it past what this binary knows (fenced).
+    /// The drain switch, this instance's view of the others, and whether all are drained.
+    pub async fn drain_state(&self) -> Result<(Switch, Vec<InstanceRow>, bool), sqlx::Error> {
+        drain::drain_state(&self.db, &self.control).await
+    }
+
+    /// The drain switch as `GET /v1/admin/consumer` shows it.
+    pub async fn drain_status(&self) -> Result<drain::Status, sqlx::Error> {
+        drain::status(
+            &self.db,
+            &self.control,
+            self.queue.as_ref(),
+            &self.config.cart_address,
+        )
+        .await
+    }
+
+    pub async fn backlog(&self) -> drain::Backlog {
+        drain::backlog(
+            &self.control,
+            self.queue.as_ref(),
+            &self.config.cart_address,
+        )
+        .await
+    }
+
+    /// What a background worker checks before it works.
+    pub fn gate(&self) -> Gate<'_> {
+        Gate {
+            control: &self.control,
+            health: &self.health,
+        }
+    }
+
     pub fn can_write_orders(&self) -> bool {
-        self.health.database_up() && self.health.migrated() && !self.control.is_fenced()
+        readiness::can_write_orders(&self.health, &self.control)
     }
 
     /// Ready for traffic: not stopping, and a cart can go somewhere.

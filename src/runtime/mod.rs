@@ -5,3 +5,4 @@ pub mod app;
 pub mod auth_failures;
 pub mod health;
 pub mod sample;
+pub mod tasks;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::metrics::{ReasonLabel, StateLabel, StatusLabel};
 use crate::runtime::app::App;
-use crate::service::drain::{self, State};
+use crate::service::drain::State;
 
 /// Longest wait for any one sampled figure.
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -42,7 +42,7 @@ async fn within<T, E>(read: impl Future<Output = Result<T, E>>) -> Option<T> {
 }
 
 async fn backlog(app: &App) {
-    let backlog = drain::backlog(app).await;
+    let backlog = app.backlog().await;
     let metrics = &app.metrics;
     if let Some(depth) = backlog.depth {
         metrics
@@ -60,7 +60,7 @@ async fn backlog(app: &App) {
 }
 
 async fn drain_switch(app: &App) {
-    let Some((switch, instances, drained)) = within(drain::drain_state(app)).await else {
+    let Some((switch, instances, drained)) = within(app.drain_state()).await else {
         return;
     };
     let metrics = &app.metrics;

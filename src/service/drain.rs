@@ -18,7 +18,8 @@ use utoipa::ToSchema;
 
 pub use crate::domain::drain::Mode;
 use crate::domain::drain::{Identity, SwitchReading};
-use crate::runtime::app::App;
+use crate::queue::Queue;
+use crate::service::readiness::{Health, can_write_orders};
 use crate::store::Db;
 use crate::store::switch::{self, Change, InstanceRow, Switch};
 
@@ -231,7 +232,8 @@ pub fn mode_for(control: &Control, switch: &Switch, applied_schema: i64) -> Mode
 /// be written); false once `stop` is cancelled. The consumer, the fulfilment relay and the
 /// partner replies all pause with the switch this way.
 pub async fn until_working(
-    app: &App,
+    control: &Control,
+    health: &Health,
     modes: &mut channel::Receiver<Mode>,
     stop: &CancellationToken,
 ) -> bool {
@@ -239,7 +241,7 @@ pub async fn until_working(
         if stop.is_cancelled() {
             return false;
         }
-        if *modes.borrow_and_update() == Mode::Consume && app.can_write_orders() {
+        if *modes.borrow_and_update() == Mode::Consume && can_write_orders(health, control) {
             return true;
         }
         tokio::select! {
@@ -258,9 +260,9 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn start(app: &App, stop: &CancellationToken) -> Session {
+    pub fn start(control: &Control, stop: &CancellationToken) -> Session {
         let token = stop.child_token();
-        let mut modes = app.control.subscribe();
+        let mut modes = control.subscribe();
         if *modes.borrow_and_update() != Mode::Consume {
             token.cancel();
         }
@@ -294,12 +296,12 @@ pub async fn pause(stop: &CancellationToken, duration: Duration) {
     }
 }
 
-pub async fn watch(app: std::sync::Arc<App>, stop: CancellationToken) {
-    let mut notifications = listen(&app.db).await;
+pub async fn watch(db: &Db, control: &Control, health: &Health, stop: CancellationToken) {
+    let mut notifications = listen(db).await;
     let mut last_mode = Mode::Unknown;
     loop {
-        if app.health.migrated() {
-            match tick(&app).await {
+        if health.migrated() {
+            match tick(db, control).await {
                 Ok(mode) if mode != last_mode => {
                     tracing::info!(from = ?last_mode, to = ?mode, "consumer mode changed");
                     last_mode = mode;
@@ -318,7 +320,7 @@ pub async fn watch(app: std::sync::Arc<App>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(POLL) => {}
-            _ = app.control.nudge.notified() => {}
+            _ = control.nudge.notified() => {}
             notified = next_notification(&mut notifications) => {
                 if !notified {
                     notifications = None;
@@ -327,24 +329,24 @@ pub async fn watch(app: std::sync::Arc<App>, stop: CancellationToken) {
         }
     }
     // Leave the table saying this instance is gone, so `drained` need not wait it out.
-    let row = app.control.row(State::Stopped);
-    if let Err(e) = switch::heartbeat(&app.db, &row).await {
+    let row = control.row(State::Stopped);
+    if let Err(e) = switch::heartbeat(db, &row).await {
         tracing::debug!(error = %e, "last heartbeat not written");
     }
 }
 
-async fn tick(app: &App) -> Result<Mode, sqlx::Error> {
-    let mut switch = switch::read(&app.db).await?;
+async fn tick(db: &Db, control: &Control) -> Result<Mode, sqlx::Error> {
+    let mut switch = switch::read(db).await?;
     if switch.is_paused() && switch.until.is_some_and(|until| until <= Utc::now()) {
         let (lifted, changed) = switch::change(
-            &app.db,
+            db,
             Change {
                 action: "expire",
                 desired: "running",
                 active_version: None,
                 reason: Some("the pause reached its `until`"),
                 until: None,
-                by: &format!("cartbus@{}", app.config.instance),
+                by: &format!("cartbus@{}", control.identity.instance),
                 if_revision: Some(switch.revision),
             },
         )
@@ -355,24 +357,22 @@ async fn tick(app: &App) -> Result<Mode, sqlx::Error> {
         switch = if changed {
             lifted
         } else {
-            switch::read(&app.db).await?
+            switch::read(db).await?
         };
     }
-    let applied = app.db.applied_schema_version().await?;
-    let mode = mode_for(&app.control, &switch, applied);
-    app.control
-        .revision
-        .store(switch.revision, Ordering::Release);
-    app.control.mode.send_if_modified(|current| {
+    let applied = db.applied_schema_version().await?;
+    let mode = mode_for(control, &switch, applied);
+    control.revision.store(switch.revision, Ordering::Release);
+    control.mode.send_if_modified(|current| {
         let changed = *current != mode;
         *current = mode;
         changed
     });
-    let row = app.control.row(app.control.state());
-    switch::heartbeat(&app.db, &row).await?;
+    let row = control.row(control.state());
+    switch::heartbeat(db, &row).await?;
     let since = Utc::now() - LIVE_WINDOW;
-    let instances = switch::instances(&app.db, since).await?;
-    app.control.record_rates(&instances);
+    let instances = switch::instances(db, since).await?;
+    control.record_rates(&instances);
     Ok(mode)
 }
 
@@ -433,12 +433,15 @@ pub struct Backlog {
 
 /// The switch, the live instances and whether they are drained, without the backlog
 /// figures (cheap enough to poll while a pause waits).
-pub async fn drain_state(app: &App) -> Result<(Switch, Vec<InstanceRow>, bool), sqlx::Error> {
-    let switch = switch::read(&app.db).await?;
-    let mut instances = switch::instances(&app.db, Utc::now() - LIVE_WINDOW).await?;
+pub async fn drain_state(
+    db: &Db,
+    control: &Control,
+) -> Result<(Switch, Vec<InstanceRow>, bool), sqlx::Error> {
+    let switch = switch::read(db).await?;
+    let mut instances = switch::instances(db, Utc::now() - LIVE_WINDOW).await?;
     // This instance speaks for itself from memory: fresher than its last heartbeat, and
     // present even before its first one (an empty list would read as drained).
-    let me = app.control.row(app.control.state());
+    let me = control.row(control.state());
     instances.retain(|i| i.instance != me.instance);
     instances.push(me);
     instances.sort_by(|a, b| a.instance.cmp(&b.instance));
@@ -446,10 +449,15 @@ pub async fn drain_state(app: &App) -> Result<(Switch, Vec<InstanceRow>, bool), 
     Ok((switch, instances, drained))
 }
 
-pub async fn status(app: &App) -> Result<Status, sqlx::Error> {
-    let (switch, instances, drained) = drain_state(app).await?;
+pub async fn status(
+    db: &Db,
+    control: &Control,
+    queue: &dyn Queue,
+    cart_address: &str,
+) -> Result<Status, sqlx::Error> {
+    let (switch, instances, drained) = drain_state(db, control).await?;
     Ok(Status {
-        backlog: backlog(app).await,
+        backlog: backlog(control, queue, cart_address).await,
         switch,
         drained,
         instances,
@@ -458,15 +466,12 @@ pub async fn status(app: &App) -> Result<Status, sqlx::Error> {
 
 /// The cart queue's depth and age (where the queue reports them, within 1 s), and the
 /// rates and catch-up estimate from the instances' heartbeats.
-pub async fn backlog(app: &App) -> Backlog {
-    let stats = tokio::time::timeout(
-        Duration::from_secs(1),
-        app.queue.stats(&app.config.cart_address),
-    )
-    .await
-    .ok()
-    .and_then(Result::ok);
-    let (intake, drain) = app.control.rates();
+pub async fn backlog(control: &Control, queue: &dyn Queue, cart_address: &str) -> Backlog {
+    let stats = tokio::time::timeout(Duration::from_secs(1), queue.stats(cart_address))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let (intake, drain) = control.rates();
     let depth = stats.as_ref().map(|s| s.depth);
     let catch_up_eta_seconds = match depth {
         Some(0) => Some(0.0),

@@ -2,6 +2,7 @@
 //! the database as an order (DESIGN §1). Either way, at most one order per cart_id.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use uuid::Uuid;
@@ -10,9 +11,14 @@ use crate::domain::Cart;
 use crate::domain::Reason;
 use crate::domain::cart_message as message;
 use crate::domain::order::Source;
-use crate::runtime::app::{App, AppState};
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::service::drain::Control;
+use crate::service::payment::Gateway;
 use crate::service::payment::Verdict;
 use crate::service::place::{self, Outcome};
+use crate::service::readiness::{Health, can_write_orders};
+use crate::store::Db;
 use crate::store::{StoreError, dead_letters};
 
 /// Where a direct write's dead letters say they came from (no queue was involved).
@@ -34,122 +40,154 @@ pub enum IntakeError {
     Unavailable,
 }
 
-pub async fn submit(app: &AppState, cart: &Cart) -> Result<Accepted, IntakeError> {
-    let message = message::encode(cart, Utc::now());
-    let address = &app.config.cart_address;
-    // Test-only: a slow intake, to fill the in-flight limit with real checkouts.
-    crate::fault::delay_if_hit("intake-slow").await;
-    match tokio::time::timeout(app.config.send_timeout, app.queue.send(address, message)).await {
-        Ok(Ok(())) => {
-            // Test-only: die after the queue took the cart, before the storefront hears.
-            crate::fault::freeze_if_hit("intake-after-send").await;
-            app.metrics.checkout("queued");
-            app.control.count_accepted();
-            return Ok(Accepted::Queued);
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(cart_id = %cart.cart_id, error = %e, "queue refused the cart; writing the order directly");
-        }
-        Err(_) => {
-            tracing::warn!(cart_id = %cart.cart_id, timeout = ?app.config.send_timeout, "queue did not confirm in time; writing the order directly");
-        }
-    }
-    let result = write_directly(app, cart).await;
-    app.metrics.checkout(match &result {
-        Ok(_) => "direct",
-        Err(IntakeError::Conflict { .. }) => Reason::Conflict.label(),
-        Err(IntakeError::Unavailable) => "unavailable",
-    });
-    result
+/// What taking checkouts in needs; cheap to clone into the task that writes an order
+/// directly.
+#[derive(Clone)]
+pub struct Intake {
+    pub queue: Arc<dyn Queue>,
+    pub db: Db,
+    pub metrics: Arc<Metrics>,
+    pub control: Arc<Control>,
+    pub health: Arc<Health>,
+    /// The payment capture endpoint, when one is configured.
+    pub payments: Option<Arc<Gateway>>,
+    pub settings: Arc<IntakeSettings>,
 }
 
-/// Writes the order (after its payment) in a task of its own: the request future may be
-/// dropped (its timeout, or the client gone), and a capture must not then be left
-/// without its result or its order. The request waits for the task at most half its
-/// timeout; past that the task still finishes, and a retry finds what it did.
-async fn write_directly(app: &AppState, cart: &Cart) -> Result<Accepted, IntakeError> {
-    if !app.can_write_orders() {
-        tracing::error!(cart_id = %cart.cart_id, "database down or its schema not ready; cannot write the order directly");
-        return Err(IntakeError::Unavailable);
-    }
-    let task = tokio::spawn({
-        let app = Arc::clone(app);
-        let cart = cart.clone();
-        async move { pay_and_place(&app, &cart).await }
-    });
-    match tokio::time::timeout(app.config.request_timeout / 2, task).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(e)) => {
-            tracing::error!(cart_id = %cart.cart_id, error = %e, "direct write task failed");
-            Err(IntakeError::Unavailable)
-        }
-        Err(_) => {
-            tracing::error!(cart_id = %cart.cart_id, "direct write still running at half the request timeout; it goes on in the background and a retry finds its result");
-            Err(IntakeError::Unavailable)
-        }
-    }
+/// Intake's settings.
+#[derive(Clone, Debug)]
+pub struct IntakeSettings {
+    /// `CARTBUS_CART_ADDRESS`.
+    pub cart_address: String,
+    /// `CARTBUS_SEND_TIMEOUT_MS`: how long the queue may take to confirm a cart.
+    pub send_timeout: Duration,
+    /// `CARTBUS_REQUEST_TIMEOUT_MS`: a direct write waits at most half of it.
+    pub request_timeout: Duration,
 }
 
-/// The payment step, then the order, through the place service. Not to be cancelled once
-/// started: no timeout wraps it (the capture call has its own, `CARTBUS_PAYMENT_TIMEOUT_MS`).
-///
-/// A declined payment or one whose outcome is unknown makes no order now and answers as
-/// queued: the checkout's status says why (`rejected`, or `pending` with
-/// `payment-unknown` for a person to resolve). A call that never left, or a first call
-/// that may still be in flight, answers 503 so that the storefront tries again.
-async fn pay_and_place(app: &App, cart: &Cart) -> Result<Accepted, IntakeError> {
-    let cart_id = cart.cart_id.as_uuid();
-    let message = message::encode(cart, Utc::now());
-    let unavailable = |e: StoreError| {
-        tracing::error!(%cart_id, error = %e, "direct order write failed");
-        IntakeError::Unavailable
-    };
-    let verdicts = place::pay(
-        &app.db,
-        &app.metrics,
-        app.payments.as_ref(),
-        &[(cart, &message)],
-    )
-    .await
-    .map_err(unavailable)?;
-    let verdict = place::verdict_for(&verdicts, cart);
-    if let Verdict::Retry(why) = &verdict {
-        tracing::warn!(%cart_id, why, "payment not attempted; the storefront should retry");
-        return Err(IntakeError::Unavailable);
-    }
-    if app.payments.is_some() && verdict == Verdict::Proceed {
-        // Test-only: die between the capture and its order.
-        crate::fault::freeze_if_hit("direct-after-payment").await;
-    }
-    let write = async {
-        let mut tx = app.db.begin().await?;
-        let outcome = place::place(&mut tx, &[(cart, &verdict)], Source::Direct)
-            .await?
-            .pop()
-            .ok_or_else(|| StoreError::invariant("no outcome for the cart"))?;
-        if let Outcome::PaymentUnknown(detail) = &outcome {
-            dead_letters::record(
-                &mut tx,
-                DIRECT_SOURCE,
-                &message,
-                Reason::PaymentUnknown,
-                detail,
-                0,
-            )
-            .await?;
+impl Intake {
+    pub async fn submit(&self, cart: &Cart) -> Result<Accepted, IntakeError> {
+        let app = self;
+        let message = message::encode(cart, Utc::now());
+        let address = &app.settings.cart_address;
+        // Test-only: a slow intake, to fill the in-flight limit with real checkouts.
+        crate::fault::delay_if_hit("intake-slow").await;
+        match tokio::time::timeout(app.settings.send_timeout, app.queue.send(address, message))
+            .await
+        {
+            Ok(Ok(())) => {
+                // Test-only: die after the queue took the cart, before the storefront hears.
+                crate::fault::freeze_if_hit("intake-after-send").await;
+                app.metrics.checkout("queued");
+                app.control.count_accepted();
+                return Ok(Accepted::Queued);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(cart_id = %cart.cart_id, error = %e, "queue refused the cart; writing the order directly");
+            }
+            Err(_) => {
+                tracing::warn!(cart_id = %cart.cart_id, timeout = ?app.settings.send_timeout, "queue did not confirm in time; writing the order directly");
+            }
         }
-        tx.commit().await?;
-        Ok::<_, StoreError>(outcome)
-    };
-    match write.await.map_err(unavailable)? {
-        Outcome::Created(order_id) | Outcome::Duplicate(order_id) => {
-            Ok(Accepted::Ordered(order_id))
+        let result = self.write_directly(cart).await;
+        app.metrics.checkout(match &result {
+            Ok(_) => "direct",
+            Err(IntakeError::Conflict { .. }) => Reason::Conflict.label(),
+            Err(IntakeError::Unavailable) => "unavailable",
+        });
+        result
+    }
+
+    /// Writes the order (after its payment) in a task of its own: the request future may be
+    /// dropped (its timeout, or the client gone), and a capture must not then be left
+    /// without its result or its order. The request waits for the task at most half its
+    /// timeout; past that the task still finishes, and a retry finds what it did.
+    async fn write_directly(&self, cart: &Cart) -> Result<Accepted, IntakeError> {
+        let app = self;
+        if !can_write_orders(&app.health, &app.control) {
+            tracing::error!(cart_id = %cart.cart_id, "database down or its schema not ready; cannot write the order directly");
+            return Err(IntakeError::Unavailable);
         }
-        Outcome::Rejected {
-            reason: Reason::Conflict,
-            order_id: Some(order_id),
-            ..
-        } => Err(IntakeError::Conflict { cart_id, order_id }),
-        Outcome::Rejected { .. } | Outcome::PaymentUnknown(_) => Ok(Accepted::Queued),
+        let task = tokio::spawn({
+            let intake = self.clone();
+            let cart = cart.clone();
+            async move { intake.pay_and_place(&cart).await }
+        });
+        match tokio::time::timeout(app.settings.request_timeout / 2, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => {
+                tracing::error!(cart_id = %cart.cart_id, error = %e, "direct write task failed");
+                Err(IntakeError::Unavailable)
+            }
+            Err(_) => {
+                tracing::error!(cart_id = %cart.cart_id, "direct write still running at half the request timeout; it goes on in the background and a retry finds its result");
+                Err(IntakeError::Unavailable)
+            }
+        }
+    }
+
+    /// The payment step, then the order, through the place service. Not to be cancelled once
+    /// started: no timeout wraps it (the capture call has its own, `CARTBUS_PAYMENT_TIMEOUT_MS`).
+    ///
+    /// A declined payment or one whose outcome is unknown makes no order now and answers as
+    /// queued: the checkout's status says why (`rejected`, or `pending` with
+    /// `payment-unknown` for a person to resolve). A call that never left, or a first call
+    /// that may still be in flight, answers 503 so that the storefront tries again.
+    async fn pay_and_place(&self, cart: &Cart) -> Result<Accepted, IntakeError> {
+        let app = self;
+        let cart_id = cart.cart_id.as_uuid();
+        let message = message::encode(cart, Utc::now());
+        let unavailable = |e: StoreError| {
+            tracing::error!(%cart_id, error = %e, "direct order write failed");
+            IntakeError::Unavailable
+        };
+        let verdicts = place::pay(
+            &app.db,
+            &app.metrics,
+            app.payments.as_deref(),
+            &[(cart, &message)],
+        )
+        .await
+        .map_err(unavailable)?;
+        let verdict = place::verdict_for(&verdicts, cart);
+        if let Verdict::Retry(why) = &verdict {
+            tracing::warn!(%cart_id, why, "payment not attempted; the storefront should retry");
+            return Err(IntakeError::Unavailable);
+        }
+        if app.payments.is_some() && verdict == Verdict::Proceed {
+            // Test-only: die between the capture and its order.
+            crate::fault::freeze_if_hit("direct-after-payment").await;
+        }
+        let write = async {
+            let mut tx = app.db.begin().await?;
+            let outcome = place::place(&mut tx, &[(cart, &verdict)], Source::Direct)
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::invariant("no outcome for the cart"))?;
+            if let Outcome::PaymentUnknown(detail) = &outcome {
+                dead_letters::record(
+                    &mut tx,
+                    DIRECT_SOURCE,
+                    &message,
+                    Reason::PaymentUnknown,
+                    detail,
+                    0,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(outcome)
+        };
+        match write.await.map_err(unavailable)? {
+            Outcome::Created(order_id) | Outcome::Duplicate(order_id) => {
+                Ok(Accepted::Ordered(order_id))
+            }
+            Outcome::Rejected {
+                reason: Reason::Conflict,
+                order_id: Some(order_id),
+                ..
+            } => Err(IntakeError::Conflict { cart_id, order_id }),
+            Outcome::Rejected { .. } | Outcome::PaymentUnknown(_) => Ok(Accepted::Queued),
+        }
     }
 }

@@ -17,23 +17,63 @@ use uuid::Uuid;
 use crate::config::fulfilment::FulfilmentSettings;
 use crate::domain::Reason;
 use crate::domain::partner::{self as message, PARTNER_STATUSES, SIGNATURE_PROPERTY, StatusReply};
+use crate::metrics::Metrics;
 use crate::on_tx;
-use crate::queue::{Delivery, Message, Property, QueueError, Receiver, Settlement};
-use crate::runtime::app::{App, AppState};
-use crate::service::drain::{self, pause};
+use crate::queue::{Delivery, Message, Property, Queue, Settlement};
+use crate::service::worker::{self, Gate, Receiving, Report, Step};
 use crate::store::dead_letters;
-use crate::store::{self, Tx};
+use crate::store::{self, Db, Tx};
 
 const BATCH: usize = 64;
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a reply stays back when the database could not take it.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 const MAX_TRACKING_ID: usize = 100;
 
-pub async fn run(app: AppState, stop: CancellationToken) {
-    let settings = &app.config.fulfilment;
-    if !settings.replies_enabled() || !app.config.consumer_enabled {
+/// What applying partner replies needs.
+pub struct ReplyStep<'a> {
+    pub db: &'a Db,
+    pub metrics: &'a Metrics,
+    /// The partners (their secrets) and the status address.
+    pub settings: &'a FulfilmentSettings,
+}
+
+impl Step for ReplyStep<'_> {
+    async fn step(&self, deliveries: &[Delivery]) -> Report {
+        let mut report = Report::default();
+        for delivery in deliveries {
+            let settlement = match self.apply(delivery).await {
+                Ok(settlement) => settlement,
+                Err(e) if store::is_transient(&e) || matches!(e, sqlx::Error::PoolTimedOut) => {
+                    report.database_down = true;
+                    self.metrics.partner_reply("released");
+                    Settlement::Release { delay: RETRY_DELAY }
+                }
+                Err(e) => {
+                    tracing::error!(message_id = %delivery.message.message_id, error = %e, "partner reply failed");
+                    self.metrics.partner_reply("failed");
+                    Settlement::Fail {
+                        delay: RETRY_DELAY,
+                        detail: format!("database refused the reply: {e}"),
+                    }
+                }
+            };
+            report.settlements.push((delivery.tag, settlement));
+        }
+        report
+    }
+}
+
+/// Reads partner replies until `stop`, where the drain switch lets this instance consume
+/// (`CARTBUS_CONSUMER=off` or no partner secret: not at all).
+pub async fn run(
+    step: ReplyStep<'_>,
+    queue: &dyn Queue,
+    consumer_enabled: bool,
+    gate: Gate<'_>,
+    stop: CancellationToken,
+) {
+    let settings = step.settings;
+    if !settings.replies_enabled() || !consumer_enabled {
         if settings.enabled() {
             tracing::warn!(
                 "partner status replies not read on this instance: no partner has a CARTBUS_PARTNER_<NAME>_SECRET (or CARTBUS_CONSUMER=off)"
@@ -41,92 +81,14 @@ pub async fn run(app: AppState, stop: CancellationToken) {
         }
         return;
     }
-    let address = settings.status_address.clone();
-    let mut modes = app.control.subscribe();
-    let mut backoff = MIN_BACKOFF;
-    while !stop.is_cancelled() {
-        if !drain::until_working(&app, &mut modes, &stop).await {
-            break;
-        }
-        // Counted as consuming for the whole session, like the cart consumer: `drained`
-        // waits until replies in hand are committed and the receiver is closed.
-        app.control.set_consuming(true);
-        let receiver = match app.queue.receiver(&address).await {
-            Ok(receiver) => receiver,
-            Err(e) => {
-                app.control.set_consuming(false);
-                tracing::warn!(error = %e, %address, retry_in = ?backoff, "cannot open the partner status receiver");
-                pause(&stop, backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        tracing::info!(%address, "reading partner status replies");
-        let session = drain::Session::start(&app, &stop);
-        let result = consume(&app, receiver, session.token(), &mut backoff).await;
-        app.control.set_consuming(false);
-        app.control.nudge();
-        drop(session);
-        if let Err(e) = result {
-            tracing::warn!(error = %e, retry_in = ?backoff, "partner status receiver lost");
-            pause(&stop, backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-    }
-}
-
-async fn consume(
-    app: &App,
-    mut receiver: Box<dyn Receiver>,
-    stop: &CancellationToken,
-    reconnect_backoff: &mut Duration,
-) -> Result<(), QueueError> {
-    let mut backoff = MIN_BACKOFF;
-    let result = loop {
-        let deliveries = match receiver.receive(BATCH, stop).await {
-            Ok(deliveries) if deliveries.is_empty() => break Ok(()),
-            Ok(deliveries) => deliveries,
-            Err(e) => break Err(e),
-        };
-        let mut settlements = Vec::with_capacity(deliveries.len());
-        let mut database_down = false;
-        for delivery in &deliveries {
-            let settlement = match apply(app, delivery).await {
-                Ok(settlement) => settlement,
-                Err(e) if store::is_transient(&e) || matches!(e, sqlx::Error::PoolTimedOut) => {
-                    database_down = true;
-                    app.metrics.partner_reply("released");
-                    Settlement::Release { delay: RETRY_DELAY }
-                }
-                Err(e) => {
-                    tracing::error!(message_id = %delivery.message.message_id, error = %e, "partner reply failed");
-                    app.metrics.partner_reply("failed");
-                    Settlement::Fail {
-                        delay: RETRY_DELAY,
-                        detail: format!("database refused the reply: {e}"),
-                    }
-                }
-            };
-            settlements.push((delivery.tag, settlement));
-        }
-        if let Err(e) = receiver.settle(settlements).await {
-            break Err(e);
-        }
-        *reconnect_backoff = MIN_BACKOFF;
-        if database_down {
-            pause(stop, backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        } else {
-            backoff = MIN_BACKOFF;
-        }
-        if stop.is_cancelled() {
-            break Ok(());
-        }
+    let receiving = Receiving {
+        name: "partner replies",
+        queue,
+        address: settings.status_address.clone(),
+        batch: BATCH,
+        step,
     };
-    if let Err(e) = receiver.close().await {
-        tracing::warn!(error = %e, "could not give back unsettled partner replies");
-    }
-    result
+    worker::run(gate, &stop, receiving).await;
 }
 
 /// Why a reply is turned away, before anything is written.
@@ -202,40 +164,42 @@ pub fn check(settings: &FulfilmentSettings, message: &Message) -> Result<StatusR
     Ok(StatusReply { partner, ..reply })
 }
 
-/// Applies one reply in one transaction and says how to settle it.
-async fn apply(app: &App, delivery: &Delivery) -> Result<Settlement, sqlx::Error> {
-    let checked = check(&app.config.fulfilment, &delivery.message);
-    let mut tx = app.db.begin().await?;
-    let outcome = match checked {
-        Err(refusal) => Err(refusal),
-        Ok(reply) => record(&mut tx, &reply).await?,
-    };
-    let settlement = match outcome {
-        Ok(Recorded::Applied) => {
-            app.metrics.partner_reply("applied");
-            Settlement::Accept
-        }
-        Ok(Recorded::Duplicate) => {
-            app.metrics.partner_reply("duplicate");
-            Settlement::Accept
-        }
-        Err(Refusal { reason, detail }) => {
-            dead_letters::record(
-                &mut tx,
-                &app.config.fulfilment.status_address,
-                &delivery.message,
-                reason,
-                &detail,
-                delivery.attempts,
-            )
-            .await?;
-            tracing::warn!(message_id = %delivery.message.message_id, %reason, detail, "partner reply dead-lettered");
-            app.metrics.partner_reply(reason.as_str());
-            Settlement::Reject { reason, detail }
-        }
-    };
-    tx.commit().await?;
-    Ok(settlement)
+impl ReplyStep<'_> {
+    /// Applies one reply in one transaction and says how to settle it.
+    async fn apply(&self, delivery: &Delivery) -> Result<Settlement, sqlx::Error> {
+        let checked = check(self.settings, &delivery.message);
+        let mut tx = self.db.begin().await?;
+        let outcome = match checked {
+            Err(refusal) => Err(refusal),
+            Ok(reply) => record(&mut tx, &reply).await?,
+        };
+        let settlement = match outcome {
+            Ok(Recorded::Applied) => {
+                self.metrics.partner_reply("applied");
+                Settlement::Accept
+            }
+            Ok(Recorded::Duplicate) => {
+                self.metrics.partner_reply("duplicate");
+                Settlement::Accept
+            }
+            Err(Refusal { reason, detail }) => {
+                dead_letters::record(
+                    &mut tx,
+                    &self.settings.status_address,
+                    &delivery.message,
+                    reason,
+                    &detail,
+                    delivery.attempts,
+                )
+                .await?;
+                tracing::warn!(message_id = %delivery.message.message_id, %reason, detail, "partner reply dead-lettered");
+                self.metrics.partner_reply(reason.as_str());
+                Settlement::Reject { reason, detail }
+            }
+        };
+        tx.commit().await?;
+        Ok(settlement)
+    }
 }
 
 pub(crate) enum Recorded {

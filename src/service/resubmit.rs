@@ -16,20 +16,27 @@
 //! A dry run does all of this in a transaction that is rolled back. It makes no payment
 //! call: it reads what the payment step would decide from what is recorded.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use serde::Serialize;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::config::fulfilment::FulfilmentSettings;
 use crate::domain::Cart;
 use crate::domain::Reason;
 use crate::domain::cart_message::{self, Decoded};
 use crate::domain::order::Source;
 use crate::domain::partner::StatusReply;
+use crate::metrics::Metrics;
 use crate::on_tx;
-use crate::runtime::app::App;
+use crate::service::drain::Control;
+use crate::service::payment::Gateway;
 use crate::service::payment::Verdict;
 use crate::service::place::{self, Outcome as Placed};
 use crate::service::replies::{self, Recorded, Refusal};
+use crate::store::Db;
 use crate::store::dead_letters::{self, Row};
 use crate::store::{StoreError, Tx};
 
@@ -185,134 +192,160 @@ enum Plan {
     Reply(Result<StatusReply, Refusal>),
 }
 
-/// Resubmits dead letter `id` (see the module doc).
-pub async fn resubmit(app: &App, id: i64, options: &Options<'_>) -> Result<Report, Error> {
-    let letter = dead_letters::load(&app.db, id)
-        .await?
-        .ok_or(Error::NotFound(id))?;
-    check(app, &letter, options.dry_run)?;
-    let plan = if letter.source == app.config.fulfilment.status_address {
-        if options.corrected.is_some() {
-            return Err(Error::CannotCorrectReply);
-        }
-        Plan::Reply(replies::check(&app.config.fulfilment, &letter.message()))
-    } else {
-        plan_cart(app, &letter, options).await?
-    };
-
-    let mut tx = app.db.begin().await?;
-    if !options.dry_run
-        && let Some(why) =
-            crate::store::switch::forbids_consuming(&mut tx, app.control.identity()).await?
-    {
-        return Err(Error::Gated(why.to_string()));
-    }
-    // Checked again under the lock: another resubmit may have got there first.
-    let letter = dead_letters::lock(&mut tx, id)
-        .await?
-        .ok_or(Error::NotFound(id))?;
-    check(app, &letter, options.dry_run)?;
-    let done = carry_out(&mut tx, plan, options.dry_run).await?;
-    let resolved = !options.dry_run && done.outcome.resolves();
-    let resubmits = letter.resubmits + i32::from(!options.dry_run);
-    if options.dry_run {
-        tx.rollback().await?;
-    } else {
-        mark(&mut tx, &letter, &done, resolved, options).await?;
-        tx.commit().await?;
-        app.metrics.dead_letter_resubmit(done.outcome.as_str());
-        if done.outcome == Outcome::CreatedOrder {
-            app.outbox_wake.notify_one();
-        }
-        tracing::info!(
-            dead_letter = id,
-            outcome = done.outcome.as_str(),
-            order_id = ?done.order_id,
-            by = options.actor,
-            "dead letter resubmitted"
-        );
-    }
-    Ok(Report {
-        dead_letter_id: id,
-        dry_run: options.dry_run,
-        outcome: done.outcome,
-        resolved,
-        detail: done.detail,
-        order_id: done.order_id,
-        cart_id: done.cart_id,
-        resubmits,
-        resubmit_limit: app.config.resubmit_limit,
-    })
+/// What resubmitting dead letters needs; cheap to clone into a bulk job's task.
+#[derive(Clone)]
+pub struct Resubmitter {
+    pub db: Db,
+    pub metrics: Arc<Metrics>,
+    /// The payment capture endpoint, when one is configured.
+    pub payments: Option<Arc<Gateway>>,
+    pub control: Arc<Control>,
+    /// Woken when an order was created, so that the relay hands it on at once.
+    pub outbox_wake: Arc<Notify>,
+    /// The partners (a reply is checked against their secrets) and the status address.
+    pub fulfilment: Arc<FulfilmentSettings>,
+    /// `CARTBUS_RESUBMIT_LIMIT`.
+    pub resubmit_limit: u32,
+    /// `CARTBUS_INSTANCE`: the owner of the bulk jobs this instance runs.
+    pub instance: String,
+    /// Bulk jobs running in this process.
+    pub jobs: Arc<super::resubmit_jobs::Running>,
 }
 
-/// Refuses a dead letter that is deleted, resolved or (for real) at its replay limit.
-fn check(app: &App, letter: &Row, dry_run: bool) -> Result<(), Error> {
-    if letter.deleted_at.is_some() {
-        return Err(Error::Deleted(letter.id));
-    }
-    if letter.resolved_at.is_some() {
-        let resolution = match (&letter.resolution, letter.order_id) {
-            (Some(how), Some(order_id)) => format!("{how}, order {order_id}"),
-            (Some(how), None) => how.clone(),
-            (None, _) => "resolved".into(),
-        };
-        return Err(Error::Resolved {
-            id: letter.id,
-            resolution,
-        });
-    }
-    if !dry_run && letter.resubmits >= i32::try_from(app.config.resubmit_limit).unwrap_or(i32::MAX)
-    {
-        return Err(Error::LimitReached {
-            id: letter.id,
-            resubmits: letter.resubmits,
-        });
-    }
-    Ok(())
-}
-
-async fn plan_cart(app: &App, letter: &Row, options: &Options<'_>) -> Result<Plan, Error> {
-    let original = letter.message();
-    let cart = match options.corrected {
-        Some(cart) => Box::new(cart.clone()),
-        None => match cart_message::decode(&original) {
-            Decoded::Cart(cart) => cart,
-            Decoded::UnknownSchema(detail) => {
-                return Ok(Plan::Unprocessable(Outcome::UnknownSchema, detail));
+impl Resubmitter {
+    /// Resubmits dead letter `id` (see the module doc).
+    pub async fn resubmit(&self, id: i64, options: &Options<'_>) -> Result<Report, Error> {
+        let app = self;
+        let letter = dead_letters::load(&app.db, id)
+            .await?
+            .ok_or(Error::NotFound(id))?;
+        self.check(&letter, options.dry_run)?;
+        let plan = if letter.source == app.fulfilment.status_address {
+            if options.corrected.is_some() {
+                return Err(Error::CannotCorrectReply);
             }
-            Decoded::Invalid(detail) => return Ok(Plan::Unprocessable(Outcome::Invalid, detail)),
-        },
-    };
-    let source = if letter.source == crate::service::intake::DIRECT_SOURCE {
-        Source::Direct
-    } else {
-        Source::Queue
-    };
-    let verdict = if options.dry_run {
-        place::predict_payment(&app.db, app.payments.as_ref(), &cart).await?
-    } else {
-        // The payment step sees the cart being placed (the corrected one, if any).
-        let message = match options.corrected {
-            Some(cart) => cart_message::encode(cart, Utc::now()),
-            None => original,
+            Plan::Reply(replies::check(&app.fulfilment, &letter.message()))
+        } else {
+            self.plan_cart(&letter, options).await?
         };
-        let verdicts = place::pay(
-            &app.db,
-            &app.metrics,
-            app.payments.as_ref(),
-            &[(&cart, &message)],
-        )
-        .await?;
-        place::verdict_for(&verdicts, &cart)
-    };
-    if let Verdict::Retry(why) = verdict {
-        return Err(Error::Retry(why));
+
+        let mut tx = app.db.begin().await?;
+        if !options.dry_run
+            && let Some(why) =
+                crate::store::switch::forbids_consuming(&mut tx, app.control.identity()).await?
+        {
+            return Err(Error::Gated(why.to_string()));
+        }
+        // Checked again under the lock: another resubmit may have got there first.
+        let letter = dead_letters::lock(&mut tx, id)
+            .await?
+            .ok_or(Error::NotFound(id))?;
+        self.check(&letter, options.dry_run)?;
+        let done = carry_out(&mut tx, plan, options.dry_run).await?;
+        let resolved = !options.dry_run && done.outcome.resolves();
+        let resubmits = letter.resubmits + i32::from(!options.dry_run);
+        if options.dry_run {
+            tx.rollback().await?;
+        } else {
+            mark(&mut tx, &letter, &done, resolved, options).await?;
+            tx.commit().await?;
+            app.metrics.dead_letter_resubmit(done.outcome.as_str());
+            if done.outcome == Outcome::CreatedOrder {
+                app.outbox_wake.notify_one();
+            }
+            tracing::info!(
+                dead_letter = id,
+                outcome = done.outcome.as_str(),
+                order_id = ?done.order_id,
+                by = options.actor,
+                "dead letter resubmitted"
+            );
+        }
+        Ok(Report {
+            dead_letter_id: id,
+            dry_run: options.dry_run,
+            outcome: done.outcome,
+            resolved,
+            detail: done.detail,
+            order_id: done.order_id,
+            cart_id: done.cart_id,
+            resubmits,
+            resubmit_limit: app.resubmit_limit,
+        })
     }
-    Ok(Plan::Cart {
-        cart,
-        source,
-        verdict,
-    })
+
+    /// Refuses a dead letter that is deleted, resolved or (for real) at its replay limit.
+    fn check(&self, letter: &Row, dry_run: bool) -> Result<(), Error> {
+        let app = self;
+        if letter.deleted_at.is_some() {
+            return Err(Error::Deleted(letter.id));
+        }
+        if letter.resolved_at.is_some() {
+            let resolution = match (&letter.resolution, letter.order_id) {
+                (Some(how), Some(order_id)) => format!("{how}, order {order_id}"),
+                (Some(how), None) => how.clone(),
+                (None, _) => "resolved".into(),
+            };
+            return Err(Error::Resolved {
+                id: letter.id,
+                resolution,
+            });
+        }
+        if !dry_run && letter.resubmits >= i32::try_from(app.resubmit_limit).unwrap_or(i32::MAX) {
+            return Err(Error::LimitReached {
+                id: letter.id,
+                resubmits: letter.resubmits,
+            });
+        }
+        Ok(())
+    }
+
+    async fn plan_cart(&self, letter: &Row, options: &Options<'_>) -> Result<Plan, Error> {
+        let app = self;
+        let original = letter.message();
+        let cart = match options.corrected {
+            Some(cart) => Box::new(cart.clone()),
+            None => match cart_message::decode(&original) {
+                Decoded::Cart(cart) => cart,
+                Decoded::UnknownSchema(detail) => {
+                    return Ok(Plan::Unprocessable(Outcome::UnknownSchema, detail));
+                }
+                Decoded::Invalid(detail) => {
+                    return Ok(Plan::Unprocessable(Outcome::Invalid, detail));
+                }
+            },
+        };
+        let source = if letter.source == crate::service::intake::DIRECT_SOURCE {
+            Source::Direct
+        } else {
+            Source::Queue
+        };
+        let verdict = if options.dry_run {
+            place::predict_payment(&app.db, app.payments.as_deref(), &cart).await?
+        } else {
+            // The payment step sees the cart being placed (the corrected one, if any).
+            let message = match options.corrected {
+                Some(cart) => cart_message::encode(cart, Utc::now()),
+                None => original,
+            };
+            let verdicts = place::pay(
+                &app.db,
+                &app.metrics,
+                app.payments.as_deref(),
+                &[(&cart, &message)],
+            )
+            .await?;
+            place::verdict_for(&verdicts, &cart)
+        };
+        if let Verdict::Retry(why) = verdict {
+            return Err(Error::Retry(why));
+        }
+        Ok(Plan::Cart {
+            cart,
+            source,
+            verdict,
+        })
+    }
 }
 
 /// What the transaction did.

@@ -11,7 +11,7 @@
 //! taken over.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,8 +19,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::resubmit::{self, Error, Options, Report};
-use crate::runtime::app::App;
+use super::resubmit::{Error, Options, Report, Resubmitter};
 use crate::store::{Db, Tx};
 use crate::{on_db, on_tx};
 
@@ -134,9 +133,9 @@ impl Running {
 
 /// Starts the job, or resumes it when it exists, was interrupted and matches. Answers the
 /// job as it stands, and whether this call set it running.
-pub async fn start(app: &Arc<App>, new: NewJob) -> Result<(JobView, bool), JobError> {
+pub async fn start(app: &Resubmitter, new: NewJob) -> Result<(JobView, bool), JobError> {
     let now = Utc::now();
-    let me = &app.config.instance;
+    let me = &app.instance;
     let inserted = on_db!(&app.db, |pool| sqlx::query(
         "INSERT INTO dead_letter_jobs
              (id, actor, reason, filter, state, last_id, owner, created_at, updated_at)
@@ -164,16 +163,13 @@ pub async fn start(app: &Arc<App>, new: NewJob) -> Result<(JobView, bool), JobEr
         let takeable = match row.state.as_str() {
             "done" => false,
             "stopped" => true,
-            _ => {
-                !app.resubmit_jobs.contains(new.id)
-                    && (row.owner == *me || is_stale(row.updated_at, now))
-            }
+            _ => !app.jobs.contains(new.id) && (row.owner == *me || is_stale(row.updated_at, now)),
         };
         takeable && claim(&app.db, &row, me, now).await?
     };
     if started {
         tracing::info!(job = %new.id, filter = ?new.filter, by = new.actor, "bulk resubmit started");
-        tokio::spawn(run(Arc::clone(app), new.id));
+        tokio::spawn(run(app.clone(), new.id));
     }
     let view = find(&app.db, new.id)
         .await?
@@ -201,12 +197,12 @@ async fn claim(db: &Db, row: &JobRow, me: &str, now: DateTime<Utc>) -> Result<bo
 }
 
 /// Works the job to its end (or until it must stop).
-async fn run(app: Arc<App>, job: Uuid) {
-    if !app.resubmit_jobs.enter(job) {
+async fn run(app: Resubmitter, job: Uuid) {
+    if !app.jobs.enter(job) {
         return;
     }
     let result = work(&app, job).await;
-    app.resubmit_jobs.leave(job);
+    app.jobs.leave(job);
     let outcome = match result {
         Ok(()) => return,
         Err(why) => why,
@@ -227,14 +223,14 @@ async fn run(app: Arc<App>, job: Uuid) {
     }
 }
 
-async fn work(app: &App, job: Uuid) -> Result<(), String> {
-    let limit = i32::try_from(app.config.resubmit_limit).unwrap_or(i32::MAX);
+async fn work(app: &Resubmitter, job: Uuid) -> Result<(), String> {
+    let limit = i32::try_from(app.resubmit_limit).unwrap_or(i32::MAX);
     loop {
         let row = load(&app.db, job)
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the job row is gone")?;
-        if row.state != "running" || row.owner != app.config.instance {
+        if row.state != "running" || row.owner != app.instance {
             return Ok(());
         }
         let page = candidates(&app.db, &row.filter, row.last_id, limit)
@@ -252,7 +248,7 @@ async fn work(app: &App, job: Uuid) -> Result<(), String> {
                 job: Some(job),
                 ..Options::default()
             };
-            match resubmit::resubmit(app, id, &options).await {
+            match app.resubmit(id, &options).await {
                 Ok(_) => {}
                 // Dealt with by someone else meanwhile (or not resubmittable at all).
                 Err(
@@ -409,11 +405,11 @@ pub struct Preview {
 }
 
 pub async fn preview(
-    app: &App,
+    app: &Resubmitter,
     filter: &JobFilter,
     max: i64,
 ) -> Result<Preview, crate::store::StoreError> {
-    let limit = i32::try_from(app.config.resubmit_limit).unwrap_or(i32::MAX);
+    let limit = i32::try_from(app.resubmit_limit).unwrap_or(i32::MAX);
     let mut preview = Preview {
         dry_run: true,
         matched: 0,
@@ -437,7 +433,7 @@ pub async fn preview(
                 dry_run: true,
                 ..Options::default()
             };
-            let label = match resubmit::resubmit(app, id, &options).await {
+            let label = match app.resubmit(id, &options).await {
                 Ok(report) => {
                     let label = report.outcome.as_str();
                     if preview.sample.len() < SAMPLE {

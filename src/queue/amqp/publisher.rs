@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::{
-    AmqpOptions, Backoff, BrokerCounters, CONTROL_TIMEOUT, connect, convert, durable_target,
-};
+use crate::backoff::Backoff;
+
+use super::{AmqpOptions, BrokerCounters, CONTROL_TIMEOUT, connect, convert, durable_target};
 use crate::queue::{Message, QueueError};
 
 /// This many sends in a row without an outcome in time means the broker hangs: drop the
@@ -109,7 +109,9 @@ pub(super) async fn supervise(
     stop: CancellationToken,
 ) {
     let endpoint = options.broker.endpoint();
-    let mut backoff = Backoff::new();
+    // Reconnects: doubling from 200 ms to 15 s, jittered so that many instances of one
+    // broker do not all come back at once.
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
     while !stop.is_cancelled() {
         match Publisher::open(&options).await {
             Ok(mut publisher) => {
@@ -133,7 +135,7 @@ pub(super) async fn supervise(
             }
         }
         // Wait before the next probe, answering every send at once meanwhile.
-        let wait = tokio::time::sleep(backoff.next_wait());
+        let wait = tokio::time::sleep(backoff.next_jittered());
         tokio::pin!(wait);
         loop {
             tokio::select! {

@@ -10,30 +10,20 @@
 
 use std::time::Duration;
 
+use super::CartStep;
 use crate::domain::Reason;
 use crate::domain::cart_message::{self, Decoded};
 use crate::domain::order::Source;
 use crate::queue::{Delivery, Settlement};
-use crate::runtime::app::App;
 use crate::service::payment::Verdict;
 use crate::service::place::{self, Outcome as Placed};
+use crate::service::worker::Report;
 use crate::store::{StoreError, Tx, dead_letters, orders};
 
 /// How long a message stays back when the database could not take it.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// How long a cart stays back when its payment call could not be sent.
 const PAYMENT_RETRY_DELAY: Duration = Duration::from_secs(5);
-
-/// What a step did, to settle after the commit.
-#[derive(Debug, Default)]
-pub struct Report {
-    pub settlements: Vec<(u64, Settlement)>,
-    /// The database could not be reached: the caller should back off.
-    pub database_down: bool,
-    /// The drain switch, read in the transaction, forbade committing: everything was
-    /// released and the consumer session should end.
-    pub gated: bool,
-}
 
 /// The fate of one message inside a committed transaction.
 #[derive(Debug)]
@@ -138,7 +128,7 @@ impl Item<'_> {
     }
 }
 
-pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
+pub(super) async fn step(parts: &CartStep<'_>, deliveries: &[Delivery]) -> Report {
     let mut items: Vec<Item> = deliveries
         .iter()
         .map(|delivery| Item {
@@ -156,7 +146,7 @@ pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
             _ => None,
         })
         .collect();
-    match place::pay(&app.db, &app.metrics, app.payments.as_ref(), &carts).await {
+    match place::pay(parts.db, parts.metrics, parts.payments, &carts).await {
         Ok(verdicts) => {
             for item in &mut items {
                 if let Decoded::Cart(cart) = &item.decoded {
@@ -167,7 +157,7 @@ pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
         Err(e) => {
             let e = Failure::Store(e);
             for item in &items {
-                failed(app, &mut report, item, &e).await;
+                failed(parts, &mut report, item, &e).await;
             }
             return report;
         }
@@ -176,7 +166,7 @@ pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
         .into_iter()
         .partition(|item| matches!(item.payment, Verdict::Retry(_)));
     for item in retry {
-        app.metrics.consumed("released", 1);
+        parts.metrics.consumed("released", 1);
         report.settlements.push((
             item.delivery.tag,
             Settlement::Release {
@@ -189,17 +179,17 @@ pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
         return report;
     }
 
-    match convert(app, &items).await {
+    match convert(parts, &items).await {
         Ok(outcomes) => {
             for (item, outcome) in items.iter().zip(outcomes) {
-                settle_with(app, &mut report, item, outcome);
+                settle_with(parts, &mut report, item, outcome);
             }
         }
         Err(Failure::Gated(why)) => {
             tracing::info!(reason = %why, batch = items.len(), "batch given back unconverted: the drain switch says stop");
             report.gated = true;
             for item in &items {
-                app.metrics.consumed("released", 1);
+                parts.metrics.consumed("released", 1);
                 report.settlements.push((
                     item.delivery.tag,
                     Settlement::Release {
@@ -210,7 +200,7 @@ pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
         }
         Err(e) if e.is_transient() || items.len() == 1 => {
             for item in &items {
-                failed(app, &mut report, item, &e).await;
+                failed(parts, &mut report, item, &e).await;
             }
         }
         Err(e) => {
@@ -218,9 +208,9 @@ pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
             // so that the good carts still become orders.
             tracing::warn!(error = %e, batch = items.len(), "batch failed; retrying its messages one by one");
             for item in &items {
-                match convert(app, std::slice::from_ref(item)).await {
-                    Ok(mut outcomes) => settle_with(app, &mut report, item, outcomes.remove(0)),
-                    Err(e) => failed(app, &mut report, item, &e).await,
+                match convert(parts, std::slice::from_ref(item)).await {
+                    Ok(mut outcomes) => settle_with(parts, &mut report, item, outcomes.remove(0)),
+                    Err(e) => failed(parts, &mut report, item, &e).await,
                 }
             }
         }
@@ -228,11 +218,11 @@ pub async fn step(app: &App, deliveries: &[Delivery]) -> Report {
     report
 }
 
-fn settle_with(app: &App, report: &mut Report, item: &Item<'_>, outcome: Outcome) {
+fn settle_with(parts: &CartStep<'_>, report: &mut Report, item: &Item<'_>, outcome: Outcome) {
     if let Some((reason, detail)) = outcome.dead_letter() {
         tracing::warn!(message_id = item.message_id(), %reason, detail, "cart message dead-lettered");
     }
-    app.metrics.consumed(outcome.label(), 1);
+    parts.metrics.consumed(outcome.label(), 1);
     report
         .settlements
         .push((item.delivery.tag, outcome.settlement()));
@@ -241,10 +231,10 @@ fn settle_with(app: &App, report: &mut Report, item: &Item<'_>, outcome: Outcome
 /// A message whose transaction failed: back to the queue, without counting an attempt when
 /// the database is down; counted otherwise (a refused statement, a broken invariant), and
 /// dead-lettered on its last attempt.
-async fn failed(app: &App, report: &mut Report, item: &Item<'_>, e: &Failure) {
+async fn failed(parts: &CartStep<'_>, report: &mut Report, item: &Item<'_>, e: &Failure) {
     if e.is_transient() {
         report.database_down = true;
-        app.metrics.consumed("released", 1);
+        parts.metrics.consumed("released", 1);
         report.settlements.push((
             item.delivery.tag,
             Settlement::Release { delay: RETRY_DELAY },
@@ -254,17 +244,17 @@ async fn failed(app: &App, report: &mut Report, item: &Item<'_>, e: &Failure) {
     tracing::error!(message_id = item.message_id(), error = %e, "cart message failed");
     let detail = format!("database refused the order: {e}");
     let attempts = item.delivery.attempts + 1;
-    if attempts >= app.config.max_attempts {
+    if attempts >= parts.max_attempts {
         let detail = format!("failed {attempts} times; last: {detail}");
         let outcome = Outcome::Rejected(Reason::MaxAttempts, detail);
-        match record_last_attempt(app, item, &outcome).await {
-            Ok(()) => return settle_with(app, report, item, outcome),
+        match record_last_attempt(parts, item, &outcome).await {
+            Ok(()) => return settle_with(parts, report, item, outcome),
             Err(e) => {
                 tracing::error!(message_id = item.message_id(), error = %e, "cannot record the dead letter; keeping the message")
             }
         }
     }
-    app.metrics.consumed("failed", 1);
+    parts.metrics.consumed("failed", 1);
     report.settlements.push((
         item.delivery.tag,
         Settlement::Fail {
@@ -276,7 +266,7 @@ async fn failed(app: &App, report: &mut Report, item: &Item<'_>, e: &Failure) {
 
 /// Converts the items in one transaction: the carts through the place service, the rest
 /// dead-lettered, every dead letter recorded in it.
-async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure> {
+async fn convert(parts: &CartStep<'_>, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure> {
     let carts: Vec<_> = items
         .iter()
         .filter_map(|item| match &item.decoded {
@@ -284,12 +274,12 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
             _ => None,
         })
         .collect();
-    let mut tx = app.db.begin().await.map_err(Failure::unreachable)?;
+    let mut tx = parts.db.begin().await.map_err(Failure::unreachable)?;
     // The database, not timing, guarantees that nothing commits after `drained`: the
     // switch row is read (and on PostgreSQL share-locked, so a pause waits for this
     // commit) inside the very transaction that writes the orders.
     if let Some(why) =
-        crate::store::switch::forbids_consuming(&mut tx, app.control.identity()).await?
+        crate::store::switch::forbids_consuming(&mut tx, parts.control.identity()).await?
     {
         return Err(Failure::Gated(why.to_string()));
     }
@@ -318,7 +308,7 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
             }
             Decoded::Invalid(detail) => Outcome::Rejected(Reason::Invalid, detail.clone()),
         };
-        record_dead_letter(app, &mut tx, item, &outcome).await?;
+        record_dead_letter(parts, &mut tx, item, &outcome).await?;
         outcomes.push(outcome);
     }
     // Test-only: die with the orders written but not committed.
@@ -329,26 +319,26 @@ async fn convert(app: &App, items: &[Item<'_>]) -> Result<Vec<Outcome>, Failure>
         .iter()
         .any(|o| matches!(o, Outcome::Placed(Placed::Created(_))))
     {
-        app.outbox_wake.notify_one();
+        parts.outbox_wake.notify_one();
     }
     Ok(outcomes)
 }
 
 /// The max-attempts dead letter, in a transaction of its own.
 async fn record_last_attempt(
-    app: &App,
+    parts: &CartStep<'_>,
     item: &Item<'_>,
     outcome: &Outcome,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = app.db.begin().await?;
-    record_dead_letter(app, &mut tx, item, outcome).await?;
+    let mut tx = parts.db.begin().await?;
+    record_dead_letter(parts, &mut tx, item, outcome).await?;
     tx.commit().await
 }
 
 /// Records the dead letter an outcome calls for, with (for a message that never reached
 /// the place service) the checkout's rejection, so that its status says why.
 async fn record_dead_letter(
-    app: &App,
+    parts: &CartStep<'_>,
     tx: &mut Tx,
     item: &Item<'_>,
     outcome: &Outcome,
@@ -359,7 +349,7 @@ async fn record_dead_letter(
     let delivery = item.delivery;
     dead_letters::record(
         tx,
-        &app.config.cart_address,
+        parts.cart_address,
         &delivery.message,
         reason,
         detail,
