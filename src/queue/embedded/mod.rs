@@ -7,6 +7,8 @@
 //! a consumer that dies without settling gives it back; on start-up an instance also gives
 //! back at once whatever it held before it died.
 
+mod receiver;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,12 +24,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use super::{
     Delivery, Lookup, Message, Properties, Queue, QueueError, QueueStats, Reason, Receiver,
     Settlement,
 };
+
+pub use receiver::EmbeddedReceiver;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/queue");
 
@@ -216,11 +219,7 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn receiver(&self, address: &str) -> Result<Box<dyn Receiver>, QueueError> {
-        Ok(Box::new(EmbeddedReceiver {
-            queue: self.clone(),
-            address: address.to_string(),
-            leased: HashMap::new(),
-        }))
+        Ok(Box::new(EmbeddedReceiver::new(self.clone(), address)))
     }
 
     async fn stats(&self, address: &str) -> Result<QueueStats, QueueError> {
@@ -267,96 +266,6 @@ impl Queue for EmbeddedQueue {
 
     fn is_healthy(&self) -> bool {
         self.inner.shared.healthy.load(Ordering::Relaxed)
-    }
-}
-
-pub struct EmbeddedReceiver {
-    queue: EmbeddedQueue,
-    address: String,
-    /// Tag (row id) → lease token of every delivery handed out and not yet settled.
-    leased: HashMap<u64, i64>,
-}
-
-#[async_trait]
-impl Receiver for EmbeddedReceiver {
-    async fn receive(
-        &mut self,
-        max: usize,
-        stop: &CancellationToken,
-    ) -> Result<Vec<Delivery>, QueueError> {
-        let poll = self.queue.inner.options.poll_interval;
-        loop {
-            // A stopped receiver takes nothing more (the trait's contract).
-            if stop.is_cancelled() {
-                return Ok(Vec::new());
-            }
-            // Listen before looking, so a send that commits in between is not missed.
-            let arrival = self.queue.inner.shared.arrivals.notified();
-            tokio::pin!(arrival);
-            arrival.as_mut().enable();
-            let op = Op::Lease {
-                address: self.address.clone(),
-                max,
-            };
-            if let Done::Leased(deliveries, token) = self.queue.call(op).await?
-                && !deliveries.is_empty()
-            {
-                self.leased
-                    .extend(deliveries.iter().map(|d| (d.tag, token)));
-                return Ok(deliveries);
-            }
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Ok(Vec::new()),
-                _ = &mut arrival => {}
-                _ = tokio::time::sleep(poll) => {}
-            }
-        }
-    }
-
-    async fn receive_now(&mut self, max: usize) -> Result<Vec<Delivery>, QueueError> {
-        let op = Op::Lease {
-            address: self.address.clone(),
-            max,
-        };
-        match self.queue.call(op).await? {
-            Done::Leased(deliveries, token) => {
-                self.leased
-                    .extend(deliveries.iter().map(|d| (d.tag, token)));
-                Ok(deliveries)
-            }
-            _ => Ok(Vec::new()),
-        }
-    }
-
-    async fn settle(&mut self, settlements: Vec<(u64, Settlement)>) -> Result<(), QueueError> {
-        let items = settlements
-            .into_iter()
-            .filter_map(|(tag, settlement)| {
-                let token = self.leased.remove(&tag)?;
-                Some((i64::try_from(tag).ok()?, token, settlement))
-            })
-            .collect::<Vec<_>>();
-        if items.is_empty() {
-            return Ok(());
-        }
-        self.queue.call(Op::Settle(items)).await.map(drop)
-    }
-
-    async fn close(mut self: Box<Self>) -> Result<(), QueueError> {
-        let unsettled = self
-            .leased
-            .keys()
-            .map(|&tag| {
-                (
-                    tag,
-                    Settlement::Release {
-                        delay: Duration::ZERO,
-                    },
-                )
-            })
-            .collect();
-        self.settle(unsettled).await
     }
 }
 
