@@ -1,7 +1,7 @@
 //! A consumer's receiver on the embedded queue. It leases messages through the writer
-//! task, remembers the lease token of every delivery it holds, and settles by tag; a
-//! settlement whose lease it no longer holds is dropped here. Closing releases what is
-//! still held.
+//! task and remembers the lease token of every delivery it holds, so that a settlement
+//! (by tag) reaches the writer with its token; a tag it does not hold is ignored. Closing
+//! releases whatever is still unsettled.
 
 use std::collections::HashMap;
 use std::time::Duration;
