@@ -3,9 +3,13 @@
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-# Dependencies first, so that code changes do not rebuild them.
+# Dependencies first, so that code changes do not rebuild them. Cargo reads every
+# workspace member's manifest, so the bench's (bench/) is copied too, with a stub for its
+# code: the image builds the service only.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+COPY bench/Cargo.toml ./bench/
+RUN mkdir -p src bench/src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > bench/src/main.rs \
     && cargo build --release --locked \
     && rm -rf src
 COPY src ./src

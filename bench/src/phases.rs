@@ -1,0 +1,322 @@
+//! The phases of `cartbus-bench run`: intake, drain, mixed, pause → drained, direct
+//! write and shedding on either stack, and the memory figure on the embedded one.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cartbus::domain::Cart;
+use cartbus::queue::embedded::EmbeddedOptions;
+use cartbus::queue::{EmbeddedQueue, Queue};
+use serde_json::json;
+
+use crate::cli::RunArgs;
+use crate::databases::{count_orders, wait_for_dispatched, wait_for_orders};
+use crate::load::{Load, cart_json, percentile};
+use crate::raw_db::{raw_batched_insert, raw_single_inserts};
+use crate::report::Table;
+use crate::service::{Service, admin};
+
+/// The phases both stacks share, against a cartbus configured by `env`; returns the
+/// intake p99 at 4 clients.
+#[allow(clippy::too_many_arguments)]
+pub async fn shared_phases(
+    args: &RunArgs,
+    binary: &Path,
+    table: &mut Table,
+    env: &[(String, String)],
+    data: &Path,
+    one_in_flight: Option<f64>,
+    raw_intake: f64,
+    raw_intake_what: &str,
+) -> anyhow::Result<f64> {
+    let batch = args.batch.to_string();
+    let service = Service::start(binary, env, &[("CARTBUS_CONSUMER_BATCH", &batch)])?;
+    service.wait_ready().await?;
+    let idle = service.rss_kib();
+    let db = service.db(env)?;
+    admin(&service.base, "pause", json!({ "wait_seconds": 30 })).await?;
+
+    // Intake: the backlog, queued with the consumer paused.
+    let load = Load::count(&service.base, args.clients, args.backlog).await;
+    load.check_ok("intake")?;
+    let rate = load.ok as f64 / load.took.as_secs_f64();
+    table.add(
+        "intake (consumer paused)",
+        rate,
+        "req/s",
+        Some(raw_intake),
+        format!("vs {raw_intake_what}"),
+    );
+    if let Some(serial) = one_in_flight {
+        table.add(
+            "intake vs one-in-flight publish",
+            rate,
+            "req/s",
+            Some(serial),
+            "target ≥ 5×",
+        );
+    }
+    let (p50, p99, p999) = (
+        percentile(&load.latencies, 0.50),
+        percentile(&load.latencies, 0.99),
+        percentile(&load.latencies, 0.999),
+    );
+    // Latency at a moderate load, where it says what cartbus adds (at saturation every
+    // request also waits for a CPU shared with the load generator and the broker).
+    let light = Load::count(&service.base, 4, 2_000).await;
+    light.check_ok("light intake")?;
+    let light_p99 = percentile(&light.latencies, 0.99);
+    table.add("intake latency p99, 4 clients", light_p99, "ms", None, "");
+    table.add("intake latency p50", p50, "ms", None, "");
+    table.add("intake latency p99", p99, "ms", None, "");
+    table.add("intake latency p99.9", p999, "ms", None, "");
+
+    // Drain: resume and time the backlog into orders.
+    let before = count_orders(&db).await?;
+    let started = Instant::now();
+    admin(&service.base, "resume", json!({})).await?;
+    let target = before + load.ok as i64;
+    wait_for_orders(&db, target, Duration::from_secs(600)).await?;
+    let drain = load.ok as f64 / started.elapsed().as_secs_f64();
+    let raw_drain = raw_batched_insert(env, data, args.backlog.min(50_000), args.batch).await?;
+    table.add(
+        "drain (backlog → orders)",
+        drain,
+        "ord/s",
+        Some(raw_drain),
+        format!("vs raw batched INSERT ({}/tx); target ≥ 0.6", args.batch),
+    );
+    table.add(
+        "drain vs intake",
+        drain,
+        "ord/s",
+        Some(rate),
+        "target ≥ 1.2",
+    );
+    if args.hand_off {
+        // The relay ran alongside the drain; when had every order reached its partner?
+        wait_for_dispatched(&db, target, Duration::from_secs(600)).await?;
+        table.add(
+            "hand-off to partner (outbox relay)",
+            load.ok as f64 / started.elapsed().as_secs_f64(),
+            "ord/s",
+            Some(drain),
+            "from resume until every order is sent; vs drain",
+        );
+    }
+
+    // Mixed: a backlog and intake at once; the backlog must shrink.
+    admin(&service.base, "pause", json!({ "wait_seconds": 30 })).await?;
+    let seed = Load::count(&service.base, args.clients, args.backlog / 2).await;
+    seed.check_ok("mixed seed")?;
+    let accepted_before = count_orders(&db).await? + seed.ok as i64;
+    admin(&service.base, "resume", json!({})).await?;
+    let orders_at_start = count_orders(&db).await?;
+    let mixed = Load::timed(
+        &service.base,
+        args.clients / 2,
+        Duration::from_secs(args.seconds),
+    )
+    .await;
+    let orders_at_end = count_orders(&db).await?;
+    let waiting_start = accepted_before - orders_at_start;
+    let waiting_end = accepted_before + mixed.ok as i64 - orders_at_end;
+    table.add(
+        "mixed: intake",
+        mixed.ok as f64 / mixed.took.as_secs_f64(),
+        "req/s",
+        None,
+        format!("{} clients", args.clients / 2),
+    );
+    table.add(
+        "mixed: drain",
+        (orders_at_end - orders_at_start) as f64 / mixed.took.as_secs_f64(),
+        "ord/s",
+        None,
+        format!(
+            "backlog {waiting_start} → {waiting_end} ({})",
+            if waiting_end < waiting_start {
+                "shrinks"
+            } else {
+                "GROWS"
+            }
+        ),
+    );
+
+    // Pause → drained, under load.
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = {
+        let base = service.base.clone();
+        let stop = stop.clone();
+        let clients = args.clients / 2;
+        tokio::spawn(async move { Load::until(&base, clients, stop).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = Instant::now();
+    let (code, _) = admin(&service.base, "pause", json!({ "wait_seconds": 30 })).await?;
+    let pause_ms = asked.elapsed().as_secs_f64() * 1000.0;
+    stop.store(true, Ordering::Relaxed);
+    let _ = background.await;
+    table.add(
+        "pause → drained under load",
+        pause_ms,
+        "ms",
+        None,
+        if code == 200 {
+            "target ≤ 1000"
+        } else {
+            "NOT drained"
+        },
+    );
+    admin(&service.base, "resume", json!({})).await?;
+    table.add("RSS idle", idle as f64 / 1024.0, "MiB", None, "");
+    table.add(
+        "RSS peak after the phases",
+        service.peak_rss_kib() as f64 / 1024.0,
+        "MiB",
+        None,
+        "",
+    );
+    drop(service);
+
+    // Direct-write intake: the queue unusable, against raw INSERTs of the same rows.
+    let blocker = data.join("not-a-directory");
+    std::fs::write(&blocker, b"x")?;
+    let mut direct_env = env.to_vec();
+    direct_env.retain(|(k, _)| k != "CARTBUS_QUEUE_URL");
+    direct_env.push((
+        "CARTBUS_QUEUE_URL".into(),
+        format!("embedded:{}", blocker.join("q.db").display()),
+    ));
+    let service = Service::start(binary, &direct_env, &[])?;
+    service.wait_ready().await?;
+    let direct = Load::timed(
+        &service.base,
+        args.clients,
+        Duration::from_secs(args.seconds),
+    )
+    .await;
+    direct.check_ok("direct-write intake")?;
+    drop(service);
+    let direct_rate = direct.ok as f64 / direct.took.as_secs_f64();
+    let raw_direct =
+        raw_single_inserts(env, data, args.clients, Duration::from_secs(args.seconds)).await?;
+    table.add(
+        "direct-write intake (queue down)",
+        direct_rate,
+        "req/s",
+        Some(raw_direct),
+        "vs raw INSERT, one cart per tx; target ≥ 0.8",
+    );
+
+    // Shedding: far more clients than the in-flight limit.
+    let mut shed_env = env.to_vec();
+    shed_env.push(("CARTBUS_MAX_IN_FLIGHT".into(), "16".into()));
+    let service = Service::start(binary, &shed_env, &[])?;
+    service.wait_ready().await?;
+    let flood = Load::timed(&service.base, 256, Duration::from_secs(3)).await;
+    drop(service);
+    table.add(
+        "shed at in-flight limit 16, 256 clients",
+        flood.shed as f64,
+        "503s",
+        None,
+        format!("{} accepted, {} other errors", flood.ok, flood.errors),
+    );
+    Ok(light_p99)
+}
+
+/// RSS with a large backlog waiting while the consumer drains it.
+pub async fn memory_with_backlog(
+    args: &RunArgs,
+    binary: &Path,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let queue_file = dir.path().join("queue.db");
+    {
+        let queue = Arc::new(
+            EmbeddedQueue::open(
+                &queue_file,
+                EmbeddedOptions {
+                    owner: "bench-filler".into(),
+                    lease: Duration::from_secs(30),
+                    max_attempts: 5,
+                    poll_interval: Duration::from_millis(100),
+                },
+            )
+            .await?,
+        );
+        let started = Instant::now();
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..256 {
+            let queue = queue.clone();
+            let next = next.clone();
+            let total = args.memory_backlog as u64;
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    let cart = Cart::parse(&cart_json()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    queue
+                        .send(
+                            "checkout-carts",
+                            cartbus::domain::cart_message::encode(&cart, chrono::Utc::now()),
+                        )
+                        .await?;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        table.add(
+            "embedded queue append (its API, 256 senders)",
+            args.memory_backlog as f64 / started.elapsed().as_secs_f64(),
+            "msg/s",
+            None,
+            "filling the memory backlog",
+        );
+    }
+    let env = vec![
+        (
+            "CARTBUS_DATA_DIR".to_string(),
+            dir.path().display().to_string(),
+        ),
+        ("CARTBUS_CONSUMER".to_string(), "off".to_string()),
+    ];
+    let service = Service::start(binary, &env, &[])?;
+    service.wait_ready().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = service.rss_kib();
+    drop(service);
+    let env = vec![(
+        "CARTBUS_DATA_DIR".to_string(),
+        dir.path().display().to_string(),
+    )];
+    let service = Service::start(binary, &env, &[])?;
+    service.wait_ready().await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let draining = service.peak_rss_kib();
+    drop(service);
+    table.add(
+        &format!("RSS with {} waiting, consumer off", args.memory_backlog),
+        waiting as f64 / 1024.0,
+        "MiB",
+        None,
+        "",
+    );
+    table.add(
+        &format!("RSS peak, 10 s draining {}", args.memory_backlog),
+        draining as f64 / 1024.0,
+        "MiB",
+        None,
+        "target ≤ idle + 64 MiB",
+    );
+    Ok(())
+}
