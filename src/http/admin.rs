@@ -369,7 +369,7 @@ pub(super) fn unknown_fields(
     }
 }
 
-fn unavailable(e: sqlx::Error) -> ApiError {
+fn unavailable(e: crate::store::StoreError) -> ApiError {
     tracing::error!(error = %e, "drain switch unavailable");
     ApiError::Unavailable {
         detail: "the database holding the drain switch is unavailable".into(),

@@ -11,7 +11,7 @@ use crate::service::payment::Gateway;
 use crate::service::readiness::{self, Health};
 use crate::service::resubmit::Resubmitter;
 use crate::service::worker::Gate;
-use crate::store::Db;
+use crate::store::{Db, StoreError};
 use crate::store::switch::{InstanceRow, Switch};
 
 pub type AppState = Arc<App>;
@@ -44,12 +44,12 @@ impl App {
     /// Orders can be written: the database answers, has our schema, and no newer version
     /// has migrated it past what this binary knows (fenced).
     /// The drain switch, this instance's view of the others, and whether all are drained.
-    pub async fn drain_state(&self) -> Result<(Switch, Vec<InstanceRow>, bool), sqlx::Error> {
+    pub async fn drain_state(&self) -> Result<(Switch, Vec<InstanceRow>, bool), StoreError> {
         drain::drain_state(&self.db, &self.control).await
     }
 
     /// The drain switch as `GET /v1/admin/consumer` shows it.
-    pub async fn drain_status(&self) -> Result<drain::Status, sqlx::Error> {
+    pub async fn drain_status(&self) -> Result<drain::Status, StoreError> {
         drain::status(
             &self.db,
             &self.control,

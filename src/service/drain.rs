@@ -20,7 +20,7 @@ pub use crate::domain::drain::Mode;
 use crate::domain::drain::{Identity, SwitchReading};
 use crate::queue::Queue;
 use crate::service::readiness::{Health, can_write_orders};
-use crate::store::Db;
+use crate::store::{Db, StoreError};
 use crate::store::switch::{self, Change, InstanceRow, Switch};
 
 /// How often the switch is read and the heartbeat written (DESIGN: poll ≤ 1 s).
@@ -335,7 +335,7 @@ pub async fn watch(db: &Db, control: &Control, health: &Health, stop: Cancellati
     }
 }
 
-async fn tick(db: &Db, control: &Control) -> Result<Mode, sqlx::Error> {
+async fn tick(db: &Db, control: &Control) -> Result<Mode, StoreError> {
     let mut switch = switch::read(db).await?;
     if switch.is_paused() && switch.until.is_some_and(|until| until <= Utc::now()) {
         let (lifted, changed) = switch::change(
@@ -436,7 +436,7 @@ pub struct Backlog {
 pub async fn drain_state(
     db: &Db,
     control: &Control,
-) -> Result<(Switch, Vec<InstanceRow>, bool), sqlx::Error> {
+) -> Result<(Switch, Vec<InstanceRow>, bool), StoreError> {
     let switch = switch::read(db).await?;
     let mut instances = switch::instances(db, Utc::now() - LIVE_WINDOW).await?;
     // This instance speaks for itself from memory: fresher than its last heartbeat, and
@@ -454,7 +454,7 @@ pub async fn status(
     control: &Control,
     queue: &dyn Queue,
     cart_address: &str,
-) -> Result<Status, sqlx::Error> {
+) -> Result<Status, StoreError> {
     let (switch, instances, drained) = drain_state(db, control).await?;
     Ok(Status {
         backlog: backlog(control, queue, cart_address).await,

@@ -74,7 +74,7 @@ pub async fn pay(
     let Some(gateway) = gateway else {
         return Ok(HashMap::new());
     };
-    Ok(payment::decide(db, metrics, gateway, carts).await?)
+    payment::decide(db, metrics, gateway, carts).await
 }
 
 /// What [`pay`] would decide for `cart` from what is recorded, calling nobody (a dry run).
@@ -108,7 +108,7 @@ pub async fn reject(
     reason: Reason,
     detail: &str,
 ) -> Result<(), StoreError> {
-    Ok(orders::record_rejection(tx, cart_id, reason, detail).await?)
+    orders::record_rejection(tx, cart_id, reason, detail).await
 }
 
 /// Each cart's fate, in the caller's transaction and in the order of `carts`: carts whose

@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError};
 use crate::service::worker::{self, Gate};
 use crate::store::outbox::{self as store, AfterFailure};
-use crate::store::{Db, order_reads};
+use crate::store::{Db, StoreError, order_reads};
 
 /// Longest wait between retries of one row.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
@@ -148,7 +148,7 @@ impl worker::Worker for Worker<'_, '_> {
 
 impl Relay<'_> {
     /// One batch: claim, load, route, send, mark.
-    async fn batch(&self) -> Result<Batch, sqlx::Error> {
+    async fn batch(&self) -> Result<Batch, StoreError> {
         let settings = self.settings;
         let batch_id = Uuid::now_v7();
         let now = Utc::now();

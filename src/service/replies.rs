@@ -22,7 +22,7 @@ use crate::on_tx;
 use crate::queue::{Delivery, Message, Property, Queue, Settlement};
 use crate::service::worker::{self, Gate, Receiving, Report, Step};
 use crate::store::dead_letters;
-use crate::store::{self, Db, Tx};
+use crate::store::{Db, StoreError, Tx};
 
 const BATCH: usize = 64;
 /// How long a reply stays back when the database could not take it.
@@ -43,7 +43,7 @@ impl Step for ReplyStep<'_> {
         for delivery in deliveries {
             let settlement = match self.apply(delivery).await {
                 Ok(settlement) => settlement,
-                Err(e) if store::is_transient(&e) || matches!(e, sqlx::Error::PoolTimedOut) => {
+                Err(e) if e.is_transient() => {
                     report.database_down = true;
                     self.metrics.partner_reply("released");
                     Settlement::Release { delay: RETRY_DELAY }
@@ -166,7 +166,7 @@ pub fn check(settings: &FulfilmentSettings, message: &Message) -> Result<StatusR
 
 impl ReplyStep<'_> {
     /// Applies one reply in one transaction and says how to settle it.
-    async fn apply(&self, delivery: &Delivery) -> Result<Settlement, sqlx::Error> {
+    async fn apply(&self, delivery: &Delivery) -> Result<Settlement, StoreError> {
         let checked = check(self.settings, &delivery.message);
         let mut tx = self.db.begin().await?;
         let outcome = match checked {

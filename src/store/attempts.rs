@@ -11,7 +11,7 @@ use sqlx::{QueryBuilder, Row};
 
 use crate::on_db;
 use crate::queue::{AttemptLedger, LedgerError};
-use crate::store::Db;
+use crate::store::{Db, StoreError};
 
 #[async_trait]
 impl AttemptLedger for Db {
@@ -42,7 +42,7 @@ pub async fn of(
     db: &Db,
     source: &str,
     message_ids: &[&str],
-) -> Result<HashMap<String, u32>, sqlx::Error> {
+) -> Result<HashMap<String, u32>, StoreError> {
     if message_ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -75,8 +75,8 @@ pub async fn record(
     source: &str,
     message_id: &str,
     error: &str,
-) -> Result<(), sqlx::Error> {
-    on_db!(db, |pool| sqlx::query(
+) -> Result<(), StoreError> {
+    Ok(on_db!(db, |pool| sqlx::query(
         "INSERT INTO delivery_attempts (source, message_id, attempts, last_error, updated_at)
          VALUES ($1, $2, 1, $3, $4)
          ON CONFLICT (source, message_id) DO UPDATE
@@ -89,15 +89,15 @@ pub async fn record(
     .bind(Utc::now())
     .execute(pool)
     .await
-    .map(drop))
+    .map(drop))?)
 }
 
 /// Forgets the count of messages that are settled for good.
-pub async fn forget(db: &Db, source: &str, message_ids: &[&str]) -> Result<(), sqlx::Error> {
+pub async fn forget(db: &Db, source: &str, message_ids: &[&str]) -> Result<(), StoreError> {
     if message_ids.is_empty() {
         return Ok(());
     }
-    on_db!(db, |pool| {
+    Ok(on_db!(db, |pool| {
         let mut query = QueryBuilder::new("DELETE FROM delivery_attempts WHERE source = ");
         query.push_bind(source).push(" AND message_id IN (");
         let mut ids = query.separated(", ");
@@ -106,5 +106,5 @@ pub async fn forget(db: &Db, source: &str, message_ids: &[&str]) -> Result<(), s
         }
         query.push(")");
         query.build().execute(pool).await.map(drop)
-    })
+    })?)
 }

@@ -8,7 +8,7 @@ use sqlx::types::Json;
 
 use crate::domain::Reason;
 use crate::domain::message::Message;
-use crate::store::{Db, Tx};
+use crate::store::{Db, StoreError, Tx};
 use crate::{on_db, on_tx};
 
 /// Records (or, for the same message seen again, refreshes) a dead letter.
@@ -19,11 +19,11 @@ pub async fn record(
     reason: Reason,
     detail: &str,
     attempts: u32,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     let now = Utc::now();
     let body_hash = hex::encode(Sha256::digest(&message.body));
     let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-    on_tx!(tx, |c| sqlx::query(
+    Ok(on_tx!(tx, |c| sqlx::query(
         "INSERT INTO dead_letters (source, message_id, body_hash, reason, detail, attempts,
              content_type, properties, body, first_seen, last_seen)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
@@ -43,7 +43,7 @@ pub async fn record(
     .bind(now)
     .execute(&mut *c)
     .await
-    .map(drop))
+    .map(drop))?)
 }
 
 /// A dead letter as operators see it: the message as it came, and why it was refused.
@@ -197,12 +197,8 @@ pub struct Filter {
 }
 
 /// Dead letters in `filter.status` (open by default), oldest first, at most `limit`.
-pub async fn list(
-    db: &Db,
-    filter: &Filter,
-    limit: i64,
-) -> Result<Vec<DeadLetterView>, sqlx::Error> {
-    on_db!(db, |pool| {
+pub async fn list(db: &Db, filter: &Filter, limit: i64) -> Result<Vec<DeadLetterView>, StoreError> {
+    Ok(on_db!(db, |pool| {
         let mut select = sqlx::QueryBuilder::new(format!(
             "SELECT {COLUMNS} FROM dead_letters WHERE {}",
             filter.status.condition()
@@ -213,8 +209,8 @@ pub async fn list(
         }
         select.push(" ORDER BY id LIMIT ").push_bind(limit);
         let rows: Vec<Row> = select.build_query_as().fetch_all(pool).await?;
-        Ok(rows.into_iter().map(Row::into_view).collect())
-    })
+        Ok::<_, sqlx::Error>(rows.into_iter().map(Row::into_view).collect())
+    })?)
 }
 
 /// Appends ` AND …` for each filter that is set.
@@ -239,24 +235,24 @@ pub(crate) fn push_filter<DB: sqlx::Database>(
 }
 
 /// One dead letter, deleted or not.
-pub async fn find(db: &Db, id: i64) -> Result<Option<DeadLetterView>, sqlx::Error> {
+pub async fn find(db: &Db, id: i64) -> Result<Option<DeadLetterView>, StoreError> {
     Ok(load(db, id).await?.map(Row::into_view))
 }
 
 /// One dead letter with its raw message.
-pub(crate) async fn load(db: &Db, id: i64) -> Result<Option<Row>, sqlx::Error> {
-    on_db!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM dead_letters WHERE id = $1"
-    )))
+pub(crate) async fn load(db: &Db, id: i64) -> Result<Option<Row>, StoreError> {
+    Ok(on_db!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(
+        format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1")
+    ))
     .bind(id)
     .fetch_optional(pool)
-    .await)
+    .await)?)
 }
 
 /// [`load`] inside a transaction, locking the row on PostgreSQL (SQLite's single writer
 /// serialises the transaction anyway) so that two resubmits of one dead letter queue up.
-pub(crate) async fn lock(tx: &mut Tx, id: i64) -> Result<Option<Row>, sqlx::Error> {
-    match tx {
+pub(crate) async fn lock(tx: &mut Tx, id: i64) -> Result<Option<Row>, StoreError> {
+    let row = match tx {
         Tx::Postgres(c) => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM dead_letters WHERE id = $1 FOR UPDATE"
@@ -273,7 +269,8 @@ pub(crate) async fn lock(tx: &mut Tx, id: i64) -> Result<Option<Row>, sqlx::Erro
             .fetch_optional(&mut **c)
             .await
         }
-    }
+    };
+    Ok(row?)
 }
 
 /// An action an operator took on a dead letter.
@@ -292,14 +289,14 @@ pub struct AuditEntry {
     pub at: DateTime<Utc>,
 }
 
-pub async fn audit(db: &Db, id: i64) -> Result<Vec<AuditEntry>, sqlx::Error> {
-    on_db!(db, |pool| sqlx::query_as(
+pub async fn audit(db: &Db, id: i64) -> Result<Vec<AuditEntry>, StoreError> {
+    Ok(on_db!(db, |pool| sqlx::query_as(
         "SELECT action, outcome, order_id, actor, reason, detail, job_id, at FROM dead_letter_audit
          WHERE dead_letter_id = $1 ORDER BY id"
     )
     .bind(id)
     .fetch_all(pool)
-    .await)
+    .await)?)
 }
 
 /// Deletes (hides) a dead letter, keeping it and an audit entry: who and why. Deleting
@@ -309,7 +306,7 @@ pub async fn delete(
     id: i64,
     actor: &str,
     reason: &str,
-) -> Result<Option<DeadLetterView>, sqlx::Error> {
+) -> Result<Option<DeadLetterView>, StoreError> {
     let now = Utc::now();
     let mut tx = db.begin().await?;
     let deleted: u64 = on_tx!(&mut tx, |c| sqlx::query(
@@ -342,11 +339,11 @@ pub async fn delete(
 
 /// Open dead letters (neither resolved nor deleted), by reason (for metrics and the
 /// console).
-pub async fn counts_by_reason(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    on_db!(db, |pool| sqlx::query_as(
+pub async fn counts_by_reason(db: &Db) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(on_db!(db, |pool| sqlx::query_as(
         "SELECT reason, COUNT(*) FROM dead_letters
          WHERE deleted_at IS NULL AND resolved_at IS NULL GROUP BY reason"
     )
     .fetch_all(pool)
-    .await)
+    .await)?)
 }

@@ -12,12 +12,9 @@ use crate::domain::order::{
     AddressView, CheckoutState, CustomerView, LineView, OrderView, Source, StatusEntry,
 };
 use crate::on_db;
-use crate::store::Db;
+use crate::store::{Db, StoreError};
 
-pub async fn checkout_state(
-    db: &Db,
-    cart_id: CartId,
-) -> Result<Option<CheckoutState>, sqlx::Error> {
+pub async fn checkout_state(db: &Db, cart_id: CartId) -> Result<Option<CheckoutState>, StoreError> {
     on_db!(db, |pool| {
         let order: Option<Uuid> = sqlx::query_scalar("SELECT id FROM orders WHERE cart_id = $1")
             .bind(cart_id.as_uuid())
@@ -63,7 +60,7 @@ struct OrderRow {
     tracking_id: Option<String>,
 }
 
-pub async fn find(db: &Db, order_id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
+pub async fn find(db: &Db, order_id: Uuid) -> Result<Option<OrderView>, StoreError> {
     on_db!(db, |pool| {
         // History first: a partner reply adds its status and tracking id in one
         // transaction, so the order row read after it is never older than the history.
@@ -113,7 +110,7 @@ pub async fn find(db: &Db, order_id: Uuid) -> Result<Option<OrderView>, sqlx::Er
 
 /// Several orders with their lines, in two queries (no status history: callers that hand
 /// orders on do not need it). Missing ids are left out.
-pub async fn find_many(db: &Db, order_ids: &[Uuid]) -> Result<Vec<OrderView>, sqlx::Error> {
+pub async fn find_many(db: &Db, order_ids: &[Uuid]) -> Result<Vec<OrderView>, StoreError> {
     if order_ids.is_empty() {
         return Ok(Vec::new());
     }

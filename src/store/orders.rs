@@ -336,8 +336,8 @@ pub async fn record_rejection(
     cart_id: Uuid,
     reason: Reason,
     detail: &str,
-) -> Result<(), sqlx::Error> {
-    on_tx!(tx, |c| sqlx::query(
+) -> Result<(), StoreError> {
+    Ok(on_tx!(tx, |c| sqlx::query(
         "INSERT INTO rejected_checkouts (cart_id, reason, detail, at) VALUES ($1, $2, $3, $4)"
     )
     .bind(cart_id)
@@ -346,5 +346,5 @@ pub async fn record_rejection(
     .bind(Utc::now())
     .execute(&mut *c)
     .await
-    .map(drop))
+    .map(drop))?)
 }

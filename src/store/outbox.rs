@@ -8,7 +8,7 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use crate::on_db;
-use crate::store::Db;
+use crate::store::{Db, StoreError};
 
 /// One row a relay holds.
 #[derive(Clone, Debug, FromRow)]
@@ -35,7 +35,7 @@ pub async fn claim(
     until: DateTime<Utc>,
     limit: usize,
     route: &(dyn Fn(&str, Option<&str>) -> Option<String> + Sync),
-) -> Result<Vec<Claimed>, sqlx::Error> {
+) -> Result<Vec<Claimed>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     match db {
         Db::Postgres(pool) => {
@@ -181,7 +181,7 @@ pub async fn mark_sent(
     batch_id: Uuid,
     order_ids: &[Uuid],
     now: DateTime<Utc>,
-) -> Result<Vec<Uuid>, sqlx::Error> {
+) -> Result<Vec<Uuid>, StoreError> {
     if order_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -266,14 +266,14 @@ pub async fn mark_failed(
     error: &str,
     after: AfterFailure,
     now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, StoreError> {
     // A deferred row keeps its status and its count.
     let (status, next, counted) = match after {
         AfterFailure::Retry(at) => (Some("error"), at, 1_i32),
         AfterFailure::Defer(at) => (None, at, 0),
         AfterFailure::GiveUp => (Some("critical_error"), now, 1),
     };
-    on_db!(db, |pool| {
+    Ok(on_db!(db, |pool| {
         let done = sqlx::query(
             "UPDATE order_dispatch
              SET process_status = COALESCE($1, process_status), next_attempt_at = $2,
@@ -289,20 +289,20 @@ pub async fn mark_failed(
         .bind(counted)
         .execute(pool)
         .await?;
-        Ok(done.rows_affected() == 1)
-    })
+        Ok::<_, sqlx::Error>(done.rows_affected() == 1)
+    })?)
 }
 
 /// Rows by status, except `processed` (which only grows): what the metrics and the admin
 /// API show.
-pub async fn counts(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    on_db!(db, |pool| sqlx::query_as(
+pub async fn counts(db: &Db) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(on_db!(db, |pool| sqlx::query_as(
         "SELECT process_status, COUNT(*) FROM order_dispatch
          WHERE process_status IN ('pending', 'error', 'critical_error')
          GROUP BY process_status"
     )
     .fetch_all(pool)
-    .await)
+    .await)?)
 }
 
 /// An outbox row as the admin API shows it.
@@ -329,8 +329,8 @@ pub async fn list(
     status: &str,
     after: Option<Uuid>,
     limit: i64,
-) -> Result<Vec<DispatchRow>, sqlx::Error> {
-    on_db!(db, |pool| sqlx::query_as(
+) -> Result<Vec<DispatchRow>, StoreError> {
+    Ok(on_db!(db, |pool| sqlx::query_as(
         "SELECT order_id, process_status, retry_count, last_error, partner, locked_by,
                 locked_until, next_attempt_at, created_at, processed_at
          FROM order_dispatch
@@ -342,13 +342,13 @@ pub async fn list(
     .bind(after)
     .bind(limit)
     .fetch_all(pool)
-    .await)
+    .await)?)
 }
 
 /// Sends a `critical_error` (or `error`) row again from scratch; false when it is in
 /// neither state, or a relay holds it right now (breaking its lease would send it twice).
-pub async fn retry(db: &Db, order_id: Uuid, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-    on_db!(db, |pool| {
+pub async fn retry(db: &Db, order_id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    Ok(on_db!(db, |pool| {
         let done = sqlx::query(
             "UPDATE order_dispatch
              SET process_status = 'pending', retry_count = 0, next_attempt_at = $2,
@@ -360,6 +360,6 @@ pub async fn retry(db: &Db, order_id: Uuid, now: DateTime<Utc>) -> Result<bool, 
         .bind(now)
         .execute(pool)
         .await?;
-        Ok(done.rows_affected() == 1)
-    })
+        Ok::<_, sqlx::Error>(done.rows_affected() == 1)
+    })?)
 }

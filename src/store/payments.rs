@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::domain::Cart;
 use crate::domain::payment::{CallOutcome, PaymentState, PaymentView};
-use crate::store::{Db, Tx};
+use crate::store::{Db, StoreError, Tx};
 use crate::{on_db, on_tx};
 
 /// Carts per statement: two bind parameters each in [`known`], six in [`flag`].
@@ -46,7 +46,7 @@ pub async fn known(
     db: &Db,
     cart_ids: &[Uuid],
     in_flight_since: DateTime<Utc>,
-) -> Result<HashMap<Uuid, Known>, sqlx::Error> {
+) -> Result<HashMap<Uuid, Known>, StoreError> {
     let mut known: HashMap<Uuid, Known> = HashMap::new();
     for chunk in cart_ids.chunks(CARTS_PER_STATEMENT) {
         let rows: Vec<KnownRow> = on_db!(db, |pool| {
@@ -91,7 +91,7 @@ pub async fn known(
 /// Sets `calling_payment` for each cart, in one transaction committed before any call.
 /// Returns the carts flagged now; a cart missing from the answer had a row already
 /// (another consumer got there first) and must not be called for.
-pub async fn flag(db: &Db, carts: &[(&Cart, &[u8])]) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn flag(db: &Db, carts: &[(&Cart, &[u8])]) -> Result<Vec<Uuid>, StoreError> {
     let now = Utc::now();
     let mut tx = db.begin().await?;
     let mut flagged = Vec::with_capacity(carts.len());
@@ -123,7 +123,7 @@ pub async fn flag(db: &Db, carts: &[(&Cart, &[u8])]) -> Result<Vec<Uuid>, sqlx::
 /// its flag (the row goes), so the cart can be tried again. Returns the carts whose row
 /// was no longer waiting for a result (an operator resolved it meanwhile); what such a
 /// call came to is appended to the row's `result_detail`, so the audit shows it.
-pub async fn record(db: &Db, results: &[(Uuid, CallOutcome)]) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn record(db: &Db, results: &[(Uuid, CallOutcome)]) -> Result<Vec<Uuid>, StoreError> {
     const WAITING: &str = "cart_id = $1 AND payment_ok IS NULL AND resolved_at IS NULL";
     let now = Utc::now();
     let mut tx = db.begin().await?;
@@ -190,8 +190,8 @@ pub async fn record(db: &Db, results: &[(Uuid, CallOutcome)]) -> Result<Vec<Uuid
 
 /// Marks a flagged cart without a result as unknown (when its message is dead-lettered
 /// for it), keeping the first explanation.
-pub async fn mark_unknown(tx: &mut Tx, cart_id: Uuid, detail: &str) -> Result<(), sqlx::Error> {
-    on_tx!(tx, |c| sqlx::query(
+pub async fn mark_unknown(tx: &mut Tx, cart_id: Uuid, detail: &str) -> Result<(), StoreError> {
+    Ok(on_tx!(tx, |c| sqlx::query(
         "UPDATE payment_steps SET result_detail = COALESCE(result_detail, $2),
              result_at = COALESCE(result_at, $3)
          WHERE cart_id = $1 AND payment_ok IS NULL AND resolved_at IS NULL"
@@ -201,13 +201,13 @@ pub async fn mark_unknown(tx: &mut Tx, cart_id: Uuid, detail: &str) -> Result<()
     .bind(Utc::now())
     .execute(&mut *c)
     .await
-    .map(drop))
+    .map(drop))?)
 }
 
 /// Whether the cart's payment outcome is known to be unknown (not merely in flight) and
 /// still unresolved.
-pub async fn is_unknown(db: &Db, cart_id: Uuid) -> Result<bool, sqlx::Error> {
-    on_db!(db, |pool| sqlx::query_scalar(
+pub async fn is_unknown(db: &Db, cart_id: Uuid) -> Result<bool, StoreError> {
+    Ok(on_db!(db, |pool| sqlx::query_scalar(
         "SELECT count(*) FROM payment_steps
          WHERE cart_id = $1 AND payment_ok IS NULL AND resolved_at IS NULL
            AND result_at IS NOT NULL"
@@ -215,7 +215,7 @@ pub async fn is_unknown(db: &Db, cart_id: Uuid) -> Result<bool, sqlx::Error> {
     .bind(cart_id)
     .fetch_one(pool)
     .await
-    .map(|n: i64| n > 0))
+    .map(|n: i64| n > 0))?)
 }
 
 #[derive(FromRow)]
@@ -295,7 +295,7 @@ pub async fn list(
     filter: Filter,
     abandoned_before: DateTime<Utc>,
     limit: i64,
-) -> Result<Vec<PaymentView>, sqlx::Error> {
+) -> Result<Vec<PaymentView>, StoreError> {
     let filter = match filter {
         Filter::Unknown => UNKNOWN,
         Filter::CapturedWithoutOrder => CAPTURED_WITHOUT_ORDER,
@@ -318,7 +318,7 @@ pub async fn find(
     tx: &mut Tx,
     cart_id: Uuid,
     abandoned_before: DateTime<Utc>,
-) -> Result<Option<PaymentView>, sqlx::Error> {
+) -> Result<Option<PaymentView>, StoreError> {
     let sql = format!("{SELECT_VIEW} WHERE p.cart_id = $1");
     let row: Option<Row> = on_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(cart_id)
@@ -329,8 +329,8 @@ pub async fn find(
 
 /// Carts whose capture is unknown (not merely in flight) and unresolved (the
 /// `cartbus_payments_unknown` gauge).
-pub async fn count_unknown(db: &Db, abandoned_before: DateTime<Utc>) -> Result<i64, sqlx::Error> {
-    count(db, UNKNOWN, abandoned_before).await
+pub async fn count_unknown(db: &Db, abandoned_before: DateTime<Utc>) -> Result<i64, StoreError> {
+    Ok(count(db, UNKNOWN, abandoned_before).await?)
 }
 
 /// Captures left without an order past the cutoff (the
@@ -338,8 +338,8 @@ pub async fn count_unknown(db: &Db, abandoned_before: DateTime<Utc>) -> Result<i
 pub async fn count_captured_without_order(
     db: &Db,
     abandoned_before: DateTime<Utc>,
-) -> Result<i64, sqlx::Error> {
-    count(db, CAPTURED_WITHOUT_ORDER, abandoned_before).await
+) -> Result<i64, StoreError> {
+    Ok(count(db, CAPTURED_WITHOUT_ORDER, abandoned_before).await?)
 }
 
 async fn count(db: &Db, filter: &str, abandoned_before: DateTime<Utc>) -> Result<i64, sqlx::Error> {
@@ -372,8 +372,8 @@ pub async fn resolve(
     tx: &mut Tx,
     cart_id: Uuid,
     resolution: &Resolution<'_>,
-) -> Result<Option<Vec<u8>>, sqlx::Error> {
-    on_tx!(tx, |c| sqlx::query_scalar(
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(on_tx!(tx, |c| sqlx::query_scalar(
         "UPDATE payment_steps SET payment_ok = $2, completed = TRUE,
              payment_id = COALESCE(payment_id, $3), resolved_by = $4, resolved_reason = $5,
              resolved_at = $6
@@ -391,5 +391,5 @@ pub async fn resolve(
     .bind(Utc::now())
     .bind(resolution.abandoned_before)
     .fetch_optional(&mut *c)
-    .await)
+    .await)?)
 }

@@ -8,7 +8,7 @@ use sqlx::Row;
 use utoipa::ToSchema;
 
 use crate::domain::drain::{Identity, SwitchReading};
-use crate::store::{Db, Tx};
+use crate::store::{Db, StoreError, Tx};
 use crate::{on_db, on_tx};
 
 /// The PostgreSQL channel instances LISTEN on for switch changes.
@@ -84,11 +84,11 @@ macro_rules! switch_from_row {
     };
 }
 
-pub async fn read(db: &Db) -> Result<Switch, sqlx::Error> {
-    on_db!(db, |pool| {
+pub async fn read(db: &Db) -> Result<Switch, StoreError> {
+    Ok(on_db!(db, |pool| {
         let row = sqlx::query(SELECT_SWITCH).fetch_one(pool).await?;
-        Ok(switch_from_row!(row))
-    })
+        Ok::<_, sqlx::Error>(switch_from_row!(row))
+    })?)
 }
 
 /// A change to apply to the switch.
@@ -108,7 +108,7 @@ pub struct Change<'a> {
 /// Applies `change` unless it changes nothing; returns the switch after it and whether it
 /// changed. Pausing a paused switch with the same reason and expiry, or resuming a running
 /// one for the same version, is a no-op: both calls are safe to repeat.
-pub async fn change(db: &Db, change: Change<'_>) -> Result<(Switch, bool), sqlx::Error> {
+pub async fn change(db: &Db, change: Change<'_>) -> Result<(Switch, bool), StoreError> {
     let mut tx = db.begin().await?;
     let current = read_in(&mut tx).await?;
     let active_version = change
@@ -190,7 +190,7 @@ pub async fn change(db: &Db, change: Change<'_>) -> Result<(Switch, bool), sqlx:
 pub async fn forbids_consuming(
     tx: &mut Tx,
     identity: &Identity,
-) -> Result<Option<&'static str>, sqlx::Error> {
+) -> Result<Option<&'static str>, StoreError> {
     let lock = if matches!(tx, Tx::Postgres(_)) {
         " FOR SHARE"
     } else {
@@ -235,8 +235,8 @@ async fn read_in(tx: &mut Tx) -> Result<Switch, sqlx::Error> {
 }
 
 /// Newest first.
-pub async fn history(db: &Db, limit: i64) -> Result<Vec<HistoryEntry>, sqlx::Error> {
-    on_db!(db, |pool| {
+pub async fn history(db: &Db, limit: i64) -> Result<Vec<HistoryEntry>, StoreError> {
+    Ok(on_db!(db, |pool| {
         let rows = sqlx::query(
             "SELECT revision, action, desired, active_version, reason, until, changed_at, changed_by
              FROM consumer_control_history ORDER BY id DESC LIMIT $1",
@@ -258,11 +258,11 @@ pub async fn history(db: &Db, limit: i64) -> Result<Vec<HistoryEntry>, sqlx::Err
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
-    })
+    })?)
 }
 
-pub async fn heartbeat(db: &Db, row: &InstanceRow) -> Result<(), sqlx::Error> {
-    on_db!(db, |pool| sqlx::query(
+pub async fn heartbeat(db: &Db, row: &InstanceRow) -> Result<(), StoreError> {
+    Ok(on_db!(db, |pool| sqlx::query(
         "INSERT INTO consumer_instances (instance, version, schema_version, state, in_flight,
              processed, accepted, seen_revision, started_at, last_seen)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -285,12 +285,12 @@ pub async fn heartbeat(db: &Db, row: &InstanceRow) -> Result<(), sqlx::Error> {
     .bind(row.last_seen)
     .execute(pool)
     .await
-    .map(drop))
+    .map(drop))?)
 }
 
 /// Instances seen since `since`, by name.
-pub async fn instances(db: &Db, since: DateTime<Utc>) -> Result<Vec<InstanceRow>, sqlx::Error> {
-    on_db!(db, |pool| {
+pub async fn instances(db: &Db, since: DateTime<Utc>) -> Result<Vec<InstanceRow>, StoreError> {
+    Ok(on_db!(db, |pool| {
         let rows = sqlx::query(
             "SELECT instance, version, schema_version, state, in_flight, processed, accepted,
                     seen_revision, started_at, last_seen
@@ -315,5 +315,5 @@ pub async fn instances(db: &Db, since: DateTime<Utc>) -> Result<Vec<InstanceRow>
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
-    })
+    })?)
 }

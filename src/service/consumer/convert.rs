@@ -329,10 +329,10 @@ async fn record_last_attempt(
     parts: &CartStep<'_>,
     item: &Item<'_>,
     outcome: &Outcome,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     let mut tx = parts.db.begin().await?;
     record_dead_letter(parts, &mut tx, item, outcome).await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }
 
 /// Records the dead letter an outcome calls for, with (for a message that never reached
@@ -342,7 +342,7 @@ async fn record_dead_letter(
     tx: &mut Tx,
     item: &Item<'_>,
     outcome: &Outcome,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     let Some((reason, detail)) = outcome.dead_letter() else {
         return Ok(());
     };

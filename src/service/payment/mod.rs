@@ -16,7 +16,7 @@ use crate::domain::payment::in_flight_since;
 use crate::domain::{Cart, Reason};
 use crate::metrics::Metrics;
 use crate::queue::Message;
-use crate::store::Db;
+use crate::store::{Db, StoreError};
 use crate::store::payments::{self as store, Known};
 pub use gateway::Gateway;
 
@@ -48,7 +48,7 @@ pub async fn decide(
     metrics: &Metrics,
     gateway: &Gateway,
     carts: &[(&Cart, &Message)],
-) -> Result<HashMap<Uuid, Verdict>, sqlx::Error> {
+) -> Result<HashMap<Uuid, Verdict>, StoreError> {
     let mut seen = HashSet::new();
     let carts: Vec<(&Cart, &Message)> = carts
         .iter()
@@ -154,7 +154,7 @@ pub async fn predict(
     db: &Db,
     gateway: &Gateway,
     cart: &Cart,
-) -> Result<Option<Verdict>, sqlx::Error> {
+) -> Result<Option<Verdict>, StoreError> {
     let cart_id = cart.cart_id.as_uuid();
     let in_flight_since = in_flight_since(gateway.timeout());
     let known = store::known(db, &[cart_id], in_flight_since).await?;
