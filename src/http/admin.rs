@@ -369,10 +369,11 @@ pub(super) fn unknown_fields(
     }
 }
 
-fn unavailable(e: sqlx::Error) -> ApiError {
-    tracing::error!(error = %e, "drain switch unavailable");
-    ApiError::Unavailable {
-        detail: "the database holding the drain switch is unavailable".into(),
-        retry_after: Duration::from_secs(5),
-    }
+/// What a 503 says when the drain switch cannot be read or changed.
+pub const SWITCH_UNAVAILABLE: &str = "the database holding the drain switch is unavailable";
+
+/// The drain switch's database failed: a 503 that names the switch, the operator's concern
+/// on these calls (the same database as the orders').
+fn unavailable(e: impl Into<anyhow::Error>) -> ApiError {
+    ApiError::unavailable_because(SWITCH_UNAVAILABLE, e)
 }

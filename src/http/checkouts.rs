@@ -13,7 +13,7 @@ use crate::domain::order::CheckoutState;
 use crate::domain::{Cart, CartId};
 use crate::queue::Lookup;
 use crate::runtime::app::AppState;
-use crate::service::intake::{self, Accepted, IntakeError};
+use crate::service::intake::{self, Accepted};
 use crate::store::order_reads;
 
 /// The request body of `POST /v1/checkouts` (documentation only: bodies are parsed by
@@ -172,8 +172,8 @@ pub async fn create(
         }
     }
     let checkout_id = cart.cart_id.as_uuid();
-    match intake::submit(&app, &cart).await {
-        Ok(Accepted::Queued) => {
+    match intake::submit(&app, &cart).await? {
+        Accepted::Queued => {
             let status_url = format!("/v1/checkouts/{checkout_id}");
             Ok(created_at(
                 StatusCode::ACCEPTED,
@@ -185,7 +185,7 @@ pub async fn create(
                 }),
             ))
         }
-        Ok(Accepted::Ordered(order_id)) => {
+        Accepted::Ordered(order_id) => {
             let order_url = format!("/v1/orders/{order_id}");
             Ok(created_at(
                 StatusCode::CREATED,
@@ -198,12 +198,6 @@ pub async fn create(
                 }),
             ))
         }
-        Err(e @ IntakeError::Conflict { .. }) => Err(ApiError::Conflict(e.to_string())),
-        Err(IntakeError::Unavailable) => Err(ApiError::Unavailable {
-            detail: "the cart could be neither queued nor written; nothing was stored, retry later"
-                .into(),
-            retry_after: app.config.retry_after,
-        }),
     }
 }
 
@@ -248,30 +242,17 @@ pub async fn status(
             status: CheckoutStatusKind::Rejected,
             ..pending(cart_id)
         })),
-        Ok(Lookup::Absent) | Err(_) => match database_state(&app, cart_id).await? {
+        Ok(Lookup::Absent) | Err(_) => match order_reads::checkout_state(&app.db, cart_id).await? {
             Some(state) => Ok(Json(from_state(cart_id, state))),
-            None if lookup.is_ok() => Err(ApiError::NotFound(format!("no checkout {cart_id}"))),
-            None => Err(ApiError::Unavailable {
-                detail: "the queue cannot be asked about this checkout right now".into(),
-                retry_after: app.config.retry_after,
-            }),
+            None => match lookup {
+                Ok(_) => Err(ApiError::NotFound(format!("no checkout {cart_id}"))),
+                Err(e) => Err(ApiError::unavailable_because(
+                    "the queue cannot be asked about this checkout right now",
+                    e,
+                )),
+            },
         },
     }
-}
-
-async fn database_state(
-    app: &AppState,
-    cart_id: CartId,
-) -> Result<Option<CheckoutState>, ApiError> {
-    order_reads::checkout_state(&app.db, cart_id)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "checkout status: database unavailable");
-            ApiError::Unavailable {
-                detail: "the orders database is unavailable".into(),
-                retry_after: app.config.retry_after,
-            }
-        })
 }
 
 fn pending(cart_id: CartId) -> CheckoutStatus {

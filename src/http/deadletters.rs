@@ -116,14 +116,11 @@ pub async fn list(
         since,
         after,
     };
-    let mut items = dead_letters::list(&app.db, &filter, limit + 1)
-        .await
-        .map_err(ApiError::database_unavailable)?;
+    let mut items = dead_letters::list(&app.db, &filter, limit + 1).await?;
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);
     let counts = dead_letters::counts_by_reason(&app.db)
-        .await
-        .map_err(ApiError::database_unavailable)?
+        .await?
         .into_iter()
         .collect();
     Ok(Json(DeadLetterPage {
@@ -161,12 +158,9 @@ pub async fn get(
 ) -> Result<Json<DeadLetterDetail>, ApiError> {
     let id = parse_id(&id)?;
     let dead_letter = dead_letters::find(&app.db, id)
-        .await
-        .map_err(ApiError::database_unavailable)?
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))?;
-    let audit = dead_letters::audit(&app.db, id)
-        .await
-        .map_err(ApiError::database_unavailable)?;
+    let audit = dead_letters::audit(&app.db, id).await?;
     Ok(Json(DeadLetterDetail { dead_letter, audit }))
 }
 
@@ -220,13 +214,10 @@ pub async fn delete(
         return Err(ApiError::Validation(errors));
     };
     let dead_letter = dead_letters::delete(&app.db, id, &auth.actor, &reason)
-        .await
-        .map_err(ApiError::database_unavailable)?
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))?;
     tracing::warn!(id, by = %auth.actor, reason, "dead letter deleted");
-    let audit = dead_letters::audit(&app.db, id)
-        .await
-        .map_err(ApiError::database_unavailable)?;
+    let audit = dead_letters::audit(&app.db, id).await?;
     Ok(Json(DeadLetterDetail { dead_letter, audit }))
 }
 
@@ -329,26 +320,7 @@ pub async fn resubmit(
         reason: reason.as_deref(),
         job: None,
     };
-    resubmit::resubmit(&app, id, &options)
-        .await
-        .map(Json)
-        .map_err(resubmit_error)
-}
-
-fn resubmit_error(e: resubmit::Error) -> ApiError {
-    use resubmit::Error as E;
-    match e {
-        E::NotFound(_) => ApiError::NotFound(e.to_string()),
-        E::Deleted(_) | E::Resolved { .. } | E::LimitReached { .. } | E::Gated(_) => {
-            ApiError::Conflict(e.to_string())
-        }
-        E::CannotCorrectReply => ApiError::field("/cart", e.to_string()),
-        E::Retry(why) => ApiError::Unavailable {
-            detail: why,
-            retry_after: std::time::Duration::from_secs(5),
-        },
-        E::Database(e) => ApiError::database_unavailable(e),
-    }
+    Ok(Json(resubmit::resubmit(&app, id, &options).await?))
 }
 
 /// Body of `POST /v1/admin/dead-letters/resubmit` (documentation; parsed by hand to name
@@ -445,9 +417,7 @@ pub async fn resubmit_many(
         return Err(ApiError::Validation(errors));
     }
     if dry_run {
-        let preview = resubmit_jobs::preview(&app, &filter, max)
-            .await
-            .map_err(ApiError::database_unavailable)?;
+        let preview = resubmit_jobs::preview(&app, &filter, max).await?;
         return Ok(Json(BulkAnswer::Preview(preview)).into_response());
     }
     let new = NewJob {
@@ -456,10 +426,7 @@ pub async fn resubmit_many(
         actor: auth.actor,
         reason: reason.unwrap_or_default(),
     };
-    let (view, started) = resubmit_jobs::start(&app, new).await.map_err(|e| match e {
-        resubmit_jobs::JobError::Mismatch(_) => ApiError::Conflict(e.to_string()),
-        resubmit_jobs::JobError::Database(e) => ApiError::database_unavailable(e),
-    })?;
+    let (view, started) = resubmit_jobs::start(&app, new).await?;
     let status = if started {
         StatusCode::ACCEPTED
     } else {
@@ -561,8 +528,7 @@ pub async fn resubmit_job(
     let job_id =
         Uuid::try_parse(&job_id).map_err(|_| ApiError::field("/job_id", "must be a UUID"))?;
     resubmit_jobs::find(&app.db, job_id)
-        .await
-        .map_err(ApiError::database_unavailable)?
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no resubmit job {job_id}")))
 }

@@ -13,10 +13,13 @@ use super::problem::{ApiError, Problem};
 use crate::domain::CartId;
 use crate::domain::payment::{Finding, PaymentView};
 use crate::runtime::app::AppState;
-use crate::service::payment::resolve::{self, ResolveError};
+use crate::service::payment::resolve;
 use crate::store::payments as store;
 
 const MAX_REASON: usize = 500;
+/// What a 503 says when this instance may not write orders.
+pub const CANNOT_WRITE_ORDERS: &str = "this instance cannot write orders now (database down, \
+     or its schema is newer than this version); try another instance or later";
 const MAX_PAYMENT_ID: usize = 200;
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -76,9 +79,7 @@ pub async fn list(
         return Err(ApiError::Validation(errors));
     }
     let cutoff = crate::domain::payment::abandoned_before(app.config.payment_timeout);
-    let items = store::list(&app.db, filter, cutoff, limit)
-        .await
-        .map_err(|e| unavailable(&app, e))?;
+    let items = store::list(&app.db, filter, cutoff, limit).await?;
     Ok(Json(PaymentList { items }))
 }
 
@@ -162,14 +163,9 @@ pub async fn resolve(
         return Err(ApiError::Validation(errors));
     };
     if !app.can_write_orders() {
-        return Err(ApiError::Unavailable {
-            detail: "this instance cannot write orders now (database down, or its schema is \
-                     newer than this version); try another instance or later"
-                .into(),
-            retry_after: app.config.retry_after,
-        });
+        return Err(ApiError::unavailable(CANNOT_WRITE_ORDERS));
     }
-    resolve::resolve(
+    let view = resolve::resolve(
         &app.db,
         cart_id.as_uuid(),
         finding,
@@ -178,19 +174,6 @@ pub async fn resolve(
         &reason,
         app.config.payment_timeout,
     )
-    .await
-    .map(Json)
-    .map_err(|e| match e {
-        ResolveError::NotFound(_) => ApiError::NotFound(e.to_string()),
-        ResolveError::Conflict(_) => ApiError::Conflict(e.to_string()),
-        ResolveError::Database(e) => unavailable(&app, e),
-    })
-}
-
-fn unavailable(app: &AppState, e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "payments: orders database unavailable");
-    ApiError::Unavailable {
-        detail: "the orders database is unavailable".into(),
-        retry_after: app.config.retry_after,
-    }
+    .await?;
+    Ok(Json(view))
 }
