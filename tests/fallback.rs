@@ -135,7 +135,11 @@ async fn every_unavailable_answer_says_the_configured_retry_after() {
     let cart_id = cart["cart_id"].as_str().expect("id");
     let resolution = serde_json::json!({"outcome": "failed", "reason": "checked by hand"});
     let calls = [
-        (Method::POST, "/v1/checkouts".to_string(), Some(cart.clone())),
+        (
+            Method::POST,
+            "/v1/checkouts".to_string(),
+            Some(cart.clone()),
+        ),
         (Method::GET, format!("/v1/checkouts/{cart_id}"), None),
         (Method::GET, format!("/v1/orders/{cart_id}"), None),
         (Method::GET, "/v1/admin/consumer".to_string(), None),

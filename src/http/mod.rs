@@ -11,6 +11,7 @@ mod orders;
 mod outbox;
 mod payments;
 pub mod problem;
+mod request;
 pub mod server;
 mod service_errors;
 

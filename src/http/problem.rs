@@ -72,6 +72,13 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+/// Every bad field of a request, found by a request type's `TryFrom` or a parser.
+impl From<Vec<FieldError>> for ApiError {
+    fn from(errors: Vec<FieldError>) -> Self {
+        ApiError::Validation(errors)
+    }
+}
+
 /// What a 503 says when the orders database failed a read or write.
 pub const DATABASE_UNAVAILABLE: &str = "the orders database is unavailable";
 
