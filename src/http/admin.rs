@@ -181,7 +181,7 @@ impl TryFrom<Fields<PauseRequest>> for Pause {
             }
         };
         found.unknown("", &body.unknown);
-        found.or(Some(Pause {
+        found.finish(Some(Pause {
             reason,
             wait,
             until,
@@ -280,7 +280,7 @@ impl TryFrom<Fields<ResumeRequest>> for Resume {
         }
         let reason = reason.optional_text("/reason", MAX_REASON, &mut found);
         found.unknown("", &body.unknown);
-        found.or(Some(Resume { version, reason }))
+        found.finish(Some(Resume { version, reason }))
     }
 }
 

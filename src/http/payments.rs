@@ -145,7 +145,7 @@ impl TryFrom<Fields<ResolveRequest>> for Resolution {
             reason,
             payment_id,
         });
-        found.or(checked)
+        found.finish(checked)
     }
 }
 

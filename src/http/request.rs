@@ -142,8 +142,9 @@ impl Findings {
         self.0.iter().any(|e| e.pointer == pointer)
     }
 
-    /// `value` when nothing was found, else every finding.
-    pub fn or<T>(self, value: Option<T>) -> Result<T, Vec<FieldError>> {
+    /// Ends a check: `value` when nothing was found, else every finding. (`value` is
+    /// `None` only when something was.)
+    pub fn finish<T>(self, value: Option<T>) -> Result<T, Vec<FieldError>> {
         match value {
             Some(value) if self.0.is_empty() => Ok(value),
             _ => Err(self.0),

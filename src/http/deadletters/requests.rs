@@ -42,7 +42,7 @@ impl TryFrom<Fields<DeleteRequest>> for Delete {
             "is required: say why it can go",
             &mut found,
         );
-        found.or(reason.map(|reason| Delete { reason }))
+        found.finish(reason.map(|reason| Delete { reason }))
     }
 }
 
@@ -81,7 +81,7 @@ impl TryFrom<Fields<ResubmitRequest>> for Resubmit {
                 .map_err(|errors| found.extend_at("/cart", errors))
                 .ok()
         });
-        found.or(Some(Resubmit { reason, corrected }))
+        found.finish(Some(Resubmit { reason, corrected }))
     }
 }
 
@@ -187,7 +187,7 @@ impl TryFrom<Fields<BulkRequest>> for BulkResubmit {
             dry_run,
             max,
         });
-        found.or(checked)
+        found.finish(checked)
     }
 }
 
