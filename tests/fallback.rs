@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Backend, Settings, TestApp, cart, count_orders};
+use reqwest::Method;
 use serde_json::Value;
 
 /// A queue path below a regular file can never be opened.
@@ -112,5 +113,66 @@ async fn without_queue_and_database_the_answer_is_503_and_nothing_is_stored() {
     );
     let (status, live) = app.get_json("/health/live").await;
     assert_eq!(status, 200, "{live}");
+    app.stop().await.expect("clean stop");
+}
+
+/// One `Retry-After` policy: every 503 for a database or queue that cannot serve says to
+/// retry after `CARTBUS_RETRY_AFTER_SECONDS`, whichever endpoint (storefront or admin)
+/// answered it.
+#[tokio::test]
+async fn every_unavailable_answer_says_the_configured_retry_after() {
+    const TOKEN: &str = "fallback-test-admin-token-0001";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(
+        dir.path(),
+        &Backend::Postgres("postgres://cartbus@127.0.0.1:1/none".into()),
+    )
+    .set("CARTBUS_QUEUE_URL", unusable_queue(dir.path()))
+    .set("CARTBUS_RETRY_AFTER_SECONDS", "7")
+    .set("CARTBUS_ADMIN_TOKEN", TOKEN);
+    let app = TestApp::spawn(&settings).await;
+    let cart = cart();
+    let cart_id = cart["cart_id"].as_str().expect("id");
+    let resolution = serde_json::json!({"outcome": "failed", "reason": "checked by hand"});
+    let calls = [
+        (
+            Method::POST,
+            "/v1/checkouts".to_string(),
+            Some(cart.clone()),
+        ),
+        (Method::GET, format!("/v1/checkouts/{cart_id}"), None),
+        (Method::GET, format!("/v1/orders/{cart_id}"), None),
+        (Method::GET, "/v1/admin/consumer".to_string(), None),
+        (Method::GET, "/v1/admin/dead-letters".to_string(), None),
+        (
+            Method::POST,
+            format!("/v1/admin/payments/{cart_id}/resolve"),
+            Some(resolution),
+        ),
+    ];
+    // At once: each database call waits out the pool's acquire timeout.
+    let answers = futures::future::join_all(calls.into_iter().map(|(method, path, body)| {
+        let mut request = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.expect("an answer");
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            (format!("{method} {path}"), response.status(), retry_after)
+        }
+    }))
+    .await;
+    for (call, status, retry_after) in answers {
+        assert_eq!(status, 503, "{call}");
+        assert_eq!(retry_after.as_deref(), Some("7"), "{call}");
+    }
     app.stop().await.expect("clean stop");
 }

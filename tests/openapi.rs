@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Backend, Settings, TestApp};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn committed_openapi_document_is_current() {
@@ -275,4 +275,67 @@ async fn admin_request_examples_are_accepted_by_the_server() {
     }
     assert!(sent >= 3, "only {sent} request examples sent");
     app.stop().await.expect("clean stop");
+}
+
+/// The checkout body's schema is written on the domain's cart types, apart from the
+/// parser's rules: each text limit it documents is the parser's (a value at `maxLength`
+/// is taken, one character more is refused by pointer), and so is the quantity's range.
+#[test]
+fn the_documented_cart_limits_are_the_parsers() {
+    use cartbus::domain::Cart;
+
+    let doc: Value = serde_json::to_value(cartbus::http::openapi()).expect("document as JSON");
+    let schemas = &doc["components"]["schemas"];
+    let refused = |cart: &Value, pointer: &str| {
+        Cart::parse(cart)
+            .err()
+            .is_some_and(|errors| errors.iter().any(|e| e.pointer == pointer))
+    };
+    let mut checked = 0;
+    for (schema, at) in [
+        ("CustomerRequest", "/customer"),
+        ("AddressRequest", "/shipping_address"),
+        ("LineRequest", "/lines/0"),
+    ] {
+        let properties = schemas[schema]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{schema} has properties"));
+        for (name, property) in properties {
+            // An e-mail address has a grammar of its own, beyond a length.
+            let Some(max) = property["maxLength"].as_u64().filter(|_| name != "email") else {
+                continue;
+            };
+            let fill = if name == "phone" { "1" } else { "x" };
+            let pointer = format!("{at}/{name}");
+            let mut cart = common::cart();
+            *cart.pointer_mut(&pointer).expect("a field of the cart") =
+                json!(fill.repeat(max as usize));
+            assert!(
+                Cart::parse(&cart).is_ok(),
+                "{pointer} at its maxLength {max}"
+            );
+            *cart.pointer_mut(&pointer).expect("a field of the cart") =
+                json!(fill.repeat(max as usize + 1));
+            assert!(
+                refused(&cart, &pointer),
+                "{pointer} past its maxLength {max}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9, "only {checked} text limits checked");
+
+    let quantity = &schemas["LineRequest"]["properties"]["quantity"];
+    for (n, taken) in [
+        (quantity["minimum"].as_i64().expect("minimum"), true),
+        (quantity["maximum"].as_i64().expect("maximum"), true),
+        (quantity["minimum"].as_i64().expect("minimum") - 1, false),
+        (quantity["maximum"].as_i64().expect("maximum") + 1, false),
+    ] {
+        let mut cart = common::cart_with_lines(1);
+        cart["lines"][0]["quantity"] = json!(n);
+        cart["total"] = json!(n * cart["lines"][0]["unit_price"].as_i64().expect("price"));
+        assert_eq!(Cart::parse(&cart).is_ok(), taken, "quantity {n}");
+        assert_eq!(refused(&cart, "/lines/0/quantity"), !taken, "quantity {n}");
+    }
 }

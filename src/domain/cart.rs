@@ -143,40 +143,78 @@ impl Email {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+// The schemas below document the body of `POST /v1/checkouts`, the JSON that
+// `Cart::parse` reads (its limits restated, as JSON Schema can say them); they keep the
+// names the API has always published them under.
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = CustomerRequest)]
 pub struct Customer {
+    #[schema(max_length = 100, example = "cust-42")]
     pub id: Option<String>,
+    #[schema(min_length = 1, max_length = 200, example = "Ada Lovelace")]
     pub name: String,
+    #[schema(value_type = String, max_length = 254, example = "ada@example.com")]
     pub email: Email,
+    #[schema(max_length = 32, example = "+44 20 7946 0000")]
     pub phone: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+// The address a cart ships to. An order shows its own as `order::AddressView`, the text
+// as stored. (Not a doc comment, which would become the published schema's description.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = AddressRequest)]
 pub struct Address {
+    #[schema(min_length = 1, max_length = 200, example = "12 Analytical St")]
     pub line1: String,
+    #[schema(max_length = 200)]
     pub line2: Option<String>,
+    #[schema(min_length = 1, max_length = 100, example = "London")]
     pub city: String,
+    #[schema(max_length = 100, example = "LND")]
     pub region: Option<String>,
+    #[schema(max_length = 20, example = "EC1A 1AA")]
     pub postal_code: Option<String>,
+    /// ISO 3166-1 alpha-2 country code.
+    #[schema(value_type = String, example = "GB")]
     pub country: CountryCode,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = LineRequest)]
 pub struct Line {
+    #[schema(min_length = 1, max_length = 64, example = "BOOK-001")]
     pub sku: String,
+    #[schema(min_length = 1, max_length = 200, example = "Notes on the Engine")]
     pub name: String,
+    #[schema(value_type = i64, minimum = 1, maximum = 10000, example = 2)]
     pub quantity: Quantity,
+    /// Minor units.
+    #[schema(value_type = i64, minimum = 0, example = 1999)]
     pub unit_price: Money,
 }
 
 /// A validated cart. Field names and order are the wire format (DESIGN §3 and §4).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(
+    as = CheckoutRequest,
+    description = "The request body of `POST /v1/checkouts`. Every rule it breaks is reported \
+                   at once, each bad field by a JSON pointer."
+)]
 pub struct Cart {
+    /// UUID chosen by the storefront; the idempotency key.
+    #[schema(value_type = uuid::Uuid, example = "6f1c0c1e-5d7b-4a53-9b1a-2f6a3d9f0c11")]
     pub cart_id: CartId,
     pub customer: Customer,
     pub shipping_address: Address,
+    /// ISO 4217 currency code.
+    #[schema(value_type = String, example = "GBP")]
     pub currency: CurrencyCode,
+    /// 1 to 500 lines.
+    #[schema(min_items = 1, max_items = 500)]
     pub lines: Vec<Line>,
+    /// Σ quantity × unit_price, in minor units.
+    #[schema(value_type = i64, example = 3998, minimum = 0)]
     pub total: Money,
 }
 

@@ -1,7 +1,7 @@
 //! Orders as the API shows them, and what placing a cart can come to.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 /// How an order came to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -52,7 +52,10 @@ pub enum CheckoutState {
     PaymentUnknown,
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+// The views below are also the customer, address and lines of a partner's `new-order`
+// message (`partner::NewOrder`), which partners deserialise.
+
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CustomerView {
     pub id: Option<String>,
     pub name: String,
@@ -60,7 +63,7 @@ pub struct CustomerView {
     pub phone: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AddressView {
     pub line1: String,
     pub line2: Option<String>,
@@ -72,7 +75,7 @@ pub struct AddressView {
     pub country: String,
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LineView {
     pub sku: String,
     pub name: String,

@@ -15,101 +15,35 @@ pub const NEW_ORDER_SCHEMA: i32 = 1;
 pub const NEW_ORDER_SUBJECT: &str = "new-order";
 const CONTENT_TYPE: &str = "application/json";
 
-/// The body of a `new-order` message.
+/// The body of a `new-order` message. Customer, address and lines go as
+/// `GET /v1/orders/{order_id}` shows them; the test below pins that shape, which partners
+/// read under `schema` 1.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct NewOrder {
     pub schema: i32,
     pub order_id: Uuid,
     pub cart_id: Uuid,
     pub partner: String,
-    pub customer: Customer,
-    pub shipping_address: Address,
+    pub customer: CustomerView,
+    pub shipping_address: AddressView,
     pub currency: String,
-    pub lines: Vec<Line>,
+    pub lines: Vec<LineView>,
     pub total: i64,
     pub created_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Customer {
-    pub id: Option<String>,
-    pub name: String,
-    pub email: String,
-    pub phone: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Address {
-    pub line1: String,
-    pub line2: Option<String>,
-    pub city: String,
-    pub region: Option<String>,
-    pub postal_code: Option<String>,
-    pub country: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Line {
-    pub sku: String,
-    pub name: String,
-    pub quantity: i32,
-    pub unit_price: i64,
 }
 
 /// The `new-order` message for `partner`: message-id and correlation-id are the order id
 /// (partners dedupe on it), reply-to is the status address.
 pub fn new_order(order: &OrderView, partner: &str, reply_to: &str) -> Message {
-    let CustomerView {
-        id,
-        name,
-        email,
-        phone,
-    } = &order.customer;
-    let AddressView {
-        line1,
-        line2,
-        city,
-        region,
-        postal_code,
-        country,
-    } = &order.shipping_address;
     let body = NewOrder {
         schema: NEW_ORDER_SCHEMA,
         order_id: order.order_id,
         cart_id: order.cart_id,
         partner: partner.to_string(),
-        customer: Customer {
-            id: id.clone(),
-            name: name.clone(),
-            email: email.clone(),
-            phone: phone.clone(),
-        },
-        shipping_address: Address {
-            line1: line1.clone(),
-            line2: line2.clone(),
-            city: city.clone(),
-            region: region.clone(),
-            postal_code: postal_code.clone(),
-            country: country.clone(),
-        },
+        customer: order.customer.clone(),
+        shipping_address: order.shipping_address.clone(),
         currency: order.currency.clone(),
-        lines: order
-            .lines
-            .iter()
-            .map(
-                |LineView {
-                     sku,
-                     name,
-                     quantity,
-                     unit_price,
-                 }| Line {
-                    sku: sku.clone(),
-                    name: name.clone(),
-                    quantity: *quantity,
-                    unit_price: *unit_price,
-                },
-            )
-            .collect(),
+        lines: order.lines.clone(),
         total: order.total,
         created_at: order.created_at,
     };
@@ -187,6 +121,7 @@ pub fn reply(reply: &StatusReply, secret: &[u8]) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::order::Source;
 
     #[test]
     fn a_signature_verifies_only_for_its_body_and_key() {
@@ -203,6 +138,64 @@ mod tests {
         assert!(!verify(b"contoso-secret-0001", b"{}", &signature));
         assert!(!verify(b"contoso-secret-0001", body, "not hex"));
         assert!(!verify(b"contoso-secret-0001", body, &signature[..62]));
+    }
+
+    /// The `new-order` body is a contract with partners (`schema` 1): it reuses the order's
+    /// views, so a field added to `GET /v1/orders` for the API must not reach partners
+    /// unnoticed. Changing this test means a new `schema`, or types of its own.
+    #[test]
+    fn a_new_order_body_has_the_schema_1_shape() {
+        let at: DateTime<Utc> = "2026-11-26T02:00:00Z".parse().expect("a time");
+        let order = OrderView {
+            order_id: Uuid::nil(),
+            cart_id: Uuid::nil(),
+            customer: CustomerView {
+                id: Some("cust-42".into()),
+                name: "Ada Lovelace".into(),
+                email: "ada@example.com".into(),
+                phone: None,
+            },
+            shipping_address: AddressView {
+                line1: "12 Analytical St".into(),
+                line2: None,
+                city: "London".into(),
+                region: Some("LND".into()),
+                postal_code: Some("EC1A 1AA".into()),
+                country: "GB".into(),
+            },
+            currency: "GBP".into(),
+            lines: vec![LineView {
+                sku: "BOOK-001".into(),
+                name: "Notes on the Engine".into(),
+                quantity: 2,
+                unit_price: 1999,
+            }],
+            total: 3998,
+            source: Source::Queue,
+            created_at: at,
+            transport_partner: Some("contoso".into()),
+            tracking_id: None,
+            status: Some("placed".into()),
+            status_history: Vec::new(),
+        };
+        let message = new_order(&order, "contoso", "order-status");
+        let body: serde_json::Value = serde_json::from_slice(&message.body).expect("JSON");
+        let nil = Uuid::nil().to_string();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "schema": 1, "order_id": nil, "cart_id": nil, "partner": "contoso",
+                "customer": {"id": "cust-42", "name": "Ada Lovelace", "email": "ada@example.com", "phone": null},
+                "shipping_address": {"line1": "12 Analytical St", "line2": null, "city": "London",
+                                     "region": "LND", "postal_code": "EC1A 1AA", "country": "GB"},
+                "currency": "GBP",
+                "lines": [{"sku": "BOOK-001", "name": "Notes on the Engine", "quantity": 2, "unit_price": 1999}],
+                "total": 3998,
+                "created_at": "2026-11-26T02:00:00Z"
+            })
+        );
+        let read: NewOrder = serde_json::from_slice(&message.body).expect("a partner reads it");
+        assert_eq!(read.shipping_address.country, "GB");
     }
 
     #[test]

@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use super::extract::{Query, bearer, secrets_match};
+use super::extract::{OptionalJsonBody, Query, bearer, secrets_match};
 use super::problem::ApiError;
+use super::request::{Fields, Findings, Sent};
 use crate::domain::FieldError;
 use crate::runtime::app::AppState;
 use crate::service::drain::Status;
@@ -24,6 +24,7 @@ use crate::store::switch::{self, Change, HistoryEntry};
 /// Longest `wait_seconds` a pause call may ask for.
 const MAX_WAIT_SECONDS: u64 = 300;
 const MAX_REASON: usize = 500;
+const MAX_VERSION: usize = 100;
 const MAX_ACTOR: usize = 100;
 
 /// Requires `Authorization: Bearer <CARTBUS_ADMIN_TOKEN>`; with no token configured the
@@ -110,17 +111,82 @@ pub async fn consumer(
     Ok(Json(app.drain_status().await.map_err(unavailable)?))
 }
 
-/// Body of `POST /v1/admin/consumer/pause` (documentation; parsed by hand to name every
-/// bad field).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+/// Body of `POST /v1/admin/consumer/pause`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PauseRequest {
     /// Why (kept in the history), at most 500 characters.
-    reason: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    reason: Sent<String>,
     /// Wait up to this many seconds (0–300) for every instance to report drained.
-    wait_seconds: Option<u64>,
+    #[serde(default)]
+    #[schema(value_type = Option<u64>)]
+    wait_seconds: Sent<u64>,
     /// RFC 3339 time in the future at which the pause lifts itself.
+    // Read as text: chrono's `Deserialize` takes more than RFC 3339.
+    #[serde(default)]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    until: Sent<String>,
+}
+
+/// A pause, checked.
+#[derive(Debug)]
+pub struct Pause {
+    reason: Option<String>,
+    wait: Duration,
     until: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<Fields<PauseRequest>> for Pause {
+    type Error = Vec<FieldError>;
+
+    fn try_from(body: Fields<PauseRequest>) -> Result<Pause, Vec<FieldError>> {
+        let PauseRequest {
+            reason,
+            wait_seconds,
+            until,
+        } = body.known;
+        let mut found = Findings::default();
+        let reason = reason.optional_text("/reason", MAX_REASON, &mut found);
+        let wait = match wait_seconds {
+            Sent::Absent => Duration::ZERO,
+            Sent::Typed(n) if n <= MAX_WAIT_SECONDS => Duration::from_secs(n),
+            Sent::Typed(_) | Sent::WrongType => {
+                found.add(
+                    "/wait_seconds",
+                    format!("must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}"),
+                );
+                Duration::ZERO
+            }
+        };
+        let until = match until {
+            Sent::Absent => None,
+            Sent::Typed(s) => match DateTime::parse_from_rfc3339(&s) {
+                Ok(t) if t.with_timezone(&Utc) > Utc::now() => Some(t.with_timezone(&Utc)),
+                Ok(_) => {
+                    found.add("/until", "must be in the future");
+                    None
+                }
+                Err(_) => {
+                    found.add(
+                        "/until",
+                        "must be an RFC 3339 time, e.g. 2026-11-26T03:00:00Z",
+                    );
+                    None
+                }
+            },
+            Sent::WrongType => {
+                found.add("/until", "must be an RFC 3339 time string");
+                None
+            }
+        };
+        found.unknown("", &body.unknown);
+        found.finish(Some(Pause {
+            reason,
+            wait,
+            until,
+        }))
+    }
 }
 
 /// Pause consuming on every instance; with `wait_seconds`, answer when drained.
@@ -137,49 +203,13 @@ pub struct PauseRequest {
 pub async fn pause(
     State(app): State<AppState>,
     auth: AdminAuth,
-    body: OptionalJson,
+    OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Response, ApiError> {
-    let body = body.0;
-    let mut errors = Vec::new();
-    let reason = optional_string(&body, "reason", MAX_REASON, &mut errors);
-    let wait = match body.get("wait_seconds") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(n) if n <= MAX_WAIT_SECONDS => Some(Duration::from_secs(n)),
-            _ => {
-                errors.push(field(
-                    "/wait_seconds",
-                    format!("must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}"),
-                ));
-                None
-            }
-        },
-    };
-    let until = match body.get("until") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
-            Ok(t) if t.with_timezone(&Utc) > Utc::now() => Some(t.with_timezone(&Utc)),
-            Ok(_) => {
-                errors.push(field("/until", "must be in the future"));
-                None
-            }
-            Err(_) => {
-                errors.push(field(
-                    "/until",
-                    "must be an RFC 3339 time, e.g. 2026-11-26T03:00:00Z",
-                ));
-                None
-            }
-        },
-        Some(_) => {
-            errors.push(field("/until", "must be an RFC 3339 time string"));
-            None
-        }
-    };
-    unknown_fields(&body, &["reason", "wait_seconds", "until"], &mut errors);
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    let Pause {
+        reason,
+        wait,
+        until,
+    } = Fields::<PauseRequest>::read_optional(body)?.try_into()?;
     let (switch, changed) = switch::change(
         &app.db,
         Change {
@@ -198,7 +228,7 @@ pub async fn pause(
         tracing::warn!(by = %auth.actor, reason = ?switch.reason, until = ?switch.until, "consumer paused");
     }
     app.control.nudge();
-    let deadline = Instant::now() + wait.unwrap_or_default();
+    let deadline = Instant::now() + wait;
     // Poll only what `drained` needs: the backlog figures (a queue count) come once, at
     // the end.
     loop {
@@ -218,13 +248,40 @@ pub async fn pause(
 }
 
 /// Body of `POST /v1/admin/consumer/resume`.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ResumeRequest {
     /// The version allowed to consume; default: the version of the instance taking the call.
-    version: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    version: Sent<String>,
     /// Why (kept in the history), at most 500 characters.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    reason: Sent<String>,
+}
+
+/// A resume, checked.
+#[derive(Debug)]
+pub struct Resume {
+    /// `None`: the version of the instance taking the call.
+    version: Option<String>,
     reason: Option<String>,
+}
+
+impl TryFrom<Fields<ResumeRequest>> for Resume {
+    type Error = Vec<FieldError>;
+
+    fn try_from(body: Fields<ResumeRequest>) -> Result<Resume, Vec<FieldError>> {
+        let ResumeRequest { version, reason } = body.known;
+        let mut found = Findings::default();
+        let version = version.optional_text("/version", MAX_VERSION, &mut found);
+        if version.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            found.add("/version", "must not be empty");
+        }
+        let reason = reason.optional_text("/reason", MAX_REASON, &mut found);
+        found.unknown("", &body.unknown);
+        found.finish(Some(Resume { version, reason }))
+    }
 }
 
 /// Resume consuming; only `version` consumes from now on.
@@ -240,20 +297,10 @@ pub struct ResumeRequest {
 pub async fn resume(
     State(app): State<AppState>,
     auth: AdminAuth,
-    body: OptionalJson,
+    OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Json<Status>, ApiError> {
-    let body = body.0;
-    let mut errors = Vec::new();
-    let version = optional_string(&body, "version", 100, &mut errors)
-        .unwrap_or_else(|| app.config.version.clone());
-    if version.trim().is_empty() {
-        errors.push(field("/version", "must not be empty"));
-    }
-    let reason = optional_string(&body, "reason", MAX_REASON, &mut errors);
-    unknown_fields(&body, &["version", "reason"], &mut errors);
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    let Resume { version, reason } = Fields::<ResumeRequest>::read_optional(body)?.try_into()?;
+    let version = version.unwrap_or_else(|| app.config.version.clone());
     let (switch, changed) = switch::change(
         &app.db,
         Change {
@@ -305,74 +352,11 @@ pub async fn history(
     ))
 }
 
-/// A JSON object body that may also be empty (`curl -X POST …/pause` with no body).
-pub struct OptionalJson(pub Map<String, Value>);
+/// What a 503 says when the drain switch cannot be read or changed.
+pub const SWITCH_UNAVAILABLE: &str = "the database holding the drain switch is unavailable";
 
-impl<S: Send + Sync> axum::extract::FromRequest<S> for OptionalJson
-where
-    AppState: axum::extract::FromRef<S>,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match super::extract::OptionalJsonBody::from_request(req, state)
-            .await?
-            .0
-        {
-            None => Ok(OptionalJson(Map::new())),
-            Some(Value::Object(map)) => Ok(OptionalJson(map)),
-            Some(_) => Err(ApiError::field("", "must be a JSON object")),
-        }
-    }
-}
-
-pub(super) fn field(pointer: &str, detail: impl Into<String>) -> FieldError {
-    FieldError {
-        pointer: pointer.into(),
-        detail: detail.into(),
-    }
-}
-
-pub(super) fn optional_string(
-    body: &Map<String, Value>,
-    name: &str,
-    max: usize,
-    errors: &mut Vec<FieldError>,
-) -> Option<String> {
-    match body.get(name) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.chars().count() <= max => Some(s.clone()),
-        Some(Value::String(_)) => {
-            errors.push(field(
-                &format!("/{name}"),
-                format!("must be at most {max} characters"),
-            ));
-            None
-        }
-        Some(_) => {
-            errors.push(field(&format!("/{name}"), "must be a string"));
-            None
-        }
-    }
-}
-
-pub(super) fn unknown_fields(
-    body: &Map<String, Value>,
-    known: &[&str],
-    errors: &mut Vec<FieldError>,
-) {
-    for key in body.keys().filter(|k| !known.contains(&k.as_str())) {
-        errors.push(field(
-            &format!("/{}", key.replace('~', "~0").replace('/', "~1")),
-            "is not a known field",
-        ));
-    }
-}
-
-fn unavailable(e: crate::store::StoreError) -> ApiError {
-    tracing::error!(error = %e, "drain switch unavailable");
-    ApiError::Unavailable {
-        detail: "the database holding the drain switch is unavailable".into(),
-        retry_after: Duration::from_secs(5),
-    }
+/// The drain switch's database failed: a 503 that names the switch, the operator's concern
+/// on these calls (the same database as the orders').
+fn unavailable(e: impl Into<anyhow::Error>) -> ApiError {
+    ApiError::unavailable_because(SWITCH_UNAVAILABLE, e)
 }

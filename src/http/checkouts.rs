@@ -13,74 +13,8 @@ use crate::domain::order::CheckoutState;
 use crate::domain::{Cart, CartId};
 use crate::queue::Lookup;
 use crate::runtime::app::AppState;
-use crate::service::intake::{Accepted, IntakeError};
+use crate::service::intake::Accepted;
 use crate::store::order_reads;
-
-/// The request body of `POST /v1/checkouts` (documentation only: bodies are parsed by
-/// `Cart::parse`, which reports every bad field).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct CheckoutRequest {
-    /// UUID chosen by the storefront; the idempotency key.
-    #[schema(example = "6f1c0c1e-5d7b-4a53-9b1a-2f6a3d9f0c11")]
-    cart_id: Uuid,
-    customer: CustomerRequest,
-    shipping_address: AddressRequest,
-    /// ISO 4217 currency code.
-    #[schema(example = "GBP")]
-    currency: String,
-    /// 1 to 500 lines.
-    #[schema(min_items = 1, max_items = 500)]
-    lines: Vec<LineRequest>,
-    /// Σ quantity × unit_price, in minor units.
-    #[schema(example = 3998, minimum = 0)]
-    total: i64,
-}
-
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct CustomerRequest {
-    #[schema(max_length = 100, example = "cust-42")]
-    id: Option<String>,
-    #[schema(min_length = 1, max_length = 200, example = "Ada Lovelace")]
-    name: String,
-    #[schema(max_length = 254, example = "ada@example.com")]
-    email: String,
-    #[schema(max_length = 32, example = "+44 20 7946 0000")]
-    phone: Option<String>,
-}
-
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct AddressRequest {
-    #[schema(min_length = 1, max_length = 200, example = "12 Analytical St")]
-    line1: String,
-    #[schema(max_length = 200)]
-    line2: Option<String>,
-    #[schema(min_length = 1, max_length = 100, example = "London")]
-    city: String,
-    #[schema(max_length = 100, example = "LND")]
-    region: Option<String>,
-    #[schema(max_length = 20, example = "EC1A 1AA")]
-    postal_code: Option<String>,
-    /// ISO 3166-1 alpha-2 country code.
-    #[schema(example = "GB")]
-    country: String,
-}
-
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct LineRequest {
-    #[schema(min_length = 1, max_length = 64, example = "BOOK-001")]
-    sku: String,
-    #[schema(min_length = 1, max_length = 200, example = "Notes on the Engine")]
-    name: String,
-    #[schema(minimum = 1, maximum = 10000, example = 2)]
-    quantity: i64,
-    /// Minor units.
-    #[schema(minimum = 0, example = 1999)]
-    unit_price: i64,
-}
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct CheckoutQueued {
@@ -132,7 +66,7 @@ pub struct CheckoutStatus {
 /// again is safe: at most one order is ever created per `cart_id`.
 #[utoipa::path(
     post, path = "/v1/checkouts", tag = "checkouts",
-    request_body(content = CheckoutRequest, content_type = "application/json"),
+    request_body(content = Cart, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, description = "If sent, must equal cart_id")),
     security((), ("storefront_key" = [])),
     responses(
@@ -153,6 +87,8 @@ pub async fn create(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
+    // The domain's parser, not serde: the cart's rules (the same for queue messages)
+    // report every bad field at once. `Cart`'s schema documents what it reads.
     let cart = Cart::parse(&body).map_err(|errors| {
         app.metrics.checkout("invalid");
         ApiError::Validation(errors)
@@ -172,8 +108,8 @@ pub async fn create(
         }
     }
     let checkout_id = cart.cart_id.as_uuid();
-    match app.intake.submit(&cart).await {
-        Ok(Accepted::Queued) => {
+    match app.intake.submit(&cart).await? {
+        Accepted::Queued => {
             let status_url = format!("/v1/checkouts/{checkout_id}");
             Ok(created_at(
                 StatusCode::ACCEPTED,
@@ -185,7 +121,7 @@ pub async fn create(
                 }),
             ))
         }
-        Ok(Accepted::Ordered(order_id)) => {
+        Accepted::Ordered(order_id) => {
             let order_url = format!("/v1/orders/{order_id}");
             Ok(created_at(
                 StatusCode::CREATED,
@@ -198,12 +134,6 @@ pub async fn create(
                 }),
             ))
         }
-        Err(e @ IntakeError::Conflict { .. }) => Err(ApiError::Conflict(e.to_string())),
-        Err(IntakeError::Unavailable) => Err(ApiError::Unavailable {
-            detail: "the cart could be neither queued nor written; nothing was stored, retry later"
-                .into(),
-            retry_after: app.config.retry_after,
-        }),
     }
 }
 
@@ -248,30 +178,17 @@ pub async fn status(
             status: CheckoutStatusKind::Rejected,
             ..pending(cart_id)
         })),
-        Ok(Lookup::Absent) | Err(_) => match database_state(&app, cart_id).await? {
+        Ok(Lookup::Absent) | Err(_) => match order_reads::checkout_state(&app.db, cart_id).await? {
             Some(state) => Ok(Json(from_state(cart_id, state))),
-            None if lookup.is_ok() => Err(ApiError::NotFound(format!("no checkout {cart_id}"))),
-            None => Err(ApiError::Unavailable {
-                detail: "the queue cannot be asked about this checkout right now".into(),
-                retry_after: app.config.retry_after,
-            }),
+            None => match lookup {
+                Ok(_) => Err(ApiError::NotFound(format!("no checkout {cart_id}"))),
+                Err(e) => Err(ApiError::unavailable_because(
+                    "the queue cannot be asked about this checkout right now",
+                    e,
+                )),
+            },
         },
     }
-}
-
-async fn database_state(
-    app: &AppState,
-    cart_id: CartId,
-) -> Result<Option<CheckoutState>, ApiError> {
-    order_reads::checkout_state(&app.db, cart_id)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "checkout status: database unavailable");
-            ApiError::Unavailable {
-                detail: "the orders database is unavailable".into(),
-                retry_after: app.config.retry_after,
-            }
-        })
 }
 
 fn pending(cart_id: CartId) -> CheckoutStatus {

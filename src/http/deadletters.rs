@@ -12,19 +12,21 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::admin::{AdminAuth, field, optional_string, unknown_fields};
+use super::admin::AdminAuth;
 use super::extract::{JsonBody, OptionalJsonBody, Query};
 use super::problem::{ApiError, Problem};
-use crate::domain::{Cart, FieldError};
+use super::request::{Fields, Findings};
 use crate::runtime::app::AppState;
-use crate::service::resubmit::{self, Options, Report};
-use crate::service::resubmit_jobs::{self, JobFilter, JobView, NewJob, Preview};
+use crate::service::resubmit::{Options, Report};
+use crate::service::resubmit_jobs::{self, JobView, NewJob, Preview};
 use crate::store::dead_letters::{self, AuditEntry, DeadLetterView, Filter, Status};
 
-const MAX_REASON: usize = 500;
+mod requests;
+
+use requests::{BulkRequest, BulkResubmit, Delete, DeleteRequest, Resubmit, ResubmitRequest};
+
 const MAX_FILTER: usize = 500;
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -70,13 +72,13 @@ pub async fn list(
     _auth: AdminAuth,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    let mut errors = Vec::new();
-    let text = |name: &str, value: Option<String>, errors: &mut Vec<_>| match value {
+    let mut found = Findings::default();
+    let text = |name: &str, value: Option<String>, found: &mut Findings| match value {
         Some(v) if v.chars().count() > MAX_FILTER => {
-            errors.push(field(
-                &format!("/{name}"),
+            found.add(
+                format!("/{name}"),
                 format!("must be at most {MAX_FILTER} characters"),
-            ));
+            );
             None
         }
         Some(v) if v.is_empty() => None,
@@ -85,30 +87,32 @@ pub async fn list(
     let status = match query.status.as_deref() {
         None | Some("") => Status::Open,
         Some(raw) => Status::parse(raw).unwrap_or_else(|| {
-            errors.push(field("/status", "must be open, resolved, deleted or all"));
+            found.add("/status", "must be open, resolved, deleted or all");
             Status::Open
         }),
     };
-    let reason = text("reason", query.reason, &mut errors);
-    let source = text("source", query.source, &mut errors);
-    let since = time("/since", query.since.as_deref(), &mut errors);
+    let reason = text("reason", query.reason, &mut found);
+    let source = text("source", query.source, &mut found);
+    let since = query.since.as_deref().map_or(Ok(None), time);
+    let since = since.unwrap_or_else(|detail| {
+        found.add("/since", detail);
+        None
+    });
     let after = match query.after.as_deref() {
         None | Some("") => None,
         Some(raw) => match raw.parse::<i64>() {
             Ok(id) if id >= 0 => Some(id),
             _ => {
-                errors.push(field("/after", "must be the `next` of a page"));
+                found.add("/after", "must be the `next` of a page");
                 None
             }
         },
     };
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        errors.push(field("/limit", "must be from 1 to 1000"));
+        found.add("/limit", "must be from 1 to 1000");
     }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    found.into_result()?;
     let filter = Filter {
         status,
         reason,
@@ -116,14 +120,11 @@ pub async fn list(
         since,
         after,
     };
-    let mut items = dead_letters::list(&app.db, &filter, limit + 1)
-        .await
-        .map_err(ApiError::database_unavailable)?;
+    let mut items = dead_letters::list(&app.db, &filter, limit + 1).await?;
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);
     let counts = dead_letters::counts_by_reason(&app.db)
-        .await
-        .map_err(ApiError::database_unavailable)?
+        .await?
         .into_iter()
         .collect();
     Ok(Json(DeadLetterPage {
@@ -161,23 +162,10 @@ pub async fn get(
 ) -> Result<Json<DeadLetterDetail>, ApiError> {
     let id = parse_id(&id)?;
     let dead_letter = dead_letters::find(&app.db, id)
-        .await
-        .map_err(ApiError::database_unavailable)?
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))?;
-    let audit = dead_letters::audit(&app.db, id)
-        .await
-        .map_err(ApiError::database_unavailable)?;
+    let audit = dead_letters::audit(&app.db, id).await?;
     Ok(Json(DeadLetterDetail { dead_letter, audit }))
-}
-
-/// Body of `DELETE /v1/admin/dead-letters/{id}` (documentation; parsed by hand to name
-/// every bad field).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct DeleteRequest {
-    /// Why it can go (kept in the audit trail), 1–500 characters.
-    #[schema(example = "test order from the storefront team")]
-    reason: String,
 }
 
 /// Deletes a dead letter from the list. It is kept, with who and why, and still shown by
@@ -199,34 +187,12 @@ pub async fn delete(
     JsonBody(body): JsonBody,
 ) -> Result<Json<DeadLetterDetail>, ApiError> {
     let id = parse_id(&id)?;
-    let Value::Object(body) = body else {
-        return Err(ApiError::field("", "must be a JSON object"));
-    };
-    let mut errors = Vec::new();
-    unknown_fields(&body, &["reason"], &mut errors);
-    let reason = match optional_string(&body, "reason", MAX_REASON, &mut errors) {
-        Some(reason) if !reason.trim().is_empty() => Some(reason.trim().to_string()),
-        Some(_) => {
-            errors.push(field("/reason", "must not be empty"));
-            None
-        }
-        None if !errors.iter().any(|e| e.pointer == "/reason") => {
-            errors.push(field("/reason", "is required: say why it can go"));
-            None
-        }
-        None => None,
-    };
-    let Some(reason) = reason.filter(|_| errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
+    let Delete { reason } = Fields::<DeleteRequest>::read(body)?.try_into()?;
     let dead_letter = dead_letters::delete(&app.db, id, &auth.actor, &reason)
-        .await
-        .map_err(ApiError::database_unavailable)?
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))?;
     tracing::warn!(id, by = %auth.actor, reason, "dead letter deleted");
-    let audit = dead_letters::audit(&app.db, id)
-        .await
-        .map_err(ApiError::database_unavailable)?;
+    let audit = dead_letters::audit(&app.db, id).await?;
     Ok(Json(DeadLetterDetail { dead_letter, audit }))
 }
 
@@ -237,41 +203,20 @@ fn parse_id(raw: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::field("/id", "must be a dead letter id (a positive integer)"))
 }
 
-fn time(pointer: &str, raw: Option<&str>, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
-    match raw {
-        None | Some("") => None,
-        Some(raw) => match DateTime::parse_from_rfc3339(raw) {
-            Ok(at) => Some(at.with_timezone(&Utc)),
-            Err(_) => {
-                errors.push(field(
-                    pointer,
-                    "must be an RFC 3339 time, e.g. 2026-11-26T02:00:00Z",
-                ));
-                None
-            }
-        },
+/// An RFC 3339 time; blank is none.
+fn time(raw: &str) -> Result<Option<DateTime<Utc>>, &'static str> {
+    if raw.is_empty() {
+        return Ok(None);
     }
+    DateTime::parse_from_rfc3339(raw)
+        .map(|at| Some(at.with_timezone(&Utc)))
+        .map_err(|_| "must be an RFC 3339 time, e.g. 2026-11-26T02:00:00Z")
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct ResubmitQuery {
     /// `true`: say what would happen, change nothing (no payment call either).
     dry_run: Option<bool>,
-}
-
-/// Body of `POST /v1/admin/dead-letters/{id}/resubmit`, all optional (documentation;
-/// parsed by hand to name every bad field).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct ResubmitRequest {
-    /// Why (kept in the audit trail), at most 500 characters.
-    #[schema(example = "schema 2 reader deployed")]
-    reason: Option<String>,
-    /// A corrected cart (the shape of `POST /v1/checkouts`) to process instead of the
-    /// message's own. Carts only: a partner reply is signed and cannot be corrected. A new
-    /// `cart_id` makes it a new checkout; the same one is held to the same idempotency.
-    #[schema(value_type = Option<Object>)]
-    cart: Option<Value>,
 }
 
 /// Resubmits a dead letter now, by the rules of its reader, and says what happened. Never
@@ -298,30 +243,8 @@ pub async fn resubmit(
     OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Json<Report>, ApiError> {
     let id = parse_id(&id)?;
-    let body = match body {
-        None => Map::new(),
-        Some(Value::Object(body)) => body,
-        Some(_) => return Err(ApiError::field("", "must be a JSON object")),
-    };
-    let mut errors = Vec::new();
-    unknown_fields(&body, &["reason", "cart"], &mut errors);
-    let reason = optional_string(&body, "reason", MAX_REASON, &mut errors);
-    let corrected = match body.get("cart") {
-        None | Some(Value::Null) => None,
-        Some(cart) => match Cart::parse(cart) {
-            Ok(cart) => Some(cart),
-            Err(bad) => {
-                errors.extend(bad.into_iter().map(|e| FieldError {
-                    pointer: format!("/cart{}", e.pointer),
-                    detail: e.detail,
-                }));
-                None
-            }
-        },
-    };
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    let Resubmit { reason, corrected } =
+        Fields::<ResubmitRequest>::read_optional(body)?.try_into()?;
     let options = Options {
         dry_run: query.dry_run.unwrap_or(false),
         corrected: corrected.as_ref(),
@@ -329,47 +252,7 @@ pub async fn resubmit(
         reason: reason.as_deref(),
         job: None,
     };
-    app.resubmitter
-        .resubmit(id, &options)
-        .await
-        .map(Json)
-        .map_err(resubmit_error)
-}
-
-fn resubmit_error(e: resubmit::Error) -> ApiError {
-    use resubmit::Error as E;
-    match e {
-        E::NotFound(_) => ApiError::NotFound(e.to_string()),
-        E::Deleted(_) | E::Resolved { .. } | E::LimitReached { .. } | E::Gated(_) => {
-            ApiError::Conflict(e.to_string())
-        }
-        E::CannotCorrectReply => ApiError::field("/cart", e.to_string()),
-        E::Retry(why) => ApiError::Unavailable {
-            detail: why,
-            retry_after: std::time::Duration::from_secs(5),
-        },
-        E::Database(e) => ApiError::database_unavailable(e),
-    }
-}
-
-/// Body of `POST /v1/admin/dead-letters/resubmit` (documentation; parsed by hand to name
-/// every bad field).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct BulkRequest {
-    /// Names the job: post the same id again to resume it after a crash (or to see it).
-    /// Chosen by the server when left out.
-    job_id: Option<Uuid>,
-    /// Which open dead letters: at least one of `reason`, `source`, `since`.
-    filter: JobFilter,
-    /// Why (kept in the audit trail of every dead letter), 1–500 characters. Not needed
-    /// for a dry run.
-    #[schema(example = "database constraint fixed in 1.4.2")]
-    reason: Option<String>,
-    /// `true`: dry-run each match (at most `max`) and count the outcomes; nothing changes.
-    dry_run: Option<bool>,
-    /// Dry run only: most dead letters to look at (1–10000, default 1000).
-    max: Option<i64>,
+    Ok(Json(app.resubmitter.resubmit(id, &options).await?))
 }
 
 /// Resubmits every open dead letter that matches a filter, oldest first, in a background
@@ -397,58 +280,15 @@ pub async fn resubmit_many(
     auth: AdminAuth,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let Value::Object(body) = body else {
-        return Err(ApiError::field("", "must be a JSON object"));
-    };
-    let mut errors = Vec::new();
-    unknown_fields(
-        &body,
-        &["job_id", "filter", "reason", "dry_run", "max"],
-        &mut errors,
-    );
-    let job_id = match body.get("job_id") {
-        None | Some(Value::Null) => Some(Uuid::now_v7()),
-        Some(Value::String(raw)) => Uuid::try_parse(raw).ok(),
-        Some(_) => None,
-    };
-    if job_id.is_none() {
-        errors.push(field("/job_id", "must be a UUID"));
-    }
-    let filter = job_filter(body.get("filter"), &mut errors);
-    let dry_run = match body.get("dry_run") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            errors.push(field("/dry_run", "must be true or false"));
-            false
-        }
-    };
-    let max = match body.get("max") {
-        None | Some(Value::Null) => 1000,
-        Some(v) => match v.as_i64() {
-            Some(n) if (1..=10_000).contains(&n) => n,
-            _ => {
-                errors.push(field("/max", "must be an integer from 1 to 10000"));
-                1000
-            }
-        },
-    };
-    let reason = optional_string(&body, "reason", MAX_REASON, &mut errors)
-        .map(|r| r.trim().to_string())
-        .filter(|r| !r.is_empty());
-    if reason.is_none() && !dry_run && !errors.iter().any(|e| e.pointer == "/reason") {
-        errors.push(field("/reason", "is required: say why these can go again"));
-    }
-    let (Some(job_id), Some(filter)) = (job_id, filter) else {
-        return Err(ApiError::Validation(errors));
-    };
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    let BulkResubmit {
+        job_id,
+        filter,
+        reason,
+        dry_run,
+        max,
+    } = Fields::<BulkRequest>::read(body)?.try_into()?;
     if dry_run {
-        let preview = resubmit_jobs::preview(&app.resubmitter, &filter, max)
-            .await
-            .map_err(ApiError::database_unavailable)?;
+        let preview = resubmit_jobs::preview(&app.resubmitter, &filter, max).await?;
         return Ok(Json(BulkAnswer::Preview(preview)).into_response());
     }
     let new = NewJob {
@@ -457,13 +297,7 @@ pub async fn resubmit_many(
         actor: auth.actor,
         reason: reason.unwrap_or_default(),
     };
-    let (view, started) =
-        resubmit_jobs::start(&app.resubmitter, new)
-            .await
-            .map_err(|e| match e {
-                resubmit_jobs::JobError::Mismatch(_) => ApiError::Conflict(e.to_string()),
-                resubmit_jobs::JobError::Database(e) => ApiError::database_unavailable(e),
-            })?;
+    let (view, started) = resubmit_jobs::start(&app.resubmitter, new).await?;
     let status = if started {
         StatusCode::ACCEPTED
     } else {
@@ -487,64 +321,6 @@ pub enum BulkAnswer {
     Job(Box<JobView>),
 }
 
-fn job_filter(raw: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<JobFilter> {
-    let Some(Value::Object(raw)) = raw else {
-        errors.push(field(
-            "/filter",
-            "is required: an object with at least one of reason, source, since",
-        ));
-        return None;
-    };
-    let before = errors.len();
-    for key in raw
-        .keys()
-        .filter(|k| !["reason", "source", "since"].contains(&k.as_str()))
-    {
-        errors.push(field(
-            &format!("/filter/{}", key.replace('~', "~0").replace('/', "~1")),
-            "is not a known field",
-        ));
-    }
-    let text = |name: &str, errors: &mut Vec<FieldError>| match raw.get(name) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_FILTER => {
-            Some(s.clone())
-        }
-        Some(_) => {
-            errors.push(field(
-                &format!("/filter/{name}"),
-                format!("must be a string of 1 to {MAX_FILTER} characters"),
-            ));
-            None
-        }
-    };
-    let reason = text("reason", errors);
-    let source = text("source", errors);
-    let since = match raw.get("since") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => time("/filter/since", Some(s), errors),
-        Some(_) => {
-            errors.push(field("/filter/since", "must be an RFC 3339 time"));
-            None
-        }
-    };
-    if errors.len() > before {
-        return None;
-    }
-    if reason.is_none() && source.is_none() && since.is_none() {
-        errors.push(field(
-            "/filter",
-            "must name at least one of reason, source, since (a bulk resubmit of everything is too easy to start by mistake)",
-        ));
-        return None;
-    }
-    Some(JobFilter {
-        reason,
-        source,
-        since,
-    })
-}
-
 /// A bulk resubmit and how far it got: `interrupted` means its instance died; post it
 /// again to resume.
 #[utoipa::path(get, path = "/v1/admin/dead-letters/resubmit/{job_id}", tag = "admin",
@@ -565,8 +341,7 @@ pub async fn resubmit_job(
     let job_id =
         Uuid::try_parse(&job_id).map_err(|_| ApiError::field("/job_id", "must be a UUID"))?;
     resubmit_jobs::find(&app.db, job_id)
-        .await
-        .map_err(ApiError::database_unavailable)?
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no resubmit job {job_id}")))
 }

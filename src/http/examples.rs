@@ -7,10 +7,12 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::{Uuid, uuid};
 
+use super::admin::SWITCH_UNAVAILABLE;
 use super::deadletters::{DeadLetterDetail, DeadLetterPage};
 use super::outbox::OutboxPage;
+use super::payments::CANNOT_WRITE_ORDERS;
 use super::payments::PaymentList;
-use super::problem::ApiError;
+use super::problem::{ApiError, DATABASE_UNAVAILABLE};
 use crate::domain::FieldError;
 use crate::domain::payment::{PaymentState, PaymentView};
 use crate::service::drain::{Backlog, Status};
@@ -44,17 +46,11 @@ pub fn admin_off() -> Value {
 }
 
 pub fn unavailable() -> Value {
-    problem(ApiError::Unavailable {
-        detail: "the orders database is unavailable".into(),
-        retry_after: std::time::Duration::from_secs(5),
-    })
+    problem(ApiError::unavailable(DATABASE_UNAVAILABLE))
 }
 
 pub fn switch_unavailable() -> Value {
-    problem(ApiError::Unavailable {
-        detail: "the database holding the drain switch is unavailable".into(),
-        retry_after: std::time::Duration::from_secs(5),
-    })
+    problem(ApiError::unavailable(SWITCH_UNAVAILABLE))
 }
 
 fn instance(name: &str, version: &str, state: &str, in_flight: i64, seen: i64) -> InstanceRow {
@@ -312,12 +308,7 @@ pub fn resolve_invalid() -> Value {
 }
 
 pub fn cannot_write_orders() -> Value {
-    problem(ApiError::Unavailable {
-        detail: "this instance cannot write orders now (database down, or its schema is newer \
-                 than this version); try another instance or later"
-            .into(),
-        retry_after: std::time::Duration::from_secs(5),
-    })
+    problem(ApiError::unavailable(CANNOT_WRITE_ORDERS))
 }
 
 // Dead letters.

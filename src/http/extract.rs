@@ -17,8 +17,9 @@ use crate::runtime::app::AppState;
 /// Largest request body accepted (DESIGN §3).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// A JSON request body, read up to [`MAX_BODY_BYTES`] into an untyped value; the handler
-/// parses it into domain types so that every bad field can be reported at once.
+/// A JSON request body, read up to [`MAX_BODY_BYTES`] into an untyped value. The handler
+/// reads it as its request type (`request::Fields`), or a cart with the domain's parser,
+/// after checking its path: either way every bad field is reported at once.
 /// Nesting deeper than serde_json's recursion limit (128) is a 400, not a crash.
 pub struct JsonBody(pub Value);
 

@@ -11,7 +11,9 @@ mod orders;
 mod outbox;
 mod payments;
 pub mod problem;
+mod request;
 pub mod server;
+mod service_errors;
 
 use std::time::Instant;
 
@@ -244,6 +246,10 @@ pub fn router(app: AppState) -> Router {
         .merge(admin_page::routes())
         .fallback(|| async { problem_response(StatusCode::NOT_FOUND, "no such resource") })
         .layer(middleware::from_fn_with_state(app.clone(), shed_load))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            problem::retry_after,
+        ))
         .layer(middleware::from_fn_with_state(app.clone(), record_metrics))
         .layer(
             ServiceBuilder::new()
@@ -278,13 +284,10 @@ async fn shed_load(State(app): State<AppState>, req: Request, next: Next) -> Res
         Ok(_permit) => next.run(req).await,
         Err(_) => {
             app.metrics.checkout("shed");
-            problem::ApiError::Unavailable {
-                detail: format!(
-                    "more than {} checkouts in progress; retry shortly",
-                    app.config.max_in_flight
-                ),
-                retry_after: app.config.retry_after,
-            }
+            problem::ApiError::unavailable(format!(
+                "more than {} checkouts in progress; retry shortly",
+                app.config.max_in_flight
+            ))
             .into_response()
         }
     }

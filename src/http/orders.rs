@@ -26,15 +26,8 @@ pub async fn get(
 ) -> Result<Json<OrderView>, ApiError> {
     let order_id = Uuid::try_parse(order_id.trim())
         .map_err(|_| ApiError::bad_request("order_id must be a UUID"))?;
-    match order_reads::find(&app.db, order_id).await {
-        Ok(Some(order)) => Ok(Json(order)),
-        Ok(None) => Err(ApiError::NotFound(format!("no order {order_id}"))),
-        Err(e) => {
-            tracing::warn!(error = %e, "order read failed");
-            Err(ApiError::Unavailable {
-                detail: "the orders database is unavailable".into(),
-                retry_after: app.config.retry_after,
-            })
-        }
-    }
+    order_reads::find(&app.db, order_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no order {order_id}")))
 }

@@ -68,12 +68,8 @@ pub async fn list(
                 .map_err(|_| ApiError::field("/after", "must be the `next` of a page"))?,
         ),
     };
-    let items = outbox::list(&app.db, status, after, limit + 1)
-        .await
-        .map_err(ApiError::database_unavailable)?;
-    let counts = outbox::counts(&app.db)
-        .await
-        .map_err(ApiError::database_unavailable)?;
+    let items = outbox::list(&app.db, status, after, limit + 1).await?;
+    let counts = outbox::counts(&app.db).await?;
     let more = items.len() as i64 > limit;
     let items: Vec<DispatchRow> = items.into_iter().take(limit as usize).collect();
     Ok(Json(OutboxPage {
@@ -105,10 +101,7 @@ pub async fn retry(
 ) -> Result<axum::http::StatusCode, ApiError> {
     let order_id =
         Uuid::try_parse(&order_id).map_err(|_| ApiError::field("/order_id", "must be a UUID"))?;
-    if !outbox::retry(&app.db, order_id, Utc::now())
-        .await
-        .map_err(ApiError::database_unavailable)?
-    {
+    if !outbox::retry(&app.db, order_id, Utc::now()).await? {
         return Err(ApiError::Conflict(format!(
             "order {order_id} has no outbox row in critical_error or error"
         )));

@@ -5,18 +5,21 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::admin::{AdminAuth, field, optional_string, unknown_fields};
+use super::admin::AdminAuth;
 use super::extract::{JsonBody, Query};
 use super::problem::{ApiError, Problem};
-use crate::domain::CartId;
+use super::request::{Fields, Findings, Sent};
 use crate::domain::payment::{Finding, PaymentView};
+use crate::domain::{CartId, FieldError};
 use crate::runtime::app::AppState;
-use crate::service::payment::resolve::{self, ResolveError};
+use crate::service::payment::resolve;
 use crate::store::payments as store;
 
 const MAX_REASON: usize = 500;
+/// What a 503 says when this instance may not write orders.
+pub const CANNOT_WRITE_ORDERS: &str = "this instance cannot write orders now (database down, \
+     or its schema is newer than this version); try another instance or later";
 const MAX_PAYMENT_ID: usize = 200;
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -55,49 +58,95 @@ pub async fn list(
     _auth: AdminAuth,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<PaymentList>, ApiError> {
-    let mut errors = Vec::new();
+    let mut found = Findings::default();
     let filter = match query.state.as_deref() {
         None | Some("unknown") => store::Filter::Unknown,
         Some("captured-without-order") => store::Filter::CapturedWithoutOrder,
         Some("all") => store::Filter::All,
         Some(_) => {
-            errors.push(field(
-                "/state",
-                "must be unknown, captured-without-order or all",
-            ));
+            found.add("/state", "must be unknown, captured-without-order or all");
             store::Filter::Unknown
         }
     };
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        errors.push(field("/limit", format!("must be from 1 to {MAX_LIMIT}")));
+        found.add("/limit", format!("must be from 1 to {MAX_LIMIT}"));
     }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    found.into_result()?;
     let cutoff = crate::domain::payment::abandoned_before(app.config.payment_timeout);
-    let items = store::list(&app.db, filter, cutoff, limit)
-        .await
-        .map_err(|e| unavailable(&app, e))?;
+    let items = store::list(&app.db, filter, cutoff, limit).await?;
     Ok(Json(PaymentList { items }))
 }
 
-/// Body of `POST /v1/admin/payments/{cart_id}/resolve` (documentation; parsed by hand to
-/// name every bad field).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+/// Body of `POST /v1/admin/payments/{cart_id}/resolve`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ResolveRequest {
     /// What the payment service says happened: `captured` places the order, `failed`
     /// rejects the checkout (`payment-failed`). A capture left without its order can be
     /// resolved `captured` too, which places the order.
-    #[schema(example = "captured")]
-    outcome: String,
+    #[serde(default)]
+    #[schema(value_type = String, required, example = "captured")]
+    outcome: Sent<String>,
     /// Why (kept in the audit record), 1 to 500 characters.
-    #[schema(example = "charge ch_3Nx… succeeded per the payment dashboard")]
-    reason: String,
+    #[serde(default)]
+    #[schema(value_type = String, required, example = "charge ch_3Nx… succeeded per the payment dashboard")]
+    reason: Sent<String>,
     /// The payment service's id for the capture (only with `captured`), at most 200
     /// characters.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    payment_id: Sent<String>,
+}
+
+/// An operator's resolution, checked.
+#[derive(Debug)]
+pub struct Resolution {
+    finding: Finding,
+    /// Trimmed, never blank.
+    reason: String,
     payment_id: Option<String>,
+}
+
+impl TryFrom<Fields<ResolveRequest>> for Resolution {
+    type Error = Vec<FieldError>;
+
+    fn try_from(body: Fields<ResolveRequest>) -> Result<Resolution, Vec<FieldError>> {
+        let ResolveRequest {
+            outcome,
+            reason,
+            payment_id,
+        } = body.known;
+        let mut found = Findings::default();
+        let finding = match outcome {
+            Sent::Absent => {
+                found.add("/outcome", "is required: captured or failed");
+                None
+            }
+            Sent::Typed(s) if s == "captured" => Some(Finding::Captured),
+            Sent::Typed(s) if s == "failed" => Some(Finding::Failed),
+            Sent::Typed(_) | Sent::WrongType => {
+                found.add("/outcome", "must be captured or failed");
+                None
+            }
+        };
+        let reason = reason.required_text(
+            "/reason",
+            MAX_REASON,
+            "is required: say what the check found",
+            &mut found,
+        );
+        let payment_id = payment_id.optional_text("/payment_id", MAX_PAYMENT_ID, &mut found);
+        if payment_id.is_some() && finding == Some(Finding::Failed) {
+            found.add("/payment_id", "only goes with outcome captured");
+        }
+        found.unknown("", &body.unknown);
+        let checked = finding.zip(reason).map(|(finding, reason)| Resolution {
+            finding,
+            reason,
+            payment_id,
+        });
+        found.finish(checked)
+    }
 }
 
 /// Resolve a payment whose outcome is unknown, once someone has checked with the payment
@@ -124,52 +173,15 @@ pub async fn resolve(
 ) -> Result<Json<PaymentView>, ApiError> {
     let cart_id =
         CartId::parse(&cart_id).map_err(|e| ApiError::bad_request(format!("cart_id {e}")))?;
-    let Value::Object(body) = body else {
-        return Err(ApiError::field("", "must be a JSON object"));
-    };
-    let mut errors = Vec::new();
-    let finding = match body.get("outcome") {
-        None | Some(Value::Null) => {
-            errors.push(field("/outcome", "is required: captured or failed"));
-            None
-        }
-        Some(Value::String(s)) if s == "captured" => Some(Finding::Captured),
-        Some(Value::String(s)) if s == "failed" => Some(Finding::Failed),
-        Some(_) => {
-            errors.push(field("/outcome", "must be captured or failed"));
-            None
-        }
-    };
-    let reason = match body.get("reason") {
-        None | Some(Value::Null) => {
-            errors.push(field("/reason", "is required: say what the check found"));
-            None
-        }
-        Some(_) => match optional_string(&body, "reason", MAX_REASON, &mut errors) {
-            Some(reason) if reason.trim().is_empty() => {
-                errors.push(field("/reason", "must not be empty"));
-                None
-            }
-            reason => reason.map(|r| r.trim().to_string()),
-        },
-    };
-    let payment_id = optional_string(&body, "payment_id", MAX_PAYMENT_ID, &mut errors);
-    if payment_id.is_some() && finding == Some(Finding::Failed) {
-        errors.push(field("/payment_id", "only goes with outcome captured"));
-    }
-    unknown_fields(&body, &["outcome", "reason", "payment_id"], &mut errors);
-    let (Some(finding), Some(reason), true) = (finding, reason, errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
+    let Resolution {
+        finding,
+        reason,
+        payment_id,
+    } = Fields::<ResolveRequest>::read(body)?.try_into()?;
     if !app.can_write_orders() {
-        return Err(ApiError::Unavailable {
-            detail: "this instance cannot write orders now (database down, or its schema is \
-                     newer than this version); try another instance or later"
-                .into(),
-            retry_after: app.config.retry_after,
-        });
+        return Err(ApiError::unavailable(CANNOT_WRITE_ORDERS));
     }
-    resolve::resolve(
+    let view = resolve::resolve(
         &app.db,
         cart_id.as_uuid(),
         finding,
@@ -178,19 +190,6 @@ pub async fn resolve(
         &reason,
         app.config.payment_timeout,
     )
-    .await
-    .map(Json)
-    .map_err(|e| match e {
-        ResolveError::NotFound(_) => ApiError::NotFound(e.to_string()),
-        ResolveError::Conflict(_) => ApiError::Conflict(e.to_string()),
-        ResolveError::Database(e) => unavailable(&app, e),
-    })
-}
-
-fn unavailable(app: &AppState, e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "payments: orders database unavailable");
-    ApiError::Unavailable {
-        detail: "the orders database is unavailable".into(),
-        retry_after: app.config.retry_after,
-    }
+    .await?;
+    Ok(Json(view))
 }

@@ -1,12 +1,16 @@
-//! The HTTP layer's one error type, rendered as RFC 9457 problem details.
+//! The HTTP layer's one error type, rendered as RFC 9457 problem details, and the one
+//! `Retry-After` policy for a service that cannot answer now.
 
 use std::time::Duration;
 
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::domain::FieldError;
+use crate::runtime::app::AppState;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -56,14 +60,27 @@ pub enum ApiError {
     },
     #[error("the request breaks {} rule(s)", .0.len())]
     Validation(Vec<FieldError>),
+    /// The database or the queue cannot serve the request now: 503, with the `Retry-After`
+    /// that [`retry_after`] sets. `cause`, when there is one, goes to the log only.
     #[error("{detail}")]
     Unavailable {
         detail: String,
-        retry_after: Duration,
+        #[source]
+        cause: Option<anyhow::Error>,
     },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
+
+/// Every bad field of a request, found by a request type's `TryFrom` or a parser.
+impl From<Vec<FieldError>> for ApiError {
+    fn from(errors: Vec<FieldError>) -> Self {
+        ApiError::Validation(errors)
+    }
+}
+
+/// What a 503 says when the orders database failed a read or write.
+pub const DATABASE_UNAVAILABLE: &str = "the orders database is unavailable";
 
 impl ApiError {
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
@@ -89,12 +106,22 @@ impl ApiError {
         ))
     }
 
-    /// The orders database failed a read or write an admin call needed.
-    pub fn database_unavailable(e: impl std::fmt::Display) -> ApiError {
-        tracing::error!(error = %e, "orders database unavailable to an admin call");
+    /// A 503 with nothing to log beyond `detail`.
+    pub fn unavailable(detail: impl Into<String>) -> ApiError {
         ApiError::Unavailable {
-            detail: "the orders database is unavailable".into(),
-            retry_after: std::time::Duration::from_secs(5),
+            detail: detail.into(),
+            cause: None,
+        }
+    }
+
+    /// A 503 caused by `cause`, which is logged and never shown.
+    pub fn unavailable_because(
+        detail: impl Into<String>,
+        cause: impl Into<anyhow::Error>,
+    ) -> ApiError {
+        ApiError::Unavailable {
+            detail: detail.into(),
+            cause: Some(cause.into()),
         }
     }
 
@@ -171,12 +198,6 @@ impl ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        ApiError::Internal(e.into())
-    }
-}
-
 /// A problem response for a bare status code (used for errors raised outside handlers).
 pub fn problem_response(status: StatusCode, detail: &str) -> Response {
     let problem = Problem {
@@ -202,19 +223,24 @@ fn render(status: StatusCode, problem: &Problem) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Internal(e) = &self {
-            // The chain goes to the log, never to the client.
-            tracing::error!(error = ?e, "request failed");
+        // The chain goes to the log, never to the client.
+        match &self {
+            ApiError::Internal(e) => tracing::error!(error = ?e, "request failed"),
+            ApiError::Unavailable {
+                detail,
+                cause: Some(e),
+            } => tracing::warn!(error = ?e, "{detail}"),
+            _ => {}
         }
         let mut response = render(status, &self.problem());
         match &self {
-            ApiError::Unavailable { retry_after, .. }
-            | ApiError::TooManyRequests { retry_after, .. } => {
-                // Whole seconds, rounded up: retrying earlier would only be refused again.
-                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            ApiError::Unavailable { .. } => {
+                response.extensions_mut().insert(RetryLater);
+            }
+            ApiError::TooManyRequests { retry_after, .. } => {
                 response
                     .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                    .insert(header::RETRY_AFTER, whole_seconds(*retry_after));
             }
             ApiError::Unauthorized => {
                 response
@@ -225,4 +251,28 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Marks a response whose `Retry-After` the [`retry_after`] layer writes.
+#[derive(Clone, Copy)]
+struct RetryLater;
+
+/// The one `Retry-After` policy: a 503 because the database or the queue cannot serve now
+/// says "retry after `CARTBUS_RETRY_AFTER_SECONDS`", whichever handler, extractor or layer
+/// answered it. A layer, because the setting lives in the state and an error's
+/// `into_response` cannot see the state. (A 429's wait is the lockout's, not this.)
+pub async fn retry_after(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    if response.extensions_mut().remove::<RetryLater>().is_some() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, whole_seconds(app.config.retry_after));
+    }
+    response
+}
+
+/// Whole seconds, rounded up, at least 1: retrying earlier would only be refused again.
+fn whole_seconds(wait: Duration) -> HeaderValue {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(seconds.max(1))
 }

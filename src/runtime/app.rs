@@ -11,8 +11,8 @@ use crate::service::payment::Gateway;
 use crate::service::readiness::{self, Health};
 use crate::service::resubmit::Resubmitter;
 use crate::service::worker::Gate;
-use crate::store::{Db, StoreError};
 use crate::store::switch::{InstanceRow, Switch};
+use crate::store::{Db, StoreError};
 
 pub type AppState = Arc<App>;
 

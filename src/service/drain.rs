@@ -20,8 +20,8 @@ pub use crate::domain::drain::Mode;
 use crate::domain::drain::{Identity, SwitchReading};
 use crate::queue::Queue;
 use crate::service::readiness::{Health, can_write_orders};
-use crate::store::{Db, StoreError};
 use crate::store::switch::{self, Change, InstanceRow, Switch};
+use crate::store::{Db, StoreError};
 
 /// How often the switch is read and the heartbeat written (DESIGN: poll ≤ 1 s).
 pub const POLL: Duration = Duration::from_millis(500);

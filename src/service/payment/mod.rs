@@ -16,8 +16,8 @@ use crate::domain::payment::in_flight_since;
 use crate::domain::{Cart, Reason};
 use crate::metrics::Metrics;
 use crate::queue::Message;
-use crate::store::{Db, StoreError};
 use crate::store::payments::{self as store, Known};
+use crate::store::{Db, StoreError};
 pub use gateway::Gateway;
 
 /// What the shopper is told when an operator found that a payment did not go through.
