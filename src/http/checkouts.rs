@@ -202,7 +202,7 @@ pub async fn create(
         Err(IntakeError::Unavailable) => Err(ApiError::Unavailable {
             detail: "the cart could be neither queued nor written; nothing was stored, retry later"
                 .into(),
-            retry_after: app.config.retry_after,
+            retry_after: app.config.http.retry_after,
         }),
     }
 }
@@ -239,7 +239,7 @@ pub async fn status(
     }
     let lookup = app
         .queue
-        .lookup(&app.config.cart_address, &cart_id.to_string())
+        .lookup(&app.config.queue.cart_address, &cart_id.to_string())
         .await;
     match lookup {
         Ok(Lookup::Waiting) | Ok(Lookup::Unknown) => Ok(Json(pending(cart_id))),
@@ -253,7 +253,7 @@ pub async fn status(
             None if lookup.is_ok() => Err(ApiError::NotFound(format!("no checkout {cart_id}"))),
             None => Err(ApiError::Unavailable {
                 detail: "the queue cannot be asked about this checkout right now".into(),
-                retry_after: app.config.retry_after,
+                retry_after: app.config.http.retry_after,
             }),
         },
     }
@@ -269,7 +269,7 @@ async fn database_state(
             tracing::warn!(error = %e, "checkout status: database unavailable");
             ApiError::Unavailable {
                 detail: "the orders database is unavailable".into(),
-                retry_after: app.config.retry_after,
+                retry_after: app.config.http.retry_after,
             }
         })
 }

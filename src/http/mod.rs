@@ -239,7 +239,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 pub fn router(app: AppState) -> Router {
     let (routes, _) = api().split_for_parts();
-    let timeout = app.config.request_timeout;
+    let timeout = app.config.http.request_timeout;
     routes
         .merge(admin_page::routes())
         .fallback(|| async { problem_response(StatusCode::NOT_FOUND, "no such resource") })
@@ -281,9 +281,9 @@ async fn shed_load(State(app): State<AppState>, req: Request, next: Next) -> Res
             problem::ApiError::Unavailable {
                 detail: format!(
                     "more than {} checkouts in progress; retry shortly",
-                    app.config.max_in_flight
+                    app.config.http.max_in_flight
                 ),
-                retry_after: app.config.retry_after,
+                retry_after: app.config.http.retry_after,
             }
             .into_response()
         }

@@ -33,7 +33,7 @@ pub async fn get(
             tracing::warn!(error = %e, "order read failed");
             Err(ApiError::Unavailable {
                 detail: "the orders database is unavailable".into(),
-                retry_after: app.config.retry_after,
+                retry_after: app.config.http.retry_after,
             })
         }
     }

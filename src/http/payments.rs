@@ -75,7 +75,7 @@ pub async fn list(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let cutoff = crate::domain::payment::abandoned_before(app.config.payment_timeout);
+    let cutoff = crate::domain::payment::abandoned_before(app.config.payments.timeout);
     let items = store::list(&app.db, filter, cutoff, limit)
         .await
         .map_err(|e| unavailable(&app, e))?;
@@ -166,7 +166,7 @@ pub async fn resolve(
             detail: "this instance cannot write orders now (database down, or its schema is \
                      newer than this version); try another instance or later"
                 .into(),
-            retry_after: app.config.retry_after,
+            retry_after: app.config.http.retry_after,
         });
     }
     resolve::resolve(
@@ -176,7 +176,7 @@ pub async fn resolve(
         payment_id.as_deref(),
         &auth.actor,
         &reason,
-        app.config.payment_timeout,
+        app.config.payments.timeout,
     )
     .await
     .map(Json)
@@ -191,6 +191,6 @@ fn unavailable(app: &AppState, e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "payments: orders database unavailable");
     ApiError::Unavailable {
         detail: "the orders database is unavailable".into(),
-        retry_after: app.config.retry_after,
+        retry_after: app.config.http.retry_after,
     }
 }
