@@ -29,6 +29,9 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document.
     Openapi,
+    /// Print every effective setting (as `serve` would load it), where its value came
+    /// from and its `--config` key; secrets redacted. Exit 2 if a setting is invalid.
+    Config,
     /// The drain switch of running instances: status, pause, resume (via the admin API).
     Consumer(cartbus::cli::ConsumerArgs),
     /// Work with the broker named by CARTBUS_QUEUE_URL.
@@ -67,6 +70,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(Command::Config) = cli.command {
+        return cartbus::cli::config(cli.config.as_deref());
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,

@@ -192,7 +192,9 @@ fn every_number_is_checked_against_its_range() {
             Kind::Amount => (0, i64::MAX as u64),
             _ => continue,
         };
-        let below = min.checked_sub(1).map_or("-1".to_string(), |n| n.to_string());
+        let below = min
+            .checked_sub(1)
+            .map_or("-1".to_string(), |n| n.to_string());
         for bad in [below, (max + 1).to_string(), "many".to_string()] {
             let err = Config::from_vars([(setting.env, bad.as_str())])
                 .expect_err(setting.env)
