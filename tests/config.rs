@@ -1,10 +1,11 @@
 //! `cartbus config` and the configuration's sources: the real binary's listing for a
-//! given environment, redaction of every secret, the layering of file and environment.
+//! given environment, redaction of every secret, the layering of file and environment,
+//! and the table in docs/configuration.md, which must say what `config::settings` says.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use cartbus::config::settings::SETTINGS;
+use cartbus::config::settings::{DefaultValue, Kind, SETTINGS, Setting};
 use cartbus::config::{Config, Loaded};
 
 /// `cartbus config` with exactly `vars` for environment, in an empty directory.
@@ -242,4 +243,71 @@ fn the_environment_wins_over_the_file_and_the_file_over_the_defaults() {
         );
         Ok(())
     });
+}
+
+/// docs/configuration.md's table is this rendering of `SETTINGS`. After changing a
+/// setting, `UPDATE_DOCS=1 cargo test --test config` writes it.
+#[test]
+fn the_docs_table_is_the_settings_table() {
+    const BEGIN: &str =
+        "<!-- settings: generated from src/config/settings.rs by tests/config.rs -->\n";
+    const END: &str = "<!-- end of settings -->";
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+    let docs = std::fs::read_to_string(path).expect("docs/configuration.md");
+    let (Some(start), Some(end)) = (docs.find(BEGIN), docs.find(END)) else {
+        panic!("docs/configuration.md lacks the {BEGIN:?} … {END:?} markers");
+    };
+    let start = start + BEGIN.len();
+    let table = docs_table();
+    if docs[start..end] == table {
+        return;
+    }
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let updated = format!("{}{table}{}", &docs[..start], &docs[end..]);
+        std::fs::write(path, updated).expect("docs/configuration.md written");
+        return;
+    }
+    panic!(
+        "docs/configuration.md's settings table differs from src/config/settings.rs; \
+         run `UPDATE_DOCS=1 cargo test --test config` and commit the result. Expected:\n{table}"
+    );
+}
+
+fn docs_table() -> String {
+    let mut table = String::from(
+        "| variable | `--config` key | default | values | meaning |\n|---|---|---|---|---|\n",
+    );
+    for setting in SETTINGS {
+        table.push_str(&format!(
+            "| `{}` | `{}` | {} | {} | {} |\n",
+            setting.env,
+            setting.key,
+            default(setting),
+            values(setting.kind),
+            setting.doc.trim()
+        ));
+    }
+    table
+}
+
+fn default(setting: &Setting) -> String {
+    match setting.default {
+        DefaultValue::Text(text) => format!("`{text}`"),
+        DefaultValue::Number(n) => format!("`{n}`"),
+        DefaultValue::Unset => "unset".into(),
+        DefaultValue::Derived { doc, .. } | DefaultValue::PerPartner(doc) => doc.into(),
+    }
+}
+
+fn values(kind: Kind) -> String {
+    match kind {
+        Kind::Text => "text".into(),
+        Kind::Url => "URL".into(),
+        Kind::Secret => "secret, ≥ 16 characters".into(),
+        Kind::Switch => "`on` / `off`".into(),
+        Kind::Count { min, max } => format!("{min}–{max}"),
+        Kind::Seconds { min, max } => format!("{min}–{max} s"),
+        Kind::Millis { min, max } => format!("{min}–{max} ms"),
+        Kind::Amount => "≥ 0".into(),
+    }
 }
