@@ -3,7 +3,10 @@
 //! 0 done (for `pause --wait`: drained), 3 not drained when the wait ended, 4 wrong or
 //! missing token, 5 admin API off on that instance, 6 bad request, 1 anything else
 //! (unreachable, server error).
+//!
+//! `cartbus config`: the settings this instance would run with.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -296,4 +299,40 @@ fn progress(status: &Value) -> String {
             busy.join(", ")
         )
     }
+}
+
+/// `cartbus config`: every effective setting, loaded exactly as `serve` loads it (the same
+/// `--config` file and environment), one per line: its variable, its value (secrets as
+/// `[redacted]`, URLs without credentials), where the value came from, its `--config` key.
+/// An invalid setting exits 2 with the message `serve` would stop with.
+pub fn config(file: Option<&Path>) -> ExitCode {
+    let loaded = match crate::config::Loaded::load(file) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("cartbus: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let header = ["SETTING", "VALUE", "SOURCE", "KEY"].map(String::from);
+    let rows: Vec<[String; 4]> = std::iter::once(header)
+        .chain(
+            loaded
+                .settings()
+                .into_iter()
+                .map(|s| [s.env, s.value, s.source, s.key]),
+        )
+        .collect();
+    // Long values (a routing table) run over their column rather than widen it for all.
+    let width = |column: usize, cap: usize| {
+        rows.iter()
+            .map(|row| row[column].chars().count())
+            .max()
+            .unwrap_or(0)
+            .min(cap)
+    };
+    let (env, value, source) = (width(0, 40), width(1, 40), width(2, 40));
+    for [e, v, s, k] in &rows {
+        println!("{e:<env$}  {v:<value$}  {s:<source$}  {k}");
+    }
+    ExitCode::SUCCESS
 }

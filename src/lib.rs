@@ -58,10 +58,10 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let db = Db::connect_lazy(&config).context("DATABASE_URL is not a usable database URL")?;
         let metrics = Arc::new(Metrics::new());
-        let config_kind = config.database_kind.clone();
-        let max_in_flight = config.max_in_flight;
+        let config_kind = config.database.kind.clone();
+        let max_in_flight = config.http.max_in_flight;
         let queue = open_queue(&config, &db, &metrics).await;
-        let outbox_queue = match &config.queue {
+        let outbox_queue = match &config.queue.backend {
             QueueConfig::Amqp(_) if config.fulfilment.enabled() => {
                 open_queue(&config, &db, &metrics).await
             }
@@ -70,15 +70,15 @@ impl Application {
         let payments = service::payment::Gateway::from_config(&config)
             .context("cannot build the HTTP client for CARTBUS_PAYMENT_URL")?
             .map(Arc::new);
-        let listener = TcpListener::bind(config.listen)
+        let listener = TcpListener::bind(config.http.listen)
             .await
-            .with_context(|| format!("cannot listen on {} (CARTBUS_LISTEN)", config.listen))?;
+            .with_context(|| format!("cannot listen on {} (CARTBUS_LISTEN)", config.http.listen))?;
         let control = Arc::new(Control::new(
             Identity {
                 instance: config.instance.clone(),
                 version: config.version.clone(),
                 known_schema: store::known_schema_version(&config_kind),
-                consumer_enabled: config.consumer_enabled,
+                consumer_enabled: config.consumer.enabled,
             },
             metrics.intake_messages.clone(),
             metrics.drain_messages.clone(),
@@ -92,12 +92,12 @@ impl Application {
             health: health.clone(),
             payments: payments.clone(),
             settings: Arc::new(IntakeSettings {
-                cart_address: config.cart_address.clone(),
-                send_timeout: config.send_timeout,
-                request_timeout: config.request_timeout,
+                cart_address: config.queue.cart_address.clone(),
+                send_timeout: config.queue.send_timeout,
+                request_timeout: config.http.request_timeout,
             }),
         };
-        let admin_failures = runtime::auth_failures::AuthFailures::new(&config.hostile);
+        let admin_failures = runtime::auth_failures::AuthFailures::new(&config.admin.auth_failures);
         let outbox_wake = Arc::new(tokio::sync::Notify::new());
         let resubmitter = Resubmitter {
             db: db.clone(),
@@ -106,7 +106,7 @@ impl Application {
             control: control.clone(),
             outbox_wake: outbox_wake.clone(),
             fulfilment: Arc::new(config.fulfilment.clone()),
-            resubmit_limit: config.resubmit_limit,
+            resubmit_limit: config.admin.resubmit_limit,
             instance: config.instance.clone(),
             jobs: Arc::default(),
         };
@@ -126,9 +126,9 @@ impl Application {
             resubmitter,
         });
         if let Some(gateway) = &app.payments {
-            tracing::info!(endpoint = %gateway.endpoint(), timeout = ?app.config.payment_timeout, "payment capture on: carts are captured before they become orders");
+            tracing::info!(endpoint = %gateway.endpoint(), timeout = ?app.config.payments.timeout, "payment capture on: carts are captured before they become orders");
         }
-        if app.config.admin_token.is_none() {
+        if app.config.admin.token.is_none() {
             tracing::warn!(
                 "admin API off (/v1/admin/* answers 404): set CARTBUS_ADMIN_TOKEN (16+ characters) to pause and resume consumers"
             );
@@ -171,7 +171,7 @@ impl Application {
         } = self;
         let workers_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        for _ in 0..app.config.consumers {
+        for _ in 0..app.config.consumer.tasks {
             tasks.spawn(runtime::tasks::consumer(app.clone(), workers_stop.clone()));
         }
         tasks.spawn(runtime::tasks::relay(app.clone(), workers_stop.clone()));
@@ -188,14 +188,14 @@ impl Application {
             async move {
                 shutdown.cancelled().await;
                 app.health.begin_shutdown();
-                tracing::info!(delay = ?app.config.shutdown_delay, "shutting down: not ready any more");
-                tokio::time::sleep(app.config.shutdown_delay).await;
+                tracing::info!(delay = ?app.config.shutdown.delay, "shutting down: not ready any more");
+                tokio::time::sleep(app.config.shutdown.delay).await;
             }
         };
         let server = http::server::serve(
             listener,
             http::router(app.clone()),
-            &app.config.hostile,
+            &app.config.http.limits,
             &app.metrics,
             drain,
         );
@@ -204,7 +204,7 @@ impl Application {
             () = &mut server => {}
             _ = shutdown.cancelled() => {
                 workers_stop.cancel();
-                let grace = app.config.shutdown_delay + app.config.shutdown_timeout;
+                let grace = app.config.shutdown.delay + app.config.shutdown.timeout;
                 if tokio::time::timeout(grace, &mut server).await.is_err() {
                     tracing::warn!("in-flight requests did not finish in time; closing them");
                 }
@@ -212,7 +212,7 @@ impl Application {
         };
         workers_stop.cancel();
         tasks.close();
-        if tokio::time::timeout(app.config.shutdown_timeout, tasks.wait())
+        if tokio::time::timeout(app.config.shutdown.timeout, tasks.wait())
             .await
             .is_err()
         {
@@ -232,12 +232,12 @@ impl Application {
 
 /// The queue `CARTBUS_QUEUE_URL` names; an unusable one stands in as [`UnavailableQueue`].
 pub async fn open_queue(config: &Config, db: &Db, metrics: &Metrics) -> Arc<dyn Queue> {
-    match &config.queue {
+    match &config.queue.backend {
         QueueConfig::Embedded { path } => {
             let options = EmbeddedOptions {
                 owner: config.instance.clone(),
-                lease: config.lease,
-                max_attempts: config.max_attempts,
+                lease: config.queue.lease,
+                max_attempts: config.consumer.max_attempts,
                 poll_interval: EMBEDDED_POLL,
             };
             match EmbeddedQueue::open(path, options).await {
@@ -252,13 +252,13 @@ pub async fn open_queue(config: &Config, db: &Db, metrics: &Metrics) -> Arc<dyn 
             }
         }
         QueueConfig::Amqp(broker) => {
-            tracing::info!(endpoint = %broker.endpoint(), address = %config.cart_address, "using an AMQP 1.0 broker");
+            tracing::info!(endpoint = %broker.endpoint(), address = %config.queue.cart_address, "using an AMQP 1.0 broker");
             Arc::new(AmqpQueue::start(
                 AmqpOptions {
                     broker: broker.clone(),
                     instance: config.instance.clone(),
-                    cart_address: config.cart_address.clone(),
-                    send_timeout: config.send_timeout,
+                    cart_address: config.queue.cart_address.clone(),
+                    send_timeout: config.queue.send_timeout,
                     counters: BrokerCounters {
                         connects: metrics.queue_connects.clone(),
                         losses: metrics.queue_connection_losses.clone(),

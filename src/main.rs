@@ -29,6 +29,9 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document.
     Openapi,
+    /// Print every effective setting (as `serve` would load it), where its value came
+    /// from and its `--config` key; secrets redacted. Exit 2 if a setting is invalid.
+    Config,
     /// The drain switch of running instances: status, pause, resume (via the admin API).
     Consumer(cartbus::cli::ConsumerArgs),
     /// Work with the broker named by CARTBUS_QUEUE_URL.
@@ -68,6 +71,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Config) = cli.command {
+        return cartbus::cli::config(cli.config.as_deref());
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -75,7 +81,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    cartbus::telemetry::init(&config.log, config.log_json);
+    cartbus::telemetry::init(&config.log.filter, config.log.json);
     // Fail points do nothing unless built for tests (see Cargo.toml).
     let _fail_points = fail::FailScenario::setup();
 
@@ -92,8 +98,8 @@ fn main() -> ExitCode {
                 command: BrokerCommand::Setup { dead_letter_queue },
             }) => broker_setup(&config, dead_letter_queue).await,
             Some(Command::Migrate) => {
-                cartbus::store::migrate_url(&config.database_url, &config.database_kind).await?;
-                tracing::info!(database = ?config.database_kind, "migrations applied");
+                cartbus::store::migrate_url(&config.database.url, &config.database.kind).await?;
+                tracing::info!(database = ?config.database.kind, "migrations applied");
                 Ok(())
             }
             _ => serve(config).await,
@@ -110,10 +116,10 @@ fn main() -> ExitCode {
 }
 
 async fn broker_setup(config: &Config, dead_letter_queue: Option<String>) -> anyhow::Result<()> {
-    let cartbus::config::QueueConfig::Amqp(broker) = &config.queue else {
+    let cartbus::config::QueueConfig::Amqp(broker) = &config.queue.backend else {
         anyhow::bail!("CARTBUS_QUEUE_URL names no broker (the embedded queue needs no set-up)");
     };
-    let address = &config.cart_address;
+    let address = &config.queue.cart_address;
     let queue = address.rsplit('/').next().unwrap_or(address);
     let dlq = dead_letter_queue.unwrap_or_else(|| format!("{queue}.dlq"));
     let prefix = &address[..address.len() - queue.len()];

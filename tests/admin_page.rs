@@ -136,7 +136,7 @@ async fn an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browse
     let mut tx = app.state.db.begin().await.expect("begin");
     cartbus::store::dead_letters::record(
         &mut tx,
-        &config.cart_address,
+        &config.queue.cart_address,
         &message::encode(&cart, chrono::Utc::now()),
         Reason::MaxAttempts,
         "failed 5 times: the orders database did not answer",

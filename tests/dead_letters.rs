@@ -115,7 +115,7 @@ async fn dead_letters_can_be_listed_filtered_paged_inspected_and_deleted_with_a_
         let conflict = &conflicts["items"][0];
         assert_eq!(conflicts["items"].as_array().map(Vec::len), Some(1));
         assert_eq!(conflict["message_id"], cart_id.as_str());
-        assert_eq!(conflict["source"], config.cart_address.as_str());
+        assert_eq!(conflict["source"], config.queue.cart_address.as_str());
         assert_eq!(
             conflict["body"]["cart"]["lines"][0]["name"],
             "Something else"
@@ -272,7 +272,7 @@ async fn seed_one_of_each(app: &TestApp) -> Seeded {
     app.state
         .queue
         .send(
-            &config.cart_address,
+            &config.queue.cart_address,
             common::unknown_schema_message(&unknown_schema),
         )
         .await

@@ -1138,7 +1138,7 @@ async fn a_resubmitted_cart_is_charged_at_most_once() {
             app.state
                 .queue
                 .send(
-                    &app.state.config.cart_address,
+                    &app.state.config.queue.cart_address,
                     common::unknown_schema_message(cart),
                 )
                 .await

@@ -77,7 +77,7 @@ async fn cartbus_publish(
                 .to_string(),
         ),
     ])?;
-    let QueueConfig::Amqp(broker) = config.queue.clone() else {
+    let QueueConfig::Amqp(broker) = config.queue.backend.clone() else {
         anyhow::bail!("not a broker URL");
     };
     let db = cartbus::store::Db::connect_lazy(&config)?;

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    cartbus::telemetry::init(&config.log, config.log_json);
+    cartbus::telemetry::init(&config.log.filter, config.log.json);
     let name = args.partner.to_ascii_lowercase();
     let Some(partner) = config.fulfilment.partner(&name) else {
         eprintln!(

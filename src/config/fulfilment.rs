@@ -1,14 +1,18 @@
 //! Fulfilment settings (DESIGN §7): the routing table, partners' addresses and secrets,
-//! the audit copy and the relay's pace. Partners are named by the environment itself
-//! (`CARTBUS_PARTNER_<NAME>_ADDRESS`, `…_SECRET`), so they are read from every key the
-//! configuration holds rather than from a fixed list.
+//! the audit copy and the relay's pace. Partners are named by the configuration itself
+//! (`CARTBUS_PARTNER_<NAME>_ADDRESS`, `…_SECRET`; `[fulfilment.partners.<name>]` in the
+//! file), so they are read from whatever `fulfilment.partners` holds rather than from a
+//! fixed list.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use figment::value::Value;
 use secrecy::SecretString;
 
-use crate::config::{ConfigError, in_range};
+use super::ConfigError;
+use super::settings::{self as s, Setting};
+use super::sources::{Values, scalar_text};
 
 /// `country[:region]=partner` rules, first match wins; `*` is the default partner.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,24 +170,6 @@ impl FulfilmentSettings {
     }
 }
 
-/// The raw values, before validation; `partner_keys` are every `partner_*` key the
-/// configuration holds (lowercased, without `CARTBUS_`) with its value.
-pub struct RawFulfilment<'a> {
-    pub routes: Option<&'a str>,
-    pub audit_address: Option<&'a str>,
-    pub audit_threshold: i64,
-    pub status_address: Option<&'a str>,
-    pub relay_batch: u32,
-    pub relay_lease_seconds: u64,
-    pub relay_max_retries: u32,
-    pub relay_retry_base_ms: u64,
-    pub relay_poll_ms: u64,
-    pub relay_workers: u32,
-    pub partner_keys: Vec<(String, String)>,
-    /// Queue addresses look like `/queue/NAME` on RabbitMQ 3.x, `NAME` elsewhere.
-    pub address_prefix: &'a str,
-}
-
 fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Dynamic {
         setting: setting.into(),
@@ -191,36 +177,41 @@ fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigErro
     }
 }
 
-pub fn validate(raw: RawFulfilment<'_>) -> Result<FulfilmentSettings, ConfigError> {
-    let routes = match raw.routes.map(str::trim) {
-        None | Some("") => None,
-        Some(text) => Some(Routes::parse(text).map_err(|e| invalid("CARTBUS_ROUTES", e))?),
+/// `address_prefix`: queue addresses look like `/queue/NAME` on RabbitMQ 3.x, `NAME`
+/// elsewhere.
+pub(super) fn read(v: &Values, address_prefix: &str) -> Result<FulfilmentSettings, ConfigError> {
+    let routes = match v.given(&s::ROUTES)? {
+        None => None,
+        Some(text) => Some(Routes::parse(&text).map_err(|e| invalid(s::ROUTES.env, e))?),
     };
-    let address = |setting: &str, value: Option<&str>, default: &str| match value.map(str::trim) {
-        None | Some("") => Ok(format!("{}{default}", raw.address_prefix)),
-        Some(a) if a.len() > 500 => Err(invalid(setting, "at most 500 bytes")),
-        Some(a) => Ok(a.to_string()),
+    let address = |setting: &Setting, default: &str| match v.given(setting)? {
+        None => Ok(format!("{address_prefix}{default}")),
+        Some(a) if a.len() > 500 => Err(invalid(setting.env, "at most 500 bytes")),
+        Some(a) => Ok(a),
     };
 
     let mut addresses: BTreeMap<String, String> = BTreeMap::new();
     let mut secrets: BTreeMap<String, SecretString> = BTreeMap::new();
-    for (key, value) in raw.partner_keys {
-        let setting = format!("CARTBUS_{}", key.to_ascii_uppercase());
-        let rest = &key["partner_".len()..];
-        let (name, kind) = if let Some(name) = rest.strip_suffix("_address") {
-            (name, "address")
-        } else if let Some(name) = rest.strip_suffix("_secret") {
-            (name, "secret")
-        } else {
+    for (name, kind, value) in partner_values(v) {
+        let setting = match &kind {
+            Some(kind) => format!("CARTBUS_PARTNER_{name}_{kind}"),
+            None => format!("CARTBUS_PARTNER_{name}"),
+        }
+        .to_ascii_uppercase();
+        let (Some(kind @ ("address" | "secret")), Some(value)) = (kind.as_deref(), value) else {
             return Err(invalid(
                 setting,
                 "unknown partner setting: expected CARTBUS_PARTNER_<NAME>_ADDRESS or CARTBUS_PARTNER_<NAME>_SECRET",
             ));
         };
-        let name = partner_name(name).map_err(|why| invalid(&setting, why))?;
+        let name = partner_name(&name).map_err(|why| invalid(&setting, why))?;
         if kind == "address" {
-            if !value.trim().is_empty() {
-                addresses.insert(name, address(&setting, Some(&value), "")?);
+            let value = value.trim();
+            if value.len() > 500 {
+                return Err(invalid(setting, "at most 500 bytes"));
+            }
+            if !value.is_empty() {
+                addresses.insert(name, value.to_string());
             }
         } else {
             if value.trim() != value || value.len() < 16 {
@@ -244,55 +235,49 @@ pub fn validate(raw: RawFulfilment<'_>) -> Result<FulfilmentSettings, ConfigErro
             let partner = Partner {
                 address: addresses
                     .remove(&name)
-                    .unwrap_or_else(|| format!("{}partner-{name}", raw.address_prefix)),
+                    .unwrap_or_else(|| format!("{address_prefix}partner-{name}")),
                 secret: secrets.remove(&name),
             };
             (name, partner)
         })
         .collect();
 
-    if raw.audit_threshold < 0 {
-        return Err(invalid(
-            "CARTBUS_AUDIT_THRESHOLD",
-            format!("{} must be ≥ 0 (minor units)", raw.audit_threshold),
-        ));
-    }
     let relay = RelaySettings {
-        batch: in_range("CARTBUS_RELAY_BATCH", u64::from(raw.relay_batch), 1, 1_000)? as usize,
-        lease: Duration::from_secs(in_range(
-            "CARTBUS_RELAY_LEASE_SECONDS",
-            raw.relay_lease_seconds,
-            1,
-            3_600,
-        )?),
-        max_retries: in_range(
-            "CARTBUS_RELAY_MAX_RETRIES",
-            u64::from(raw.relay_max_retries),
-            0,
-            1_000,
-        )? as u32,
-        retry_base: Duration::from_millis(in_range(
-            "CARTBUS_RELAY_RETRY_BASE_MS",
-            raw.relay_retry_base_ms,
-            10,
-            600_000,
-        )?),
-        poll: Duration::from_millis(in_range(
-            "CARTBUS_RELAY_POLL_MS",
-            raw.relay_poll_ms,
-            10,
-            60_000,
-        )?),
-        workers: in_range("CARTBUS_RELAY_WORKERS", raw.relay_workers, 1, 64)? as usize,
+        batch: v.number(&s::RELAY_BATCH)? as usize,
+        lease: v.duration(&s::RELAY_LEASE)?,
+        max_retries: v.number(&s::RELAY_MAX_RETRIES)? as u32,
+        retry_base: v.duration(&s::RELAY_RETRY_BASE)?,
+        poll: v.duration(&s::RELAY_POLL)?,
+        workers: v.number(&s::RELAY_WORKERS)? as usize,
     };
     Ok(FulfilmentSettings {
         routes,
         partners,
-        audit_address: address("CARTBUS_AUDIT_ADDRESS", raw.audit_address, "audit")?,
-        audit_threshold: raw.audit_threshold,
-        status_address: address("CARTBUS_STATUS_ADDRESS", raw.status_address, "order-status")?,
+        audit_address: address(&s::AUDIT_ADDRESS, "audit")?,
+        audit_threshold: v.amount(&s::AUDIT_THRESHOLD)?,
+        status_address: address(&s::STATUS_ADDRESS, "order-status")?,
         relay,
     })
+}
+
+/// Every `fulfilment.partners.<name>.<kind>` value as (name, kind, text); an entry that
+/// is not a table of single values comes back without its kind or text, to be reported.
+fn partner_values(v: &Values) -> Vec<(String, Option<String>, Option<String>)> {
+    let Some(Value::Dict(_, partners)) = v.get("fulfilment.partners") else {
+        return Vec::new();
+    };
+    let mut values = Vec::new();
+    for (name, entry) in partners {
+        match entry {
+            Value::Dict(_, settings) => values.extend(
+                settings
+                    .iter()
+                    .map(|(kind, value)| (name.clone(), Some(kind.clone()), scalar_text(value))),
+            ),
+            _ => values.push((name.clone(), None, None)),
+        }
+    }
+    values
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let Some(token) = &app.config.admin_token else {
+        let Some(token) = &app.config.admin.token else {
             return Err(ApiError::NotFound(
                 "the admin API is off: CARTBUS_ADMIN_TOKEN is not set".into(),
             ));
@@ -77,13 +77,13 @@ impl FromRequestParts<AppState> for AdminAuth {
 /// Counts a wrong credential from `client` and says so, never with what was presented.
 fn record_failure(app: &AppState, client: IpAddr) {
     let recorded = app.admin_failures.record(client);
-    let limits = &app.config.hostile;
+    let limits = &app.config.admin.auth_failures;
     if recorded.limit_reached {
         tracing::warn!(
             %client,
             failures = recorded.client,
             failures_all_clients = recorded.all,
-            window = ?limits.admin_failure_window,
+            window = ?limits.window,
             "too many wrong admin credentials: admin calls answer 429 until the window ends"
         );
     } else {

@@ -169,7 +169,7 @@ pub async fn status(
     }
     let lookup = app
         .queue
-        .lookup(&app.config.cart_address, &cart_id.to_string())
+        .lookup(&app.config.queue.cart_address, &cart_id.to_string())
         .await;
     match lookup {
         Ok(Lookup::Waiting) | Ok(Lookup::Unknown) => Ok(Json(pending(cart_id))),

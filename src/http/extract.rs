@@ -43,7 +43,11 @@ where
         }
         // One deadline for the whole body, so a client trickling it in cannot hold the
         // request (and its in-flight slot) for long.
-        let deadline = AppState::from_ref(state).config.hostile.body_read_timeout;
+        let deadline = AppState::from_ref(state)
+            .config
+            .http
+            .limits
+            .body_read_timeout;
         let read = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES);
         let bytes = tokio::time::timeout(deadline, read)
             .await
@@ -146,7 +150,7 @@ impl FromRequestParts<AppState> for StorefrontAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        match &app.config.storefront_key {
+        match &app.config.http.storefront_key {
             None => Ok(StorefrontAuth),
             Some(key)
                 if bearer(&parts.headers)

@@ -241,7 +241,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 pub fn router(app: AppState) -> Router {
     let (routes, _) = api().split_for_parts();
-    let timeout = app.config.request_timeout;
+    let timeout = app.config.http.request_timeout;
     routes
         .merge(admin_page::routes())
         .fallback(|| async { problem_response(StatusCode::NOT_FOUND, "no such resource") })
@@ -286,7 +286,7 @@ async fn shed_load(State(app): State<AppState>, req: Request, next: Next) -> Res
             app.metrics.checkout("shed");
             problem::ApiError::unavailable(format!(
                 "more than {} checkouts in progress; retry shortly",
-                app.config.max_in_flight
+                app.config.http.max_in_flight
             ))
             .into_response()
         }

@@ -73,7 +73,7 @@ pub async fn list(
         found.add("/limit", format!("must be from 1 to {MAX_LIMIT}"));
     }
     found.into_result()?;
-    let cutoff = crate::domain::payment::abandoned_before(app.config.payment_timeout);
+    let cutoff = crate::domain::payment::abandoned_before(app.config.payments.timeout);
     let items = store::list(&app.db, filter, cutoff, limit).await?;
     Ok(Json(PaymentList { items }))
 }
@@ -188,7 +188,7 @@ pub async fn resolve(
         payment_id.as_deref(),
         &auth.actor,
         &reason,
-        app.config.payment_timeout,
+        app.config.payments.timeout,
     )
     .await?;
     Ok(Json(view))

@@ -264,9 +264,10 @@ struct RetryLater;
 pub async fn retry_after(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let mut response = next.run(req).await;
     if response.extensions_mut().remove::<RetryLater>().is_some() {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, whole_seconds(app.config.retry_after));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            whole_seconds(app.config.http.retry_after),
+        );
     }
     response
 }

@@ -54,7 +54,7 @@ impl App {
             &self.db,
             &self.control,
             self.queue.as_ref(),
-            &self.config.cart_address,
+            &self.config.queue.cart_address,
         )
         .await
     }
@@ -63,7 +63,7 @@ impl App {
         drain::backlog(
             &self.control,
             self.queue.as_ref(),
-            &self.config.cart_address,
+            &self.config.queue.cart_address,
         )
         .await
     }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::HostileLimits;
+use crate::config::AuthFailureLimits;
 
 pub struct AuthFailures {
     per_client: u32,
@@ -77,11 +77,11 @@ pub struct HeldOff {
 }
 
 impl AuthFailures {
-    pub fn new(limits: &HostileLimits) -> AuthFailures {
+    pub fn new(limits: &AuthFailureLimits) -> AuthFailures {
         AuthFailures {
-            per_client: limits.admin_failures_per_client,
-            global: limits.admin_failures_global,
-            window: limits.admin_failure_window,
+            per_client: limits.per_client,
+            global: limits.global,
+            window: limits.window,
             state: Mutex::default(),
         }
     }

@@ -120,7 +120,7 @@ async fn dead_letters(app: &App) {
 
 async fn payments(app: &App) {
     use crate::store::payments;
-    let abandoned_before = crate::domain::payment::abandoned_before(app.config.payment_timeout);
+    let abandoned_before = crate::domain::payment::abandoned_before(app.config.payments.timeout);
     let (unknown, stuck) = tokio::join!(
         within(payments::count_unknown(&app.db, abandoned_before)),
         within(payments::count_captured_without_order(

@@ -21,12 +21,12 @@ pub async fn consumer(app: AppState, stop: CancellationToken) {
             payments: app.payments.as_deref(),
             control: &app.control,
             outbox_wake: &app.outbox_wake,
-            cart_address: &config.cart_address,
-            max_attempts: config.max_attempts,
+            cart_address: &config.queue.cart_address,
+            max_attempts: config.consumer.max_attempts,
         },
         queue: app.queue.as_ref(),
-        batch: config.consumer_batch,
-        enabled: config.consumer_enabled,
+        batch: config.consumer.batch,
+        enabled: config.consumer.enabled,
     };
     consumer::run(consumer, app.gate(), stop).await;
 }
@@ -40,7 +40,7 @@ pub async fn replies(app: AppState, stop: CancellationToken) {
     replies::run(
         step,
         app.queue.as_ref(),
-        app.config.consumer_enabled,
+        app.config.consumer.enabled,
         app.gate(),
         stop,
     )
@@ -56,5 +56,5 @@ pub async fn relay(app: AppState, stop: CancellationToken) {
         instance: &app.config.instance,
         wake: &app.outbox_wake,
     };
-    relay::run(relay, app.config.consumer_enabled, app.gate(), stop).await;
+    relay::run(relay, app.config.consumer.enabled, app.gate(), stop).await;
 }

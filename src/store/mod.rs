@@ -109,15 +109,15 @@ impl Db {
     /// Creates the pool without connecting: the service starts (and queues carts) even
     /// while the database is down. The first use connects.
     pub fn connect_lazy(config: &Config) -> Result<Db, sqlx::Error> {
-        let url = config.database_url.expose_secret();
+        let url = config.database.url.expose_secret();
         let acquire_timeout = Duration::from_secs(3);
-        match config.database_kind {
+        match config.database.kind {
             DatabaseKind::Postgres => {
                 let options = PgConnectOptions::from_str(url)?.application_name("cartbus");
                 let port = options.get_port();
                 Ok(Db::Postgres(
                     PgPoolOptions::new()
-                        .max_connections(config.database_max_connections)
+                        .max_connections(config.database.max_connections)
                         .acquire_timeout(acquire_timeout)
                         .after_connect(move |_, _| {
                             Box::pin(async move {
@@ -144,7 +144,7 @@ impl Db {
                 }
                 Ok(Db::Sqlite(
                     SqlitePoolOptions::new()
-                        .max_connections(config.database_max_connections)
+                        .max_connections(config.database.max_connections)
                         .acquire_timeout(acquire_timeout)
                         .after_release(|conn, _| Box::pin(crate::sqlite::connection_is_sound(conn)))
                         .connect_lazy_with(options),

@@ -39,14 +39,14 @@ impl Gateway {
 
     /// The gateway `config` asks for; `None` when no payment endpoint is configured.
     pub fn from_config(config: &Config) -> Result<Option<Gateway>, reqwest::Error> {
-        let Some(url) = &config.payment_url else {
+        let Some(url) = &config.payments.url else {
             return Ok(None);
         };
         let client = reqwest::Client::builder()
-            .timeout(config.payment_timeout)
+            .timeout(config.payments.timeout)
             // Shorter than the whole call, so that a connect that gives up is reported as
             // a connect error (never sent, retried) rather than as an unknown timeout.
-            .connect_timeout(config.payment_timeout / 2)
+            .connect_timeout(config.payments.timeout / 2)
             // A fresh connection per call: a pooled one that the server closed meanwhile
             // fails half-way, and that would count as "unknown".
             .pool_max_idle_per_host(0)
@@ -56,8 +56,8 @@ impl Gateway {
         Ok(Some(Gateway {
             client,
             url: url.clone(),
-            token: config.payment_token.clone(),
-            timeout: config.payment_timeout,
+            token: config.payments.token.clone(),
+            timeout: config.payments.timeout,
         }))
     }
 

@@ -1,0 +1,234 @@
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use super::settings::Kind;
+use super::*;
+
+#[test]
+fn defaults_work_on_one_machine() {
+    let config = Config::from_vars([]).expect("defaults are valid");
+    assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.database.kind, DatabaseKind::Sqlite);
+    assert_eq!(
+        config.database.url.expose_secret(),
+        "sqlite://./data/cartbus.db"
+    );
+    assert!(
+        matches!(config.queue.backend, QueueConfig::Embedded { ref path } if path == Path::new("./data/queue.db"))
+    );
+    assert!(config.consumer.enabled);
+    assert!(config.admin.token.is_none());
+}
+
+#[test]
+fn a_numeric_looking_version_is_a_string() {
+    let config = Config::from_vars([("CARTBUS_VERSION", "2")]).expect("valid");
+    assert_eq!(config.version, "2");
+}
+
+#[test]
+fn bad_values_name_their_setting() {
+    for (key, value) in [
+        ("CARTBUS_LISTEN", "nowhere"),
+        ("CARTBUS_CONSUMER", "maybe"),
+        ("CARTBUS_CONSUMER_BATCH", "0"),
+        ("CARTBUS_CONSUMER_BATCH", "many"),
+        ("DATABASE_URL", "mysql://x"),
+        ("CARTBUS_QUEUE_URL", "kafka://x"),
+        ("CARTBUS_QUEUE_URL", "amqp://"),
+        ("CARTBUS_AMQP_WINDOW", "0"),
+        ("CARTBUS_QUEUE_URL", "amqp://:secret@broker"),
+        ("CARTBUS_AMQP_CA_FILE", "/nonexistent/ca.pem"),
+        ("CARTBUS_SEND_TIMEOUT_MS", "5000"),
+        ("CARTBUS_ADMIN_TOKEN", "short"),
+        ("CARTBUS_LOG_FORMAT", "xml"),
+        ("CARTBUS_PAYMENT_URL", "ftp://pay.example/capture"),
+        ("CARTBUS_PAYMENT_URL", "not a url"),
+        ("CARTBUS_PAYMENT_TIMEOUT_MS", "50"),
+        ("CARTBUS_PAYMENT_TIMEOUT_MS", "60001"),
+        ("CARTBUS_MAX_CONNECTIONS", "0"),
+        ("CARTBUS_HEADER_READ_TIMEOUT_SECONDS", "0"),
+        ("CARTBUS_BODY_READ_TIMEOUT_SECONDS", "601"),
+        ("CARTBUS_MAX_HEADER_BYTES", "512"),
+        ("CARTBUS_MAX_HEADERS", "2"),
+        ("CARTBUS_ADMIN_AUTH_FAILURES", "0"),
+        ("CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES", "0"),
+        ("CARTBUS_ADMIN_AUTH_WINDOW_SECONDS", "0"),
+    ] {
+        let err = Config::from_vars([(key, value)])
+            .expect_err(key)
+            .to_string();
+        assert!(err.contains(key), "{err:?} should name {key}");
+    }
+}
+
+#[test]
+fn a_payment_timeout_must_end_inside_half_the_request_timeout() {
+    let with = |payment_ms: &str, request_s: &str| {
+        Config::from_vars([
+            ("CARTBUS_PAYMENT_URL", "https://pay.example/capture"),
+            ("CARTBUS_PAYMENT_TIMEOUT_MS", payment_ms),
+            ("CARTBUS_REQUEST_TIMEOUT_SECONDS", request_s),
+        ])
+    };
+    assert!(with("4999", "10").is_ok());
+    for (payment_ms, request_s) in [("5000", "10"), ("5000", "9"), ("60000", "30")] {
+        let err = with(payment_ms, request_s)
+            .expect_err("too long")
+            .to_string();
+        assert!(err.contains("CARTBUS_PAYMENT_TIMEOUT_MS"), "{err}");
+    }
+    // No payment endpoint: the timeout is unused, so not held against the request's.
+    assert!(
+        Config::from_vars([
+            ("CARTBUS_PAYMENT_TIMEOUT_MS", "5000"),
+            ("CARTBUS_REQUEST_TIMEOUT_SECONDS", "5")
+        ])
+        .is_ok()
+    );
+}
+
+#[test]
+fn an_amqp_url_gives_endpoint_credentials_and_vhost() {
+    let config = Config::from_vars([(
+        "CARTBUS_QUEUE_URL",
+        "amqps://RootManageSharedAccessKey:a%2Fb%2Bc%3D@shop.servicebus.windows.net/prod",
+    )])
+    .expect("valid");
+    let QueueConfig::Amqp(amqp) = &config.queue.backend else {
+        panic!("not amqp")
+    };
+    assert!(amqp.tls);
+    assert_eq!(amqp.port, 5671);
+    assert_eq!(amqp.username.as_deref(), Some("RootManageSharedAccessKey"));
+    assert_eq!(
+        amqp.password.as_ref().map(|p| p.expose_secret()),
+        Some("a/b+c=")
+    );
+    assert_eq!(amqp.vhost.as_deref(), Some("prod"));
+    assert_eq!(config.queue.cart_address, "/queue/checkout-carts");
+    assert!(!format!("{config:?}").contains("a/b+c="));
+
+    let config =
+        Config::from_vars([("CARTBUS_QUEUE_URL", "amqp://guest:guest@127.0.0.1")]).expect("valid");
+    let QueueConfig::Amqp(amqp) = &config.queue.backend else {
+        panic!("not amqp")
+    };
+    assert_eq!(
+        (amqp.tls, amqp.port, amqp.vhost.as_deref()),
+        (false, 5672, None)
+    );
+}
+
+#[test]
+fn an_all_digit_partner_secret_keeps_its_leading_zeros() {
+    let config = Config::from_vars([
+        ("CARTBUS_ROUTES", "*=acme"),
+        ("CARTBUS_PARTNER_ACME_SECRET", "0012345678901234567890"),
+    ])
+    .expect("valid");
+    let acme = config.fulfilment.partner("acme").expect("acme");
+    assert_eq!(
+        acme.secret.as_ref().map(|s| s.expose_secret()),
+        Some("0012345678901234567890")
+    );
+    assert_eq!(acme.address, "partner-acme");
+    let err = Config::from_vars([("CARTBUS_PARTNER_ACME_KEY", "x")])
+        .expect_err("unknown partner setting")
+        .to_string();
+    assert!(err.contains("CARTBUS_PARTNER_ACME_KEY"), "{err}");
+}
+
+#[test]
+fn secrets_never_print() {
+    let config = Config::from_vars([
+        ("CARTBUS_ADMIN_TOKEN", "super-secret-admin-token"),
+        ("DATABASE_URL", "postgres://u:hunter2hunter2@db/x"),
+    ])
+    .expect("valid");
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("super-secret-admin-token"));
+    assert!(!printed.contains("hunter2hunter2"));
+    let err = Config::from_vars([("DATABASE_URL", "mysql://u:hunter2hunter2@db/x")])
+        .expect_err("bad scheme")
+        .to_string();
+    assert!(!err.contains("hunter2hunter2"));
+}
+
+#[test]
+fn the_payment_endpoint_never_prints_its_key() {
+    let config = Config::from_vars([
+        (
+            "CARTBUS_PAYMENT_URL",
+            "https://pay.example:8443/capture?key=k3y-in-query",
+        ),
+        ("CARTBUS_PAYMENT_TOKEN", "payment-bearer-token-0123"),
+    ])
+    .expect("valid");
+    let url = config.payments.url.as_ref().expect("configured");
+    assert_eq!(url.to_string(), "https://pay.example:8443/capture");
+    assert_eq!(url.as_url().query(), Some("key=k3y-in-query"));
+    assert_eq!(config.payments.timeout, Duration::from_secs(5));
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("k3y-in-query"));
+    assert!(!printed.contains("payment-bearer-token-0123"));
+    let err = Config::from_vars([("CARTBUS_PAYMENT_URL", "ftp://pay.example/?key=k3y-in-query")])
+        .expect_err("bad scheme")
+        .to_string();
+    assert!(!err.contains("k3y-in-query"));
+}
+
+/// Every number in the table is read through its row: one past either end of its range
+/// stops start-up naming its variable.
+#[test]
+fn every_number_is_checked_against_its_range() {
+    for setting in settings::SETTINGS {
+        let (min, max) = match setting.kind {
+            Kind::Count { min, max } | Kind::Seconds { min, max } | Kind::Millis { min, max } => {
+                (min, max)
+            }
+            Kind::Amount => (0, i64::MAX as u64),
+            _ => continue,
+        };
+        let below = min
+            .checked_sub(1)
+            .map_or("-1".to_string(), |n| n.to_string());
+        for bad in [below, (max + 1).to_string(), "many".to_string()] {
+            let err = Config::from_vars([(setting.env, bad.as_str())])
+                .expect_err(setting.env)
+                .to_string();
+            assert!(err.contains(setting.env), "{bad}: {err}");
+        }
+    }
+}
+
+#[test]
+fn every_secret_refuses_a_short_value_without_showing_it() {
+    let mut secrets = 0;
+    for setting in settings::SETTINGS.iter().filter(|s| s.secret()) {
+        let env = setting.env.replace("<NAME>", "ACME");
+        let err = Config::from_vars([(env.as_str(), "short-s3cret")])
+            .expect_err(setting.env)
+            .to_string();
+        assert!(err.contains(&env), "{err}");
+        assert!(!err.contains("short-s3cret"), "{err}");
+        secrets += 1;
+    }
+    assert_eq!(secrets, 4, "admin, storefront, payment, partner");
+}
+
+/// The flat TOML keys of earlier versions are the variables' names without `CARTBUS_`:
+/// no two settings may share one, nor a dotted key.
+#[test]
+fn keys_and_variables_are_unique() {
+    let mut seen = std::collections::BTreeSet::new();
+    for setting in settings::SETTINGS {
+        assert!(seen.insert(setting.env.to_string()), "{}", setting.env);
+        assert!(seen.insert(setting.key.to_string()), "{}", setting.key);
+        if setting.flat_key() != setting.key {
+            assert!(seen.insert(setting.flat_key()), "{}", setting.flat_key());
+        }
+    }
+}
