@@ -111,10 +111,6 @@ impl Control {
         self.mode() == Mode::Fenced
     }
 
-    pub fn known_schema(&self) -> i64 {
-        self.identity.known_schema
-    }
-
     /// This instance as the drain switch sees it.
     pub fn identity(&self) -> &Identity {
         &self.identity

@@ -67,30 +67,32 @@ pub struct IntakeSettings {
 
 impl Intake {
     pub async fn submit(&self, cart: &Cart) -> Result<Accepted, IntakeError> {
-        let app = self;
         let message = message::encode(cart, Utc::now());
-        let address = &app.settings.cart_address;
+        let address = &self.settings.cart_address;
         // Test-only: a slow intake, to fill the in-flight limit with real checkouts.
         crate::fault::delay_if_hit("intake-slow").await;
-        match tokio::time::timeout(app.settings.send_timeout, app.queue.send(address, message))
-            .await
+        match tokio::time::timeout(
+            self.settings.send_timeout,
+            self.queue.send(address, message),
+        )
+        .await
         {
             Ok(Ok(())) => {
                 // Test-only: die after the queue took the cart, before the storefront hears.
                 crate::fault::freeze_if_hit("intake-after-send").await;
-                app.metrics.checkout("queued");
-                app.control.count_accepted();
+                self.metrics.checkout("queued");
+                self.control.count_accepted();
                 return Ok(Accepted::Queued);
             }
             Ok(Err(e)) => {
                 tracing::warn!(cart_id = %cart.cart_id, error = %e, "queue refused the cart; writing the order directly");
             }
             Err(_) => {
-                tracing::warn!(cart_id = %cart.cart_id, timeout = ?app.settings.send_timeout, "queue did not confirm in time; writing the order directly");
+                tracing::warn!(cart_id = %cart.cart_id, timeout = ?self.settings.send_timeout, "queue did not confirm in time; writing the order directly");
             }
         }
         let result = self.write_directly(cart).await;
-        app.metrics.checkout(match &result {
+        self.metrics.checkout(match &result {
             Ok(_) => "direct",
             Err(IntakeError::Conflict { .. }) => Reason::Conflict.label(),
             Err(IntakeError::Unavailable) => "unavailable",
@@ -103,8 +105,7 @@ impl Intake {
     /// without its result or its order. The request waits for the task at most half its
     /// timeout; past that the task still finishes, and a retry finds what it did.
     async fn write_directly(&self, cart: &Cart) -> Result<Accepted, IntakeError> {
-        let app = self;
-        if !can_write_orders(&app.health, &app.control) {
+        if !can_write_orders(&self.health, &self.control) {
             tracing::error!(cart_id = %cart.cart_id, "database down or its schema not ready; cannot write the order directly");
             return Err(IntakeError::Unavailable);
         }
@@ -113,7 +114,7 @@ impl Intake {
             let cart = cart.clone();
             async move { intake.pay_and_place(&cart).await }
         });
-        match tokio::time::timeout(app.settings.request_timeout / 2, task).await {
+        match tokio::time::timeout(self.settings.request_timeout / 2, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(e)) => {
                 tracing::error!(cart_id = %cart.cart_id, error = %e, "direct write task failed");
@@ -134,7 +135,6 @@ impl Intake {
     /// `payment-unknown` for a person to resolve). A call that never left, or a first call
     /// that may still be in flight, answers 503 so that the storefront tries again.
     async fn pay_and_place(&self, cart: &Cart) -> Result<Accepted, IntakeError> {
-        let app = self;
         let cart_id = cart.cart_id.as_uuid();
         let message = message::encode(cart, Utc::now());
         let unavailable = |e: StoreError| {
@@ -142,9 +142,9 @@ impl Intake {
             IntakeError::Unavailable
         };
         let verdicts = place::pay(
-            &app.db,
-            &app.metrics,
-            app.payments.as_deref(),
+            &self.db,
+            &self.metrics,
+            self.payments.as_deref(),
             &[(cart, &message)],
         )
         .await
@@ -154,12 +154,12 @@ impl Intake {
             tracing::warn!(%cart_id, why, "payment not attempted; the storefront should retry");
             return Err(IntakeError::Unavailable);
         }
-        if app.payments.is_some() && verdict == Verdict::Proceed {
+        if self.payments.is_some() && verdict == Verdict::Proceed {
             // Test-only: die between the capture and its order.
             crate::fault::freeze_if_hit("direct-after-payment").await;
         }
         let write = async {
-            let mut tx = app.db.begin().await?;
+            let mut tx = self.db.begin().await?;
             let outcome = place::place(&mut tx, &[(cart, &verdict)], Source::Direct)
                 .await?
                 .pop()

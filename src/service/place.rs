@@ -42,15 +42,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The order made or found (or, for a conflict, the one in the way).
-    pub fn order_id(&self) -> Option<Uuid> {
-        match self {
-            Outcome::Created(id) | Outcome::Duplicate(id) => Some(*id),
-            Outcome::Rejected { order_id, .. } => *order_id,
-            Outcome::PaymentUnknown(_) => None,
-        }
-    }
-
     /// The `outcome` label of `cartbus_consumer_messages_total`.
     pub fn label(&self) -> &'static str {
         match self {

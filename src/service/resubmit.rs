@@ -215,24 +215,23 @@ pub struct Resubmitter {
 impl Resubmitter {
     /// Resubmits dead letter `id` (see the module doc).
     pub async fn resubmit(&self, id: i64, options: &Options<'_>) -> Result<Report, Error> {
-        let app = self;
-        let letter = dead_letters::load(&app.db, id)
+        let letter = dead_letters::load(&self.db, id)
             .await?
             .ok_or(Error::NotFound(id))?;
         self.check(&letter, options.dry_run)?;
-        let plan = if letter.source == app.fulfilment.status_address {
+        let plan = if letter.source == self.fulfilment.status_address {
             if options.corrected.is_some() {
                 return Err(Error::CannotCorrectReply);
             }
-            Plan::Reply(replies::check(&app.fulfilment, &letter.message()))
+            Plan::Reply(replies::check(&self.fulfilment, &letter.message()))
         } else {
             self.plan_cart(&letter, options).await?
         };
 
-        let mut tx = app.db.begin().await?;
+        let mut tx = self.db.begin().await?;
         if !options.dry_run
             && let Some(why) =
-                crate::store::switch::forbids_consuming(&mut tx, app.control.identity()).await?
+                crate::store::switch::forbids_consuming(&mut tx, self.control.identity()).await?
         {
             return Err(Error::Gated(why.to_string()));
         }
@@ -249,9 +248,9 @@ impl Resubmitter {
         } else {
             mark(&mut tx, &letter, &done, resolved, options).await?;
             tx.commit().await?;
-            app.metrics.dead_letter_resubmit(done.outcome.as_str());
+            self.metrics.dead_letter_resubmit(done.outcome.as_str());
             if done.outcome == Outcome::CreatedOrder {
-                app.outbox_wake.notify_one();
+                self.outbox_wake.notify_one();
             }
             tracing::info!(
                 dead_letter = id,
@@ -270,13 +269,12 @@ impl Resubmitter {
             order_id: done.order_id,
             cart_id: done.cart_id,
             resubmits,
-            resubmit_limit: app.resubmit_limit,
+            resubmit_limit: self.resubmit_limit,
         })
     }
 
     /// Refuses a dead letter that is deleted, resolved or (for real) at its replay limit.
     fn check(&self, letter: &Row, dry_run: bool) -> Result<(), Error> {
-        let app = self;
         if letter.deleted_at.is_some() {
             return Err(Error::Deleted(letter.id));
         }
@@ -291,7 +289,7 @@ impl Resubmitter {
                 resolution,
             });
         }
-        if !dry_run && letter.resubmits >= i32::try_from(app.resubmit_limit).unwrap_or(i32::MAX) {
+        if !dry_run && letter.resubmits >= i32::try_from(self.resubmit_limit).unwrap_or(i32::MAX) {
             return Err(Error::LimitReached {
                 id: letter.id,
                 resubmits: letter.resubmits,
@@ -301,7 +299,6 @@ impl Resubmitter {
     }
 
     async fn plan_cart(&self, letter: &Row, options: &Options<'_>) -> Result<Plan, Error> {
-        let app = self;
         let original = letter.message();
         let cart = match options.corrected {
             Some(cart) => Box::new(cart.clone()),
@@ -321,7 +318,7 @@ impl Resubmitter {
             Source::Queue
         };
         let verdict = if options.dry_run {
-            place::predict_payment(&app.db, app.payments.as_deref(), &cart).await?
+            place::predict_payment(&self.db, self.payments.as_deref(), &cart).await?
         } else {
             // The payment step sees the cart being placed (the corrected one, if any).
             let message = match options.corrected {
@@ -329,9 +326,9 @@ impl Resubmitter {
                 None => original,
             };
             let verdicts = place::pay(
-                &app.db,
-                &app.metrics,
-                app.payments.as_deref(),
+                &self.db,
+                &self.metrics,
+                self.payments.as_deref(),
                 &[(&cart, &message)],
             )
             .await?;

@@ -133,10 +133,10 @@ impl Running {
 
 /// Starts the job, or resumes it when it exists, was interrupted and matches. Answers the
 /// job as it stands, and whether this call set it running.
-pub async fn start(app: &Resubmitter, new: NewJob) -> Result<(JobView, bool), JobError> {
+pub async fn start(resubmitter: &Resubmitter, new: NewJob) -> Result<(JobView, bool), JobError> {
     let now = Utc::now();
-    let me = &app.instance;
-    let inserted = on_db!(&app.db, |pool| sqlx::query(
+    let me = &resubmitter.instance;
+    let inserted = on_db!(&resubmitter.db, |pool| sqlx::query(
         "INSERT INTO dead_letter_jobs
              (id, actor, reason, filter, state, last_id, owner, created_at, updated_at)
          VALUES ($1, $2, $3, $4, 'running', 0, $5, $6, $6)
@@ -154,7 +154,7 @@ pub async fn start(app: &Resubmitter, new: NewJob) -> Result<(JobView, bool), Jo
     let started = if inserted == 1 {
         true
     } else {
-        let row = load(&app.db, new.id)
+        let row = load(&resubmitter.db, new.id)
             .await?
             .ok_or(sqlx::Error::RowNotFound)?;
         if row.filter.0 != new.filter {
@@ -163,15 +163,18 @@ pub async fn start(app: &Resubmitter, new: NewJob) -> Result<(JobView, bool), Jo
         let takeable = match row.state.as_str() {
             "done" => false,
             "stopped" => true,
-            _ => !app.jobs.contains(new.id) && (row.owner == *me || is_stale(row.updated_at, now)),
+            _ => {
+                !resubmitter.jobs.contains(new.id)
+                    && (row.owner == *me || is_stale(row.updated_at, now))
+            }
         };
-        takeable && claim(&app.db, &row, me, now).await?
+        takeable && claim(&resubmitter.db, &row, me, now).await?
     };
     if started {
         tracing::info!(job = %new.id, filter = ?new.filter, by = new.actor, "bulk resubmit started");
-        tokio::spawn(run(app.clone(), new.id));
+        tokio::spawn(run(resubmitter.clone(), new.id));
     }
-    let view = find(&app.db, new.id)
+    let view = find(&resubmitter.db, new.id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
     Ok((view, started))
@@ -197,18 +200,18 @@ async fn claim(db: &Db, row: &JobRow, me: &str, now: DateTime<Utc>) -> Result<bo
 }
 
 /// Works the job to its end (or until it must stop).
-async fn run(app: Resubmitter, job: Uuid) {
-    if !app.jobs.enter(job) {
+async fn run(resubmitter: Resubmitter, job: Uuid) {
+    if !resubmitter.jobs.enter(job) {
         return;
     }
-    let result = work(&app, job).await;
-    app.jobs.leave(job);
+    let result = work(&resubmitter, job).await;
+    resubmitter.jobs.leave(job);
     let outcome = match result {
         Ok(()) => return,
         Err(why) => why,
     };
     tracing::warn!(%job, why = %outcome, "bulk resubmit stopped; post it again to resume");
-    let stopped = on_db!(&app.db, |pool| sqlx::query(
+    let stopped = on_db!(&resubmitter.db, |pool| sqlx::query(
         "UPDATE dead_letter_jobs SET state = 'stopped', error = $2, updated_at = $3
          WHERE id = $1 AND state = 'running'"
     )
@@ -223,21 +226,23 @@ async fn run(app: Resubmitter, job: Uuid) {
     }
 }
 
-async fn work(app: &Resubmitter, job: Uuid) -> Result<(), String> {
-    let limit = i32::try_from(app.resubmit_limit).unwrap_or(i32::MAX);
+async fn work(resubmitter: &Resubmitter, job: Uuid) -> Result<(), String> {
+    let limit = i32::try_from(resubmitter.resubmit_limit).unwrap_or(i32::MAX);
     loop {
-        let row = load(&app.db, job)
+        let row = load(&resubmitter.db, job)
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the job row is gone")?;
-        if row.state != "running" || row.owner != app.instance {
+        if row.state != "running" || row.owner != resubmitter.instance {
             return Ok(());
         }
-        let page = candidates(&app.db, &row.filter, row.last_id, limit)
+        let page = candidates(&resubmitter.db, &row.filter, row.last_id, limit)
             .await
             .map_err(|e| e.to_string())?;
         if page.is_empty() {
-            finish(&app.db, job).await.map_err(|e| e.to_string())?;
+            finish(&resubmitter.db, job)
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!(%job, "bulk resubmit done");
             return Ok(());
         }
@@ -248,7 +253,7 @@ async fn work(app: &Resubmitter, job: Uuid) -> Result<(), String> {
                 job: Some(job),
                 ..Options::default()
             };
-            match app.resubmit(id, &options).await {
+            match resubmitter.resubmit(id, &options).await {
                 Ok(_) => {}
                 // Dealt with by someone else meanwhile (or not resubmittable at all).
                 Err(
@@ -257,12 +262,12 @@ async fn work(app: &Resubmitter, job: Uuid) -> Result<(), String> {
                     | Error::Resolved { .. }
                     | Error::LimitReached { .. }
                     | Error::CannotCorrectReply,
-                ) => pass(&app.db, job, id, false)
+                ) => pass(&resubmitter.db, job, id, false)
                     .await
                     .map_err(|e| e.to_string())?,
                 Err(Error::Retry(why)) => {
                     tracing::warn!(%job, dead_letter = id, why, "passed over: its payment step cannot be decided yet");
-                    pass(&app.db, job, id, true)
+                    pass(&resubmitter.db, job, id, true)
                         .await
                         .map_err(|e| e.to_string())?
                 }
@@ -405,11 +410,11 @@ pub struct Preview {
 }
 
 pub async fn preview(
-    app: &Resubmitter,
+    resubmitter: &Resubmitter,
     filter: &JobFilter,
     max: i64,
 ) -> Result<Preview, crate::store::StoreError> {
-    let limit = i32::try_from(app.resubmit_limit).unwrap_or(i32::MAX);
+    let limit = i32::try_from(resubmitter.resubmit_limit).unwrap_or(i32::MAX);
     let mut preview = Preview {
         dry_run: true,
         matched: 0,
@@ -419,7 +424,7 @@ pub async fn preview(
     };
     let mut after = 0;
     'pages: loop {
-        let page = candidates(&app.db, filter, after, limit).await?;
+        let page = candidates(&resubmitter.db, filter, after, limit).await?;
         if page.is_empty() {
             break;
         }
@@ -433,7 +438,7 @@ pub async fn preview(
                 dry_run: true,
                 ..Options::default()
             };
-            let label = match app.resubmit(id, &options).await {
+            let label = match resubmitter.resubmit(id, &options).await {
                 Ok(report) => {
                     let label = report.outcome.as_str();
                     if preview.sample.len() < SAMPLE {
