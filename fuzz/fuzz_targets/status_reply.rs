@@ -7,10 +7,13 @@
 
 #![no_main]
 
-use cartbus::domain::partner::{self as message, PARTNER_STATUSES, SIGNATURE_PROPERTY, StatusReply};
-use cartbus::service::replies;
-use cartbus::config::fulfilment::{self as settings, FulfilmentSettings, RawFulfilment};
+use cartbus::config::Config;
+use cartbus::config::fulfilment::FulfilmentSettings;
+use cartbus::domain::partner::{
+    self as message, PARTNER_STATUSES, SIGNATURE_PROPERTY, StatusReply,
+};
 use cartbus::queue::{Message, Property};
+use cartbus::service::replies;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -22,21 +25,12 @@ const MAX_TRACKING_ID: usize = 100;
 
 /// contoso signs its replies; fabrikam is a partner without a secret.
 static SETTINGS: LazyLock<FulfilmentSettings> = LazyLock::new(|| {
-    settings::validate(RawFulfilment {
-        routes: Some("GB=contoso,*=fabrikam"),
-        audit_address: None,
-        audit_threshold: 100_000,
-        status_address: None,
-        relay_batch: 32,
-        relay_lease_seconds: 30,
-        relay_max_retries: 5,
-        relay_retry_base_ms: 1_000,
-        relay_poll_ms: 1_000,
-        relay_workers: 1,
-        partner_keys: vec![("partner_contoso_secret".into(), SECRET.into())],
-        address_prefix: "",
-    })
+    Config::from_vars([
+        ("CARTBUS_ROUTES", "GB=contoso,*=fabrikam"),
+        ("CARTBUS_PARTNER_CONTOSO_SECRET", SECRET),
+    ])
     .expect("valid fulfilment settings")
+    .fulfilment
 });
 
 #[derive(Arbitrary, Debug)]
