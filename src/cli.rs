@@ -1,8 +1,9 @@
 //! `cartbus consumer status|pause|resume`: the drain switch from a terminal or a deploy
 //! script, through a running instance's admin API. Exit codes a script can use:
 //! 0 done (for `pause --wait`: drained), 3 not drained when the wait ended, 4 wrong or
-//! missing token, 5 admin API off on that instance, 6 bad request, 1 anything else
-//! (unreachable, server error).
+//! missing token, 5 admin API off on that instance, 6 refused (a bad request, or a resume
+//! for a version no live instance runs), 7 held off after too many wrong tokens, 1
+//! anything else (unreachable, server error).
 //!
 //! `cartbus config`: the settings this instance would run with.
 
@@ -13,18 +14,32 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+/// Where the CLI's two settings come from, and what the history records: shown by
+/// `cartbus consumer --help`.
+const CONSUMER_HELP: &str = "\
+Settings: --url, else CARTBUS_ADMIN_URL, else http://127.0.0.1:8080;
+          --token, else CARTBUS_ADMIN_TOKEN (the service's admin token; never printed).
+The history records each change as \"<login> (cli) via <instance>\": <login> is $USER,
+else $LOGNAME, else the login name of this process's user.
+This CLI is the cartbus binary itself: `cargo install --path . --locked` puts it on
+PATH, or run target/release/cartbus after `cargo build --release`.
+Exit codes: 0 done, 3 not drained in time, 4 token missing or refused, 5 admin API off,
+6 refused (bad request, or no live instance of the version), 7 held off, 1 other.";
+
 #[derive(Args, Debug)]
+#[command(after_help = CONSUMER_HELP)]
 pub struct ConsumerArgs {
     /// Base URL of any cartbus instance (the load balancer will do).
     #[arg(
         long,
         env = "CARTBUS_ADMIN_URL",
-        default_value = "http://127.0.0.1:8080"
+        default_value = "http://127.0.0.1:8080",
+        hide_env_values = true
     )]
     pub url: String,
     /// The admin token (CARTBUS_ADMIN_TOKEN of the service).
     #[arg(long, env = "CARTBUS_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Option<String>,
     /// Print the service's JSON instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -50,12 +65,17 @@ pub enum ConsumerCommand {
         wait: Option<u64>,
     },
     /// Resume consuming; only VERSION consumes (default: the answering instance's).
+    /// A version no live instance runs is refused (exit 6, listing the live versions).
     Resume {
         #[arg(long)]
         version: Option<String>,
         /// Why (kept in the history).
         #[arg(long)]
         reason: Option<String>,
+        /// Resume VERSION even though no live instance runs it: every instance stays
+        /// passive until one does. Recorded in the history as `force-resume`.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -63,6 +83,7 @@ const NOT_DRAINED: u8 = 3;
 const UNAUTHORIZED: u8 = 4;
 const ADMIN_OFF: u8 = 5;
 const BAD_REQUEST: u8 = 6;
+const HELD_OFF: u8 = 7;
 
 pub async fn consumer(args: ConsumerArgs) -> ExitCode {
     match run(&args).await {
@@ -81,20 +102,39 @@ async fn run(args: &ConsumerArgs) -> Result<ExitCode, Failure> {
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| Failure(1, format!("cannot build an HTTP client: {e}")))?;
-    let admin = Admin { client, args };
+    let token = args.token.as_deref().ok_or_else(|| {
+        Failure(
+            UNAUTHORIZED,
+            "no admin token: set CARTBUS_ADMIN_TOKEN (the service's admin token) or pass --token"
+                .into(),
+        )
+    })?;
+    let admin = Admin {
+        client,
+        args,
+        token,
+        actor: actor(),
+    };
     match &args.command {
         ConsumerCommand::Status => {
             let status = admin.get("/v1/admin/consumer").await?;
             admin.show(&status);
             Ok(ExitCode::SUCCESS)
         }
-        ConsumerCommand::Resume { version, reason } => {
+        ConsumerCommand::Resume {
+            version,
+            reason,
+            force,
+        } => {
             let mut body = json!({});
             if let Some(version) = version {
                 body["version"] = json!(version);
             }
             if let Some(reason) = reason {
                 body["reason"] = json!(reason);
+            }
+            if *force {
+                body["force"] = json!(true);
             }
             let status = admin.post("/v1/admin/consumer/resume", body).await?;
             admin.show(&status);
@@ -145,6 +185,21 @@ async fn run(args: &ConsumerArgs) -> Result<ExitCode, Failure> {
 struct Admin<'a> {
     client: reqwest::Client,
     args: &'a ConsumerArgs,
+    token: &'a str,
+    /// Who is at the keyboard, for the switch's history.
+    actor: String,
+}
+
+/// `$USER`, else `$LOGNAME`, else the login name of this process's user (a container or
+/// a cron job often sets neither variable), else its numeric uid.
+fn actor() -> String {
+    ["USER", "LOGNAME"]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|name| name.trim().to_string())
+        .find(|name| !name.is_empty())
+        .or_else(|| whoami::username().ok())
+        .unwrap_or_else(|| "unknown user".into())
 }
 
 impl Admin<'_> {
@@ -163,14 +218,18 @@ impl Admin<'_> {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Failure> {
-        let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
         let response = request
-            .bearer_auth(&self.args.token)
-            .header("x-cartbus-actor", format!("{actor} (cli)"))
+            .bearer_auth(self.token)
+            .header("x-cartbus-actor", format!("{} (cli)", self.actor))
             .send()
             .await
             .map_err(|e| Failure(1, format!("cannot reach {}: {e}", self.args.url)))?;
         let code = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let body: Value = response.json().await.unwrap_or(Value::Null);
         let detail = || {
             let errors: Vec<String> = body["errors"]
@@ -198,7 +257,16 @@ impl Admin<'_> {
                 "the admin token was refused (check CARTBUS_ADMIN_TOKEN)".into(),
             )),
             404 => Err(Failure(ADMIN_OFF, format!("not found: {}", detail()))),
-            400 | 415 | 422 => Err(Failure(BAD_REQUEST, format!("refused: {}", detail()))),
+            400 | 409 | 415 | 422 => Err(Failure(BAD_REQUEST, format!("refused: {}", detail()))),
+            429 => Err(Failure(
+                HELD_OFF,
+                match retry_after {
+                    Some(seconds) => format!(
+                        "held off for {seconds} s after too many wrong admin tokens; try again then"
+                    ),
+                    None => "held off after too many wrong admin tokens; try again later".into(),
+                },
+            )),
             other => Err(Failure(1, format!("HTTP {other}: {}", detail()))),
         }
     }

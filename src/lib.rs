@@ -94,8 +94,10 @@ impl Application {
             settings: Arc::new(IntakeSettings {
                 cart_address: config.queue.cart_address.clone(),
                 send_timeout: config.queue.send_timeout,
+                conflict_check: config.queue.conflict_check,
                 request_timeout: config.http.request_timeout,
             }),
+            outage: Arc::default(),
         };
         let admin_failures = runtime::auth_failures::AuthFailures::new(&config.admin.auth_failures);
         let outbox_wake = Arc::new(tokio::sync::Notify::new());

@@ -31,6 +31,42 @@ impl Drop for Outage {
     }
 }
 
+/// A log sink for `tracing_subscriber`: every line written, kept in memory.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn events(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
 /// One answered checkout: cart id, status, how long it took, and when it was sent.
 struct Answer {
     cart_id: String,
@@ -47,6 +83,16 @@ async fn the_broker_stopping_under_load_fails_no_request_and_loses_no_cart() {
     let backend = broker::orders_backend(TEST).await;
     let queue = broker::fresh_queue();
     let dir = tempfile::tempdir().expect("tempdir");
+    // What cartbus logs on this test's thread (its runtime is single-threaded, so every
+    // task of the app it spawns logs here), as JSON lines.
+    let logs = Logs::default();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(logs.clone())
+            .finish(),
+    );
     let app = Arc::new(TestApp::spawn(&broker::settings(dir.path(), &backend, &url, &queue)).await);
     broker::wait_connected(&app.state).await;
 
@@ -120,6 +166,43 @@ async fn the_broker_stopping_under_load_fails_no_request_and_loses_no_cart() {
     );
     let direct = answers.iter().filter(|a| a.status == 201).count();
     assert!(direct > 0, "carts went direct while the broker was down");
+    // The log says when the queue was lost and when it was back, with the count in
+    // between, not a line per checkout (sends that fail together at the start of the
+    // outage may report it more than once, never once per checkout).
+    let events = logs.events();
+    let lost = events
+        .iter()
+        .filter(|e| {
+            e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("queue lost"))
+        })
+        .count();
+    let back: Vec<u64> = events
+        .iter()
+        .filter(|e| {
+            e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("queue back"))
+        })
+        .filter_map(|e| e["fields"]["checkouts_not_queued"].as_u64())
+        .collect();
+    assert!(
+        (1..=3).contains(&lost) && lost == back.len(),
+        "{lost} 'queue lost' and {} 'queue back' lines for {direct} direct writes",
+        back.len()
+    );
+    assert_eq!(
+        back.iter().sum::<u64>(),
+        direct as u64,
+        "the 'queue back' lines count every checkout written directly"
+    );
+    assert!(
+        !events.iter().any(|e| e["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("writing the order directly"))),
+        "no line per checkout at info or above"
+    );
     assert!(
         answers
             .iter()

@@ -23,7 +23,7 @@ async fn a_queued_cart_becomes_the_same_order() {
         assert_eq!(location, format!("/v1/checkouts/{cart_id}"));
         let body: Value = response.json().await.expect("json");
         assert_eq!(body["checkout_id"], cart_id.as_str());
-        assert_eq!(body["status"], "queued");
+        assert_eq!(body["status"], "pending", "the word GET answers too");
         assert_eq!(body["status_url"], location.as_str());
 
         let order = app.wait_for_order(&cart_id).await;
@@ -60,6 +60,27 @@ async fn unknown_checkouts_and_orders_are_404_problems() {
             response.headers()["content-type"],
             "application/problem+json"
         );
+    }
+    // Errors raised outside the handlers (no route, wrong method) have the same shape and
+    // the same `/problems/…` types as every other problem.
+    for (method, path, status, kind) in [
+        (reqwest::Method::GET, "/v1/no-such-thing", 404, "/problems/not-found"),
+        (reqwest::Method::DELETE, "/v1/checkouts", 405, "/problems/method-not-allowed"),
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), status, "{method} {path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.expect("problem");
+        assert_eq!(problem["type"], kind, "{method} {path}: {problem}");
+        assert_eq!(problem["status"], status);
     }
     for path in ["/v1/checkouts/not-a-uuid", "/v1/orders/not-a-uuid"] {
         let response = app.client.get(app.url(path)).send().await.expect("GET");
@@ -122,7 +143,12 @@ async fn same_cart_id_with_a_different_payload_is_a_recorded_conflict() {
         Backend::all("same_cart_id_with_a_different_payload_is_a_recorded_conflict").await
     {
         let dir = tempfile::tempdir().expect("tempdir");
-        let app = TestApp::spawn(&Settings::new(dir.path(), &backend)).await;
+        // The database is not asked at intake here: the reused cart_id is queued, as it is
+        // when the database does not answer within CARTBUS_CONFLICT_CHECK_MS.
+        let app = TestApp::spawn(
+            &Settings::new(dir.path(), &backend).set("CARTBUS_CONFLICT_CHECK_MS", "0"),
+        )
+        .await;
         let original = cart();
         let cart_id = original["cart_id"].as_str().expect("id").to_string();
         assert_eq!(app.post_cart(&original).await.status(), 202);
@@ -170,8 +196,64 @@ async fn same_cart_id_with_a_different_payload_is_a_recorded_conflict() {
             .await;
         assert_eq!(status, 200);
         assert_eq!(after, order);
+        // The checkout reads `ordered`, and says the order is the first cart's.
         let (_, checkout) = app.get_json(&format!("/v1/checkouts/{cart_id}")).await;
         assert_eq!(checkout["status"], "ordered");
+        assert_eq!(checkout["order_id"], order["order_id"]);
+        assert_eq!(checkout["reason"], "conflict", "{checkout}");
+        assert!(
+            checkout["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("first cart") && d.contains("different payload")),
+            "{checkout}"
+        );
+        assert_eq!(count_orders(&app.state).await, 1);
+        app.stop().await.expect("clean stop");
+    }
+}
+
+#[tokio::test]
+async fn a_reused_cart_id_with_another_cart_is_refused_at_intake_when_the_database_answers() {
+    for backend in Backend::all(
+        "a_reused_cart_id_with_another_cart_is_refused_at_intake_when_the_database_answers",
+    )
+    .await
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = TestApp::spawn(&Settings::new(dir.path(), &backend)).await;
+        let original = cart();
+        let cart_id = original["cart_id"].as_str().expect("id").to_string();
+        assert_eq!(app.post_cart(&original).await.status(), 202);
+        let order = app.wait_for_order(&cart_id).await;
+
+        let mut changed = original.clone();
+        changed["total"] = json!(original["total"].as_i64().expect("total") + 1);
+        changed["lines"][0]["unit_price"] =
+            json!(original["lines"][0]["unit_price"].as_i64().expect("price") + 1);
+        let response = app.post_cart(&changed).await;
+        assert_eq!(response.status(), 409, "{backend:?}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.expect("problem");
+        assert_eq!(problem["type"], "/problems/conflict");
+        assert!(
+            problem["detail"].as_str().is_some_and(
+                |d| d.contains(&cart_id) && d.contains(order["order_id"].as_str().expect("id"))
+            ),
+            "{problem}"
+        );
+        // The same cart again is still fine (a retry), and nothing reached the queue for
+        // the refused one: no dead letter, one order.
+        assert_eq!(app.post_cart(&original).await.status(), 202);
+        let text = common::metrics_text(&app.client, &app.base).await;
+        assert_eq!(
+            common::metric(&text, r#"cartbus_checkouts_total{outcome="conflict"}"#),
+            1.0,
+            "{text}"
+        );
+        assert!(common::dead_letters(dir.path()).await.is_empty());
         assert_eq!(count_orders(&app.state).await, 1);
         app.stop().await.expect("clean stop");
     }

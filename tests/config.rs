@@ -59,6 +59,7 @@ CARTBUS_DATABASE_MAX_CONNECTIONS     16                          default      da
 CARTBUS_QUEUE_URL                    embedded                    default      queue.url
 CARTBUS_CART_ADDRESS                 checkout-carts              default      queue.cart_address
 CARTBUS_SEND_TIMEOUT_MS              1000                        default      queue.send_timeout_ms
+CARTBUS_CONFLICT_CHECK_MS            50                          default      queue.conflict_check_ms
 CARTBUS_LEASE_SECONDS                30                          default      queue.lease_seconds
 CARTBUS_AMQP_WINDOW                  256                         default      queue.amqp.window
 CARTBUS_AMQP_CONNECT_TIMEOUT_MS      2000                        default      queue.amqp.connect_timeout_ms
@@ -71,7 +72,7 @@ CARTBUS_MAX_ATTEMPTS                 5                           default      co
 CARTBUS_ADMIN_TOKEN                  (unset)                     default      admin.token
 CARTBUS_RESUBMIT_LIMIT               5                           default      admin.resubmit_limit
 CARTBUS_ADMIN_AUTH_FAILURES          10                          default      admin.auth_failures.per_client
-CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES   100                         default      admin.auth_failures.global
+CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES   0                           default      admin.auth_failures.global
 CARTBUS_ADMIN_AUTH_WINDOW_SECONDS    300                         default      admin.auth_failures.window_seconds
 CARTBUS_ROUTES                       (unset)                     default      fulfilment.routes
 CARTBUS_AUDIT_ADDRESS                audit                       default      fulfilment.audit_address

@@ -192,12 +192,40 @@ async fn pausing_and_resuming_twice_is_harmless_and_other_versions_stay_passive(
         )
         .await;
     }
-    // Resuming for another version leaves this one passive: carts stay pending.
-    let (status, body) = admin_post(
+    // A version no live instance runs (a typo at 2 a.m.) is refused, naming the live
+    // versions, and changes nothing.
+    let (status, refused) = admin_post(
         http,
         &app.base,
         "/v1/admin/consumer/resume",
         json!({ "version": "9.9.9", "reason": "slot swap to 9.9.9" }),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["type"], "/problems/no-live-instance");
+    assert_eq!(
+        refused["live_versions"],
+        json!([env!("CARGO_PKG_VERSION")]),
+        "{refused}"
+    );
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("9.9.9") && d.contains(env!("CARGO_PKG_VERSION"))),
+        "{refused}"
+    );
+    let (_, status) = admin_get(http, &app.base, "/v1/admin/consumer").await;
+    assert_eq!(
+        status["desired"], "paused",
+        "a refused resume changes nothing"
+    );
+
+    // Forced, it goes through and leaves this one passive: carts stay pending.
+    let (status, body) = admin_post(
+        http,
+        &app.base,
+        "/v1/admin/consumer/resume",
+        json!({ "version": "9.9.9", "reason": "slot swap to 9.9.9", "force": true }),
     )
     .await;
     assert_eq!((status, &body["active_version"]), (200, &json!("9.9.9")));
@@ -236,7 +264,7 @@ async fn pausing_and_resuming_twice_is_harmless_and_other_versions_stay_passive(
         actions,
         vec![
             ("resume", Some(env!("CARGO_PKG_VERSION"))),
-            ("resume", Some("9.9.9")),
+            ("force-resume", Some("9.9.9")),
             ("pause", None),
         ],
         "newest first; the repeated calls changed nothing"
@@ -718,6 +746,18 @@ async fn the_cli_pauses_resumes_and_exits_with_codes_a_deploy_script_can_use() {
     assert_eq!(code, 0);
     let status: Value = serde_json::from_str(&out).expect("--json prints the status");
     assert_eq!(status["desired"], "paused");
+    // With no $USER or $LOGNAME (the CLI runs with a cleared environment here), the
+    // history names the login of the process's user.
+    let login = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("id -un");
+    let login = String::from_utf8_lossy(&login.stdout).trim().to_string();
+    assert_eq!(
+        status["changed_by"],
+        json!(format!("{login} (cli) via test")),
+        "{status}"
+    );
     let (code, out, _) = cli(&process.base, TOKEN, &["resume", "--reason", "drill over"]).await;
     assert_eq!(code, 0);
     assert!(
@@ -725,8 +765,62 @@ async fn the_cli_pauses_resumes_and_exits_with_codes_a_deploy_script_can_use() {
         "{out}"
     );
 
+    // The runbook's example version on a deployment that runs another: refused, exit 6,
+    // naming the live version; nothing changes until --force.
+    let (code, _, err) = cli(&process.base, TOKEN, &["resume", "--version", "2.0.0"]).await;
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains("2.0.0") && err.contains(env!("CARGO_PKG_VERSION")) && err.contains("force"),
+        "{err}"
+    );
+    let (code, out, err) = cli(
+        &process.base,
+        TOKEN,
+        &["resume", "--version", "2.0.0", "--force"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("active version: 2.0.0"), "{out}");
+    let (code, _, err) = cli(&process.base, TOKEN, &["resume"]).await;
+    assert_eq!(code, 0, "{err}");
+
     let (code, _, err) = cli(&process.base, "not-the-token-at-all", &["status"]).await;
     assert_eq!(code, 4, "{err}");
+    // No token at all: the error names the variable to set, before any request.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartbus"))
+        .args(["consumer", "status"])
+        .env_clear()
+        .env("CARTBUS_ADMIN_URL", &process.base)
+        .output()
+        .await
+        .expect("run cartbus consumer");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("CARTBUS_ADMIN_TOKEN") && err.contains("--token"),
+        "{err}"
+    );
+    // --help says where both settings come from and how to put the CLI on PATH.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartbus"))
+        .args(["consumer", "--help"])
+        .env_clear()
+        .env("CARTBUS_ADMIN_URL", &process.base)
+        .output()
+        .await
+        .expect("run cartbus consumer --help");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "CARTBUS_ADMIN_URL",
+        "CARTBUS_ADMIN_TOKEN",
+        "cargo install --path . --locked",
+        "(cli) via",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+    assert!(
+        !help.contains(&process.base),
+        "--help shows the same text whatever CARTBUS_ADMIN_URL holds:\n{help}"
+    );
     let (code, _, err) = cli(&process.base, TOKEN, &["pause", "--until", "soon"]).await;
     assert_eq!((code, err.contains("/until")), (6, true), "{err}");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -832,9 +926,17 @@ async fn concurrent_switch_changes_each_get_their_own_revision() {
     let calls = (0..20).map(|n| {
         let (app, action, body) = match n % 4 {
             0 => (&a, "pause", json!({ "reason": format!("p{n}") })),
-            1 => (&b, "resume", json!({ "version": format!("v{n}") })),
+            1 => (
+                &b,
+                "resume",
+                json!({ "version": format!("v{n}"), "force": true }),
+            ),
             2 => (&b, "pause", json!({ "reason": format!("p{n}") })),
-            _ => (&a, "resume", json!({ "version": format!("v{n}") })),
+            _ => (
+                &a,
+                "resume",
+                json!({ "version": format!("v{n}"), "force": true }),
+            ),
         };
         async move {
             admin_post(

@@ -516,3 +516,49 @@ async fn guesses_from_all_clients_together_hold_every_client_off() {
     );
     assert!(process.logs_contain("\"failures_all_clients\":3"));
 }
+
+#[tokio::test]
+async fn by_default_guesses_from_many_addresses_never_lock_out_an_operator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(dir.path(), &Backend::Sqlite)
+        .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+        .set("CARTBUS_ADMIN_AUTH_FAILURES", "2");
+    let process = Process::start(&settings, &[]);
+    let wrong = TOKEN.replace('0', "1");
+    // Far more guesses in all than the old global limit (100) allowed, from many addresses.
+    for last_octet in 10..70 {
+        let guesser = client_from(Ipv4Addr::new(127, 0, 0, last_octet));
+        for _ in 0..2 {
+            assert_eq!(
+                consumer_status(&guesser, &process.base, &wrong)
+                    .await
+                    .status(),
+                401
+            );
+        }
+        assert_eq!(
+            consumer_status(&guesser, &process.base, &wrong)
+                .await
+                .status(),
+            429,
+            "each guesser is held off"
+        );
+    }
+    let operator = client_from(Ipv4Addr::new(127, 0, 0, 3));
+    assert_eq!(
+        consumer_status(&operator, &process.base, TOKEN)
+            .await
+            .status(),
+        200,
+        "the operator's own address is not held off by the others'"
+    );
+
+    // A held-off operator's CLI says for how long, with its own exit code.
+    for _ in 0..2 {
+        let (code, _, err) = common::consumer_cli(&process.base, Some(&wrong), &["status"]).await;
+        assert_eq!(code, 4, "{err}");
+    }
+    let (code, _, err) = common::consumer_cli(&process.base, Some(TOKEN), &["status"]).await;
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("held off for") && err.contains(" s "), "{err}");
+}

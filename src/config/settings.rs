@@ -252,6 +252,10 @@ settings! {
     /// longest wait for the queue's confirmation before writing the order directly (the
     /// cap keeps a checkout under 2 s even when a broker hangs)
     SEND_TIMEOUT = millis("CARTBUS_SEND_TIMEOUT_MS", "queue.send_timeout_ms", 1000, 10, 2000);
+    /// how long intake waits for the orders database to say whether the `cart_id` was
+    /// already ordered with a different payload (then `409` at once); past it the cart is
+    /// queued and the consumer dead-letters it `conflict`. 0 = never ask
+    CONFLICT_CHECK = millis("CARTBUS_CONFLICT_CHECK_MS", "queue.conflict_check_ms", 50, 0, 1000);
     /// how long an unsettled embedded-queue delivery stays invisible
     LEASE = seconds("CARTBUS_LEASE_SECONDS", "queue.lease_seconds", 30, 1, 3600);
     /// broker: most unsettled sends in flight at once, shared by all requests
@@ -288,9 +292,10 @@ settings! {
     ADMIN_AUTH_FAILURES = count(
         "CARTBUS_ADMIN_AUTH_FAILURES", "admin.auth_failures.per_client", 10, 1, 1_000_000,
     );
-    /// the same over all clients together
+    /// the same over all clients together; 0 = no such limit (the default: guesses spread
+    /// over many addresses would hold every operator off too)
     ADMIN_AUTH_GLOBAL_FAILURES = count(
-        "CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES", "admin.auth_failures.global", 100, 1, 1_000_000,
+        "CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES", "admin.auth_failures.global", 0, 0, 1_000_000,
     );
     /// the window, from a client's (or, for the global count, anyone's) first wrong token
     ADMIN_AUTH_WINDOW = seconds(

@@ -31,6 +31,8 @@ pub struct QueueSettings {
     pub cart_address: String,
     /// Longest wait for the queue's confirmation before the order is written directly.
     pub send_timeout: Duration,
+    /// Longest wait for the orders database's word on a reused `cart_id`; zero: none.
+    pub conflict_check: Duration,
     /// How long an unsettled embedded-queue delivery stays invisible.
     pub lease: Duration,
 }
@@ -152,6 +154,7 @@ impl QueueSettings {
             backend,
             cart_address,
             send_timeout: v.duration(&s::SEND_TIMEOUT)?,
+            conflict_check: v.duration(&s::CONFLICT_CHECK)?,
             lease: v.duration(&s::LEASE)?,
         })
     }

@@ -54,7 +54,7 @@ fn bad_values_name_their_setting() {
         ("CARTBUS_MAX_HEADER_BYTES", "512"),
         ("CARTBUS_MAX_HEADERS", "2"),
         ("CARTBUS_ADMIN_AUTH_FAILURES", "0"),
-        ("CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES", "0"),
+        ("CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES", "-1"),
         ("CARTBUS_ADMIN_AUTH_WINDOW_SECONDS", "0"),
     ] {
         let err = Config::from_vars([(key, value)])

@@ -43,7 +43,12 @@ impl Placement {
 /// What the database knows about a checkout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckoutState {
-    Ordered(Uuid),
+    Ordered {
+        order_id: Uuid,
+        /// Set when a later cart with this cart_id and another payload was turned away
+        /// (`conflict`): why, so that the status does not read as that cart's order.
+        conflict: Option<String>,
+    },
     Rejected {
         reason: String,
         detail: String,

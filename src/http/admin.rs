@@ -18,8 +18,8 @@ use super::problem::ApiError;
 use super::request::{Fields, Findings, Sent};
 use crate::domain::FieldError;
 use crate::runtime::app::AppState;
-use crate::service::drain::Status;
-use crate::store::switch::{self, Change, HistoryEntry};
+use crate::service::drain::{self, Status};
+use crate::store::switch::{self, Change, HistoryEntry, InstanceRow};
 
 /// Longest `wait_seconds` a pause call may ask for.
 const MAX_WAIT_SECONDS: u64 = 300;
@@ -258,6 +258,11 @@ pub struct ResumeRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     reason: Sent<String>,
+    /// Resume even though no live instance runs `version` (every instance goes passive
+    /// until one does); recorded in the history as `force-resume`. Default false.
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    force: Sent<bool>,
 }
 
 /// A resume, checked.
@@ -266,31 +271,44 @@ pub struct Resume {
     /// `None`: the version of the instance taking the call.
     version: Option<String>,
     reason: Option<String>,
+    force: bool,
 }
 
 impl TryFrom<Fields<ResumeRequest>> for Resume {
     type Error = Vec<FieldError>;
 
     fn try_from(body: Fields<ResumeRequest>) -> Result<Resume, Vec<FieldError>> {
-        let ResumeRequest { version, reason } = body.known;
+        let ResumeRequest {
+            version,
+            reason,
+            force,
+        } = body.known;
         let mut found = Findings::default();
         let version = version.optional_text("/version", MAX_VERSION, &mut found);
         if version.as_deref().is_some_and(|v| v.trim().is_empty()) {
             found.add("/version", "must not be empty");
         }
         let reason = reason.optional_text("/reason", MAX_REASON, &mut found);
+        let force = force.flag("/force", &mut found);
         found.unknown("", &body.unknown);
-        found.finish(Some(Resume { version, reason }))
+        found.finish(Some(Resume {
+            version,
+            reason,
+            force,
+        }))
     }
 }
 
-/// Resume consuming; only `version` consumes from now on.
+/// Resume consuming; only `version` consumes from now on. A version no live instance runs
+/// is refused (409, listing the live versions) unless `force` is true: resuming it would
+/// leave every instance passive.
 #[utoipa::path(post, path = "/v1/admin/consumer/resume", tag = "admin",
     security(("admin_token" = [])),
     request_body(content = Option<ResumeRequest>, description = "Optional", content_type = "application/json", example = json!(crate::http::examples::resume_request())),
     responses(
         (status = 200, description = "Running; instances of other versions stay passive", body = Status, example = json!(crate::http::examples::status_running())),
         (status = 404, description = "Admin API off (no CARTBUS_ADMIN_TOKEN)", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
+        (status = 409, description = "No live instance runs `version` and `force` is not true; nothing changed", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::no_live_instance())),
         (status = 503, description = "The database holding the drain switch is unavailable", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::switch_unavailable())),
         (status = 422, description = "A bad field", body = super::problem::Problem, content_type = "application/problem+json", example = json!(crate::http::examples::resume_invalid())),
     ))]
@@ -299,12 +317,23 @@ pub async fn resume(
     auth: AdminAuth,
     OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Json<Status>, ApiError> {
-    let Resume { version, reason } = Fields::<ResumeRequest>::read_optional(body)?.try_into()?;
+    let Resume {
+        version,
+        reason,
+        force,
+    } = Fields::<ResumeRequest>::read_optional(body)?.try_into()?;
     let version = version.unwrap_or_else(|| app.config.version.clone());
+    if !force {
+        let (_, instances, _) = app.drain_state().await.map_err(unavailable)?;
+        let live = live_versions(&instances);
+        if !live.contains(&version) {
+            return Err(ApiError::NoLiveInstance { version, live });
+        }
+    }
     let (switch, changed) = switch::change(
         &app.db,
         Change {
-            action: "resume",
+            action: if force { "force-resume" } else { "resume" },
             desired: "running",
             active_version: Some(&version),
             reason: reason.as_deref(),
@@ -320,6 +349,16 @@ pub async fn resume(
     }
     app.control.nudge();
     Ok(Json(app.drain_status().await.map_err(unavailable)?))
+}
+
+/// The versions of the instances that are live and not stopped, each once, in order.
+fn live_versions(instances: &[InstanceRow]) -> Vec<String> {
+    let versions: std::collections::BTreeSet<&str> = instances
+        .iter()
+        .filter(|i| i.state != drain::State::Stopped.as_str())
+        .map(|i| i.version.as_str())
+        .collect();
+    versions.into_iter().map(str::to_string).collect()
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::extract::{JsonBody, StorefrontAuth};
 use super::problem::{ApiError, Problem};
 use crate::domain::order::CheckoutState;
-use crate::domain::{Cart, CartId};
+use crate::domain::{Cart, CartId, Reason};
 use crate::queue::Lookup;
 use crate::runtime::app::AppState;
 use crate::service::intake::Accepted;
@@ -19,7 +19,9 @@ use crate::store::order_reads;
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct CheckoutQueued {
     pub checkout_id: Uuid,
-    #[schema(example = "queued")]
+    /// Always `pending`: the word `GET /v1/checkouts/{cart_id}` answers until the order
+    /// (or a rejection) exists.
+    #[schema(example = "pending")]
     pub status: &'static str,
     #[schema(example = "/v1/checkouts/6f1c0c1e-5d7b-4a53-9b1a-2f6a3d9f0c11")]
     pub status_url: String,
@@ -52,7 +54,8 @@ pub struct CheckoutStatus {
     pub order_url: Option<String>,
     /// Why it was rejected (`conflict`, `invalid`, `unknown-schema`, `payment-declined`,
     /// `payment-failed`, …) or is still pending (`payment-unknown`: the payment is being
-    /// checked).
+    /// checked). On an `ordered` checkout, `conflict`: the order is the first cart's, and a
+    /// later cart sent with this cart_id and another payload was turned away.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,7 +78,7 @@ pub struct CheckoutStatus {
         (status = 201, description = "Queue unavailable: order written directly", body = CheckoutOrdered,
          headers(("Location" = String, description = "The order's URL"))),
         (status = 401, description = "Missing or wrong storefront key", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Queue unavailable and this cart_id was ordered with a different payload", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "This cart_id was already ordered with a different payload (checked before queueing when the orders database answers within CARTBUS_CONFLICT_CHECK_MS, and always on a direct write)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The cart breaks a rule; `errors` names each field", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Neither queue nor database can take the cart", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u64, description = "Seconds"))),
@@ -116,7 +119,7 @@ pub async fn create(
                 &status_url.clone(),
                 Json(CheckoutQueued {
                     checkout_id,
-                    status: "queued",
+                    status: "pending",
                     status_url,
                 }),
             ))
@@ -204,10 +207,19 @@ fn pending(cart_id: CartId) -> CheckoutStatus {
 
 fn from_state(cart_id: CartId, state: CheckoutState) -> CheckoutStatus {
     match state {
-        CheckoutState::Ordered(order_id) => CheckoutStatus {
+        CheckoutState::Ordered { order_id, conflict } => CheckoutStatus {
             status: CheckoutStatusKind::Ordered,
             order_id: Some(order_id),
             order_url: Some(format!("/v1/orders/{order_id}")),
+            reason: conflict
+                .is_some()
+                .then(|| Reason::Conflict.as_str().to_string()),
+            detail: conflict.map(|detail| {
+                format!(
+                    "ordered from the first cart sent with this cart_id; a later cart with a \
+                     different payload was turned away ({detail})"
+                )
+            }),
             ..pending(cart_id)
         },
         CheckoutState::Rejected { reason, detail } => CheckoutStatus {

@@ -156,6 +156,13 @@ pub fn resume_request() -> Value {
     json!({ "version": "2.0.0", "reason": "deploy 2.0.0 done" })
 }
 
+pub fn no_live_instance() -> Value {
+    problem(ApiError::NoLiveInstance {
+        version: "2.0.1".into(),
+        live: vec!["1.9.0".into(), "2.0.0".into()],
+    })
+}
+
 pub fn resume_invalid() -> Value {
     problem(field("/version", "must not be empty"))
 }

@@ -30,6 +30,11 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(nullable = false)]
     pub errors: Vec<FieldError>,
+    /// On a refused resume (`/problems/no-live-instance`): the versions of the live
+    /// instances, one of which a resume may name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub live_versions: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A resume named a version no live instance runs: it would stop all consuming.
+    #[error("no live instance runs version {version:?}; live versions: {}; send force: true to resume it anyway", if .live.is_empty() { "none".to_string() } else { .live.join(", ") })]
+    NoLiveInstance { version: String, live: Vec<String> },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -137,7 +145,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::NoLiveInstance { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -162,12 +170,17 @@ impl ApiError {
             ApiError::Validation(errors) | ApiError::BadRequest { errors, .. } => errors.clone(),
             _ => Vec::new(),
         };
+        let live_versions = match self {
+            ApiError::NoLiveInstance { live, .. } => Some(live.clone()),
+            _ => None,
+        };
         Problem {
             kind: kind.into(),
             title: title.into(),
             status: self.status().as_u16(),
             detail,
             errors,
+            live_versions,
         }
     }
 
@@ -177,6 +190,10 @@ impl ApiError {
             ApiError::Unauthorized => ("/problems/unauthorized", "Missing or wrong credentials"),
             ApiError::NotFound(_) => ("/problems/not-found", "Not found"),
             ApiError::Conflict(_) => ("/problems/conflict", "Conflicts with an earlier request"),
+            ApiError::NoLiveInstance { .. } => (
+                "/problems/no-live-instance",
+                "No live instance runs that version",
+            ),
             ApiError::PayloadTooLarge { .. } => {
                 ("/problems/payload-too-large", "Request body too large")
             }
@@ -198,14 +215,25 @@ impl ApiError {
     }
 }
 
-/// A problem response for a bare status code (used for errors raised outside handlers).
+/// A problem response for a bare status code (errors raised outside handlers: no route,
+/// wrong method, a panic), typed like every other problem: `/problems/<reason>`.
 pub fn problem_response(status: StatusCode, detail: &str) -> Response {
+    let title = status.canonical_reason().unwrap_or("Error");
+    let kind = match status {
+        // The same types the handlers' own 404s and 500s carry.
+        StatusCode::NOT_FOUND => "/problems/not-found".to_string(),
+        StatusCode::INTERNAL_SERVER_ERROR => "/problems/internal".to_string(),
+        StatusCode::SERVICE_UNAVAILABLE => "/problems/unavailable".to_string(),
+        StatusCode::UNPROCESSABLE_ENTITY => "/problems/invalid-request".to_string(),
+        _ => format!("/problems/{}", title.to_ascii_lowercase().replace(' ', "-")),
+    };
     let problem = Problem {
-        kind: "about:blank".into(),
-        title: status.canonical_reason().unwrap_or("Error").into(),
+        kind,
+        title: title.into(),
         status: status.as_u16(),
         detail: detail.into(),
         errors: Vec::new(),
+        live_versions: None,
     };
     render(status, &problem)
 }

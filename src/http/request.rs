@@ -169,6 +169,20 @@ impl Findings {
     }
 }
 
+impl Sent<bool> {
+    /// An optional flag, false when left out.
+    pub fn flag(self, pointer: &str, found: &mut Findings) -> bool {
+        match self {
+            Sent::Absent => false,
+            Sent::Typed(flag) => flag,
+            Sent::WrongType => {
+                found.add(pointer, "must be true or false");
+                false
+            }
+        }
+    }
+}
+
 impl Sent<String> {
     /// A required string of at most `max` characters and not blank, trimmed; `missing`
     /// says what to answer when it is left out.

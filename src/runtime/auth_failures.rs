@@ -3,7 +3,9 @@
 //!
 //! A fixed window per client: after `per_client` failures the client is held off until
 //! the window that began with its first failure ends, whatever it presents, even the
-//! right token. The same over all clients with `global`.
+//! right token. The same over all clients with `global`, when it is set: off by default,
+//! because guesses spread over many addresses would then hold every operator off too
+//! (the per-client limit and a long random token are what make guessing hopeless).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,7 +16,8 @@ use crate::config::AuthFailureLimits;
 
 pub struct AuthFailures {
     per_client: u32,
-    global: u32,
+    /// `None`: no limit over all clients.
+    global: Option<u32>,
     window: Duration,
     state: Mutex<State>,
 }
@@ -59,6 +62,9 @@ impl Window {
     }
 }
 
+/// Most client addresses with failures tracked at once when there is no global limit.
+const MAX_CLIENTS: usize = 100_000;
+
 /// A failure just recorded: the client's and everyone's count in their windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
@@ -80,7 +86,7 @@ impl AuthFailures {
     pub fn new(limits: &AuthFailureLimits) -> AuthFailures {
         AuthFailures {
             per_client: limits.per_client,
-            global: limits.global,
+            global: (limits.global > 0).then_some(limits.global),
             window: limits.window,
             state: Mutex::default(),
         }
@@ -105,7 +111,9 @@ impl AuthFailures {
                 global: false,
             });
         }
-        if state.all.failures_at(now, self.window) >= self.global {
+        if let Some(global) = self.global
+            && state.all.failures_at(now, self.window) >= global
+        {
             return Err(HeldOff {
                 retry_after: state.all.left(now, self.window),
                 global: true,
@@ -116,11 +124,22 @@ impl AuthFailures {
 
     fn record_at(&self, client: IpAddr, now: Instant) -> Recorded {
         let mut state = self.state.lock().expect("auth failures lock");
-        // Failures are recorded only while the global allowance lasts, so the live
-        // entries stay within about twice it; expired ones go when the map reaches that.
-        if !state.clients.contains_key(&client) && state.clients.len() >= self.global as usize {
+        // With a global limit, failures are recorded only while its allowance lasts, so the
+        // live entries stay within about twice it; without one, within MAX_CLIENTS. Expired
+        // ones go when the map reaches that. Past MAX_CLIENTS live entries a new address
+        // is not tracked (each entry is a few dozen bytes: memory stays bounded).
+        let bound = self.global.map_or(MAX_CLIENTS, |g| g as usize);
+        if !state.clients.contains_key(&client) && state.clients.len() >= bound {
             let window = self.window;
             state.clients.retain(|_, w| w.failures_at(now, window) > 0);
+        }
+        if !state.clients.contains_key(&client) && state.clients.len() >= MAX_CLIENTS {
+            let all = state.all.add(now, self.window);
+            return Recorded {
+                client: 0,
+                all,
+                limit_reached: self.global == Some(all),
+            };
         }
         let client = state
             .clients
@@ -131,7 +150,7 @@ impl AuthFailures {
         Recorded {
             client,
             all,
-            limit_reached: client == self.per_client || all == self.global,
+            limit_reached: client == self.per_client || self.global == Some(all),
         }
     }
 }
@@ -143,7 +162,7 @@ mod tests {
     fn limits(per_client: u32, global: u32, window_seconds: u64) -> AuthFailures {
         AuthFailures {
             per_client,
-            global,
+            global: Some(global),
             window: Duration::from_secs(window_seconds),
             state: Mutex::default(),
         }
@@ -199,6 +218,27 @@ mod tests {
         let held = failures.check_at(third, now).expect_err("held off");
         assert!(held.global);
         assert_eq!(held.retry_after, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn without_a_global_limit_guesses_from_many_addresses_hold_off_only_those_addresses() {
+        let failures = AuthFailures::new(&AuthFailureLimits {
+            per_client: 2,
+            global: 0,
+            window: Duration::from_secs(60),
+        });
+        let now = Instant::now();
+        for n in 0..1000u32 {
+            let guesser = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            failures.record_at(guesser, now);
+            failures.record_at(guesser, now);
+            assert!(failures.check_at(guesser, now).is_err());
+        }
+        assert_eq!(
+            failures.check_at(A, now),
+            Ok(()),
+            "an operator still gets in"
+        );
     }
 
     #[test]

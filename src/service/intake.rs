@@ -1,8 +1,9 @@
 //! Taking a checkout in: onto the queue when it takes the cart, otherwise straight into
 //! the database as an order (DESIGN §1). Either way, at most one order per cart_id.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use uuid::Uuid;
@@ -19,7 +20,7 @@ use crate::service::payment::Verdict;
 use crate::service::place::{self, Outcome};
 use crate::service::readiness::{Health, can_write_orders};
 use crate::store::Db;
-use crate::store::{StoreError, dead_letters};
+use crate::store::{StoreError, dead_letters, order_reads};
 
 /// Where a direct write's dead letters say they came from (no queue was involved).
 pub const DIRECT_SOURCE: &str = "direct-write";
@@ -52,6 +53,44 @@ pub struct Intake {
     /// The payment capture endpoint, when one is configured.
     pub payments: Option<Arc<Gateway>>,
     pub settings: Arc<IntakeSettings>,
+    /// Whether the queue is taking carts, for logging its loss and return once each.
+    pub outage: Arc<QueueOutage>,
+}
+
+/// The queue's state as intake sees it. During an outage every checkout is written
+/// directly; the log says when the queue was lost and when it came back, with the count
+/// in between, instead of a line per checkout (each is at debug, and counted in
+/// `cartbus_checkouts_total{outcome="direct"}`).
+#[derive(Default)]
+pub struct QueueOutage {
+    /// Checkouts the queue failed since it was lost; 0: the queue is taking carts.
+    failed: AtomicU64,
+    started: Mutex<Option<Instant>>,
+}
+
+impl QueueOutage {
+    fn queue_failed(&self, why: &str) {
+        if self.failed.fetch_add(1, Ordering::AcqRel) == 0 {
+            *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            tracing::warn!(
+                error = why,
+                "queue lost: checkouts are written directly to the orders database until it takes carts again"
+            );
+        }
+    }
+
+    fn queue_took_a_cart(&self) {
+        let failed = self.failed.swap(0, Ordering::AcqRel);
+        if failed > 0 {
+            let lasted = self
+                .started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .map(|at| at.elapsed());
+            tracing::warn!(checkouts_not_queued = failed, lasted = ?lasted, "queue back: checkouts are queued again");
+        }
+    }
 }
 
 /// Intake's settings.
@@ -61,12 +100,22 @@ pub struct IntakeSettings {
     pub cart_address: String,
     /// `CARTBUS_SEND_TIMEOUT_MS`: how long the queue may take to confirm a cart.
     pub send_timeout: Duration,
+    /// `CARTBUS_CONFLICT_CHECK_MS`: how long to wait for the database's word on a reused
+    /// cart_id before queueing; zero: do not ask.
+    pub conflict_check: Duration,
     /// `CARTBUS_REQUEST_TIMEOUT_MS`: a direct write waits at most half of it.
     pub request_timeout: Duration,
 }
 
 impl Intake {
     pub async fn submit(&self, cart: &Cart) -> Result<Accepted, IntakeError> {
+        if let Some(order_id) = self.ordered_with_another_payload(cart).await {
+            self.metrics.checkout(Reason::Conflict.label());
+            return Err(IntakeError::Conflict {
+                cart_id: cart.cart_id.as_uuid(),
+                order_id,
+            });
+        }
         let message = message::encode(cart, Utc::now());
         let address = &self.settings.cart_address;
         // Test-only: a slow intake, to fill the in-flight limit with real checkouts.
@@ -82,13 +131,19 @@ impl Intake {
                 crate::fault::freeze_if_hit("intake-after-send").await;
                 self.metrics.checkout("queued");
                 self.control.count_accepted();
+                self.outage.queue_took_a_cart();
                 return Ok(Accepted::Queued);
             }
             Ok(Err(e)) => {
-                tracing::warn!(cart_id = %cart.cart_id, error = %e, "queue refused the cart; writing the order directly");
+                tracing::debug!(cart_id = %cart.cart_id, error = %e, "queue refused the cart; writing the order directly");
+                self.outage.queue_failed(&e.to_string());
             }
             Err(_) => {
-                tracing::warn!(cart_id = %cart.cart_id, timeout = ?self.settings.send_timeout, "queue did not confirm in time; writing the order directly");
+                tracing::debug!(cart_id = %cart.cart_id, timeout = ?self.settings.send_timeout, "queue did not confirm in time; writing the order directly");
+                self.outage.queue_failed(&format!(
+                    "no confirmation within {} ms",
+                    self.settings.send_timeout.as_millis()
+                ));
             }
         }
         let result = self.write_directly(cart).await;
@@ -98,6 +153,28 @@ impl Intake {
             Err(IntakeError::Unavailable) => "unavailable",
         });
         result
+    }
+
+    /// The order already placed for this cart_id from a different cart, when the database
+    /// says so within `conflict_check`; `None` when it does not (or is known to be down):
+    /// the cart is then queued and the consumer dead-letters a conflict as before.
+    async fn ordered_with_another_payload(&self, cart: &Cart) -> Option<Uuid> {
+        let bound = self.settings.conflict_check;
+        if bound.is_zero() || !can_write_orders(&self.health, &self.control) {
+            return None;
+        }
+        match tokio::time::timeout(bound, order_reads::placed(&self.db, cart.cart_id)).await {
+            Ok(Ok(Some((order_id, hash)))) if hash != cart.payload_hash() => Some(order_id),
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                tracing::debug!(cart_id = %cart.cart_id, error = %e, "no conflict check; queueing the cart");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(cart_id = %cart.cart_id, "conflict check took too long; queueing the cart");
+                None
+            }
+        }
     }
 
     /// Writes the order (after its payment) in a task of its own: the request future may be

@@ -7,12 +7,22 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::orders::ORDERS_PER_STATEMENT;
-use crate::domain::CartId;
 use crate::domain::order::{
     AddressView, CheckoutState, CustomerView, LineView, OrderView, Source, StatusEntry,
 };
+use crate::domain::{CartId, Reason};
 use crate::on_db;
 use crate::store::{Db, StoreError};
+
+/// The order placed for `cart_id` and the hash of the cart it was placed from.
+pub async fn placed(db: &Db, cart_id: CartId) -> Result<Option<(Uuid, String)>, StoreError> {
+    Ok(on_db!(db, |pool| sqlx::query_as(
+        "SELECT id, payload_hash FROM orders WHERE cart_id = $1"
+    )
+    .bind(cart_id.as_uuid())
+    .fetch_optional(pool)
+    .await)?)
+}
 
 pub async fn checkout_state(db: &Db, cart_id: CartId) -> Result<Option<CheckoutState>, StoreError> {
     on_db!(db, |pool| {
@@ -20,9 +30,6 @@ pub async fn checkout_state(db: &Db, cart_id: CartId) -> Result<Option<CheckoutS
             .bind(cart_id.as_uuid())
             .fetch_optional(pool)
             .await?;
-        if let Some(order_id) = order {
-            return Ok(Some(CheckoutState::Ordered(order_id)));
-        }
         let rejected: Option<(String, String)> = sqlx::query_as(
             "SELECT reason, detail FROM rejected_checkouts WHERE cart_id = $1
              ORDER BY seq DESC LIMIT 1",
@@ -30,6 +37,14 @@ pub async fn checkout_state(db: &Db, cart_id: CartId) -> Result<Option<CheckoutS
         .bind(cart_id.as_uuid())
         .fetch_optional(pool)
         .await?;
+        if let Some(order_id) = order {
+            // A later cart under this cart_id with another payload was turned away: the
+            // order is the first cart's, and the status says so.
+            let conflict = rejected
+                .filter(|(reason, _)| reason == Reason::Conflict.as_str())
+                .map(|(_, detail)| detail);
+            return Ok(Some(CheckoutState::Ordered { order_id, conflict }));
+        }
         if let Some((reason, detail)) = rejected {
             return Ok(Some(CheckoutState::Rejected { reason, detail }));
         }

@@ -38,7 +38,8 @@ impl Switch {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct HistoryEntry {
     pub revision: i64,
-    /// `pause`, `resume` or `expire`.
+    /// `pause`, `resume`, `force-resume` (a resume for a version no live instance ran) or
+    /// `expire`.
     pub action: String,
     pub desired: String,
     pub active_version: Option<String>,

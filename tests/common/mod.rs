@@ -206,6 +206,27 @@ impl TestApp {
     }
 }
 
+/// Runs `cartbus consumer ARGS` against `base` with a cleared environment (no $USER,
+/// no $LOGNAME) and `token`, if any, in CARTBUS_ADMIN_TOKEN; returns exit code, stdout,
+/// stderr.
+pub async fn consumer_cli(base: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartbus"));
+    command
+        .arg("consumer")
+        .args(args)
+        .env_clear()
+        .env("CARTBUS_ADMIN_URL", base);
+    if let Some(token) = token {
+        command.env("CARTBUS_ADMIN_TOKEN", token);
+    }
+    let output = command.output().await.expect("run cartbus consumer");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

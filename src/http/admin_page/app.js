@@ -80,6 +80,12 @@
   }
 
   function problemDetail(response, data) {
+    if (response.status === 429) {
+      const seconds = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+      return Number.isFinite(seconds)
+        ? `Held off for ${seconds} s after too many wrong admin tokens; try again then.`
+        : "Held off after too many wrong admin tokens; try again later.";
+    }
     if (data && typeof data === "object") {
       const fields = Array.isArray(data.errors)
         ? data.errors.map((e) => `${e.pointer || "body"}: ${e.detail}`)

@@ -154,14 +154,7 @@ impl TryFrom<Fields<BulkRequest>> for BulkResubmit {
             }
         };
         let filter = job_filter(filter, &mut found);
-        let dry_run = match dry_run {
-            Sent::Absent => false,
-            Sent::Typed(dry_run) => dry_run,
-            Sent::WrongType => {
-                found.add("/dry_run", "must be true or false");
-                false
-            }
-        };
+        let dry_run = dry_run.flag("/dry_run", &mut found);
         let max = match max {
             Sent::Absent => DEFAULT_DRY_RUN,
             Sent::Typed(n) if (1..=MAX_DRY_RUN).contains(&n) => n,
