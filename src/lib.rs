@@ -5,6 +5,8 @@
 //! support (`fault`, `telemetry`, `metrics`) ← `domain` ← `config` ← `queue` ← `store` ←
 //! `service` ← `runtime` ← `http` ← this crate root and `cli`.
 
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 pub mod cli;
 pub mod config;

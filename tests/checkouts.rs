@@ -64,8 +64,18 @@ async fn unknown_checkouts_and_orders_are_404_problems() {
     // Errors raised outside the handlers (no route, wrong method) have the same shape and
     // the same `/problems/…` types as every other problem.
     for (method, path, status, kind) in [
-        (reqwest::Method::GET, "/v1/no-such-thing", 404, "/problems/not-found"),
-        (reqwest::Method::DELETE, "/v1/checkouts", 405, "/problems/method-not-allowed"),
+        (
+            reqwest::Method::GET,
+            "/v1/no-such-thing",
+            404,
+            "/problems/not-found",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/checkouts",
+            405,
+            "/problems/method-not-allowed",
+        ),
     ] {
         let response = app
             .client

@@ -113,18 +113,13 @@ impl Db {
         let acquire_timeout = Duration::from_secs(3);
         match config.database.kind {
             DatabaseKind::Postgres => {
+                // sqlx (0.9.1 on) sets TCP_NODELAY itself: a batch of orders is one large
+                // bind message, which would otherwise wait for the server's delayed ACK.
                 let options = PgConnectOptions::from_str(url)?.application_name("cartbus");
-                let port = options.get_port();
                 Ok(Db::Postgres(
                     PgPoolOptions::new()
                         .max_connections(config.database.max_connections)
                         .acquire_timeout(acquire_timeout)
-                        .after_connect(move |_, _| {
-                            Box::pin(async move {
-                                tcp::no_delay_to_port(port);
-                                Ok(())
-                            })
-                        })
                         .connect_lazy_with(options),
                 ))
             }
@@ -221,48 +216,6 @@ impl Tx {
             Tx::Sqlite(tx) => tx.rollback().await,
         }
     }
-}
-
-mod tcp {
-    //! sqlx 0.9 leaves Nagle's algorithm on for PostgreSQL TCP connections. A statement
-    //! with a large bind message (a batch of orders) then waits for the server's delayed
-    //! ACK: measured ~45 ms per batched INSERT over TCP against ~2 ms over a Unix socket.
-    //! sqlx offers no hook to the socket, so after each connect this sets TCP_NODELAY on
-    //! the process's TCP sockets whose peer is the database port.
-
-    /// Sets TCP_NODELAY on every TCP socket of this process connected to `port`.
-    #[cfg(target_os = "linux")]
-    pub fn no_delay_to_port(port: u16) {
-        use std::os::fd::BorrowedFd;
-        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            // SAFETY: the descriptor is only borrowed for two socket calls. Should it be
-            // closed and reused meanwhile, the calls fail or set TCP_NODELAY on another
-            // socket, which is harmless.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            let socket = socket2::SockRef::from(&fd);
-            let to_database = socket
-                .peer_addr()
-                .ok()
-                .and_then(|peer| peer.as_socket())
-                .is_some_and(|peer| peer.port() == port);
-            if to_database && let Err(e) = socket.set_tcp_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a database socket");
-            }
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub fn no_delay_to_port(_port: u16) {}
 }
 
 /// Runs the migrations for `url` and returns; `cartbus migrate`.
