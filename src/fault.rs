@@ -32,3 +32,11 @@ fn configured_millis(name: &str) -> Option<u64> {
     fail::fail_point!(name, |millis| millis.and_then(|m| m.parse().ok()));
     None
 }
+
+/// The signed number fail point `name` is configured with
+/// (`FAILPOINTS=clock-skew-ms=return(-8000)`), if any.
+pub fn configured_number(name: &str) -> Option<i64> {
+    let _ = name;
+    fail::fail_point!(name, |n| n.and_then(|n| n.parse().ok()));
+    None
+}

@@ -344,7 +344,9 @@ async fn a_pause_survives_a_restart_and_lifts_itself_at_its_until() {
 
 #[tokio::test]
 async fn a_pause_sent_to_one_instance_stops_both_and_drained_waits_for_both() {
-    let backend = match common::postgres_admin_url("a_pause_sent_to_one_instance_stops_both") {
+    let backend = match common::postgres_admin_url(
+        "a_pause_sent_to_one_instance_stops_both_and_drained_waits_for_both",
+    ) {
         Some(admin) => Backend::Postgres(common::fresh_postgres(&admin).await),
         None => Backend::Sqlite,
     };
@@ -979,4 +981,64 @@ async fn concurrent_switch_changes_each_get_their_own_revision() {
     );
     a.stop().await.expect("clean stop");
     b.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn liveness_and_a_timed_pause_go_by_the_database_clock_not_an_instances_own() {
+    const TEST: &str = "liveness_and_a_timed_pause_go_by_the_database_clock_not_an_instances_own";
+    let backend = match common::postgres_admin_url(TEST) {
+        Some(admin) => Backend::Postgres(common::fresh_postgres(&admin).await),
+        None => Backend::Sqlite,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = with_admin(Settings::new(dir.path(), &backend));
+    let a = TestApp::spawn(&settings.with("CARTBUS_INSTANCE", "a")).await;
+    // Two more instances whose own clocks are off by half a minute (a test-only skew).
+    let _slow = Process::start(
+        &settings.with("CARTBUS_INSTANCE", "slow"),
+        &[("FAILPOINTS", "clock-skew-ms=return(-30000)")],
+    );
+    let _fast = Process::start(
+        &settings.with("CARTBUS_INSTANCE", "fast"),
+        &[("FAILPOINTS", "clock-skew-ms=return(30000)")],
+    );
+
+    // Both count as live: their heartbeats carry the database's time, not their own.
+    eventually("both skewed instances live", || async {
+        let (_, status) = admin_get(&a.client, &a.base, "/v1/admin/consumer").await;
+        (!instance(&status, "slow").is_null() && !instance(&status, "fast").is_null()).then_some(())
+    })
+    .await;
+
+    // A pause until three seconds from now is not lifted early by the instance whose own
+    // clock is already past it.
+    let until = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let (status, body) = admin_post(
+        &a.client,
+        &a.base,
+        "/v1/admin/consumer/pause",
+        json!({ "reason": "timed", "until": until.to_rfc3339() }),
+    )
+    .await;
+    assert!(status == 200 || status == 202, "{body}");
+    let lifted_at = eventually("the timed pause lifted", || async {
+        let (_, status) = admin_get(&a.client, &a.base, "/v1/admin/consumer").await;
+        (status["desired"] == "running").then(chrono::Utc::now)
+    })
+    .await;
+    assert!(
+        lifted_at >= until,
+        "lifted at {lifted_at}, before its until {until}"
+    );
+    let (_, history) = admin_get(&a.client, &a.base, "/v1/admin/consumer/history").await;
+    assert_eq!(history[0]["action"], "expire", "{history}");
+    let recorded: chrono::DateTime<chrono::Utc> = history[0]["changed_at"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("changed_at");
+    assert!(
+        recorded >= until,
+        "the history says it lifted at {recorded}, before {until}"
+    );
+    a.stop().await.expect("clean stop");
 }

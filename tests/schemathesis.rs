@@ -29,7 +29,7 @@ fn schemathesis() -> Option<String> {
         }
         _ => {
             common::skipped(
-                "schemathesis",
+                "the_api_keeps_its_openapi_document",
                 "needs schemathesis; set CARTBUS_TEST_SCHEMATHESIS to its command (.ci/run makes target/schemathesis-venv)",
             );
             None

@@ -123,6 +123,18 @@ fn cases() -> Vec<Case> {
         json_case("cart_id the nil UUID", 422, "/cart_id", |c| {
             c["cart_id"] = json!("00000000-0000-0000-0000-000000000000")
         }),
+        json_case("cart_id in braces", 422, "/cart_id", |c| {
+            c["cart_id"] = json!(format!("{{{}}}", c["cart_id"].as_str().unwrap_or_default()))
+        }),
+        json_case("cart_id as a urn", 422, "/cart_id", |c| {
+            c["cart_id"] = json!(format!(
+                "urn:uuid:{}",
+                c["cart_id"].as_str().unwrap_or_default()
+            ))
+        }),
+        json_case("cart_id as bare hex", 422, "/cart_id", |c| {
+            c["cart_id"] = json!(c["cart_id"].as_str().unwrap_or_default().replace('-', ""))
+        }),
         json_case("cart_id a number", 422, "/cart_id", |c| {
             c["cart_id"] = json!(42)
         }),
@@ -340,5 +352,57 @@ async fn a_configured_storefront_key_is_required() {
         .await
         .expect("POST");
     assert_eq!(response.status(), 202);
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_cart_id_in_upper_case_is_the_same_id_everywhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(&Settings::new(dir.path(), &Backend::Sqlite)).await;
+
+    // Over HTTP: taken, and answered in its one spelling (lower case).
+    let mut cart = cart();
+    let id = cart["cart_id"].as_str().expect("id").to_string();
+    cart["cart_id"] = json!(id.to_uppercase());
+    let response = app
+        .client
+        .post(app.url("/v1/checkouts"))
+        .header("idempotency-key", id.to_uppercase())
+        .json(&cart)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["checkout_id"], id.as_str());
+    let order = app.wait_for_order(&id).await;
+    assert_eq!(order["cart_id"], id.as_str());
+    let (status, checkout) = app
+        .get_json(&format!("/v1/checkouts/{}", id.to_uppercase()))
+        .await;
+    assert_eq!((status, &checkout["status"]), (200, &json!("ordered")));
+
+    // On the queue: a producer that writes the message-id in upper case is not
+    // dead-lettered for it; the ids are compared as UUIDs.
+    let cart = common::cart();
+    let id = cart["cart_id"].as_str().expect("id").to_string();
+    let body = json!({ "schema": 1, "cart": cart, "accepted_at": "2026-12-05T01:00:00Z" });
+    let message = cartbus::queue::Message {
+        message_id: id.to_uppercase(),
+        content_type: "application/json".into(),
+        properties: cartbus::queue::Properties::from([(
+            "schema".into(),
+            cartbus::queue::Property::Int(1),
+        )]),
+        body: serde_json::to_vec(&body).expect("json").into(),
+        ..Default::default()
+    };
+    app.state
+        .queue
+        .send("checkout-carts", message)
+        .await
+        .expect("send");
+    app.wait_for_order(&id).await;
+    assert!(common::dead_letters(dir.path()).await.is_empty());
     app.stop().await.expect("clean stop");
 }

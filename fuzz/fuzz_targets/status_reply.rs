@@ -138,7 +138,11 @@ fn follows_the_rules(received: &Message) -> Option<StatusReply> {
     let tracking_ok = reply
         .tracking_id
         .as_deref()
-        .is_none_or(|t| !t.trim().is_empty() && t.len() <= MAX_TRACKING_ID);
+        .is_none_or(|t| {
+            !t.trim().is_empty()
+                && t.chars().count() <= MAX_TRACKING_ID
+                && !t.chars().any(char::is_control)
+        });
     (reply.partner.eq_ignore_ascii_case("contoso")
         && signed
         && PARTNER_STATUSES.contains(&reply.status.as_str())

@@ -13,9 +13,24 @@ pub const MAX_QUANTITY: i64 = 10_000;
 #[serde(transparent)]
 pub struct CartId(Uuid);
 
+/// What an identifier must look like, in every place the API or a queue message takes one.
+pub const UUID_FORM: &str = "must be a UUID in its hyphenated form, 8-4-4-4-12 hex digits (e.g. 6f1c0c1e-5d7b-4a53-9b1a-2f6a3d9f0c11)";
+
+/// A UUID as the API takes it: the hyphenated form of RFC 9562, in either letter case
+/// (the same id whatever the case), surrounding whitespace ignored. The braced, `urn:uuid:`
+/// and bare-hex forms are refused, so that one id has one spelling in every log, URL and
+/// message, and ids are compared as UUIDs, never as text.
+pub fn parse_uuid(text: &str) -> Result<Uuid, &'static str> {
+    let text = text.trim();
+    if text.len() != 36 {
+        return Err(UUID_FORM);
+    }
+    Uuid::try_parse(text).map_err(|_| UUID_FORM)
+}
+
 impl CartId {
     pub fn parse(s: &str) -> Result<CartId, &'static str> {
-        let id = Uuid::try_parse(s.trim()).map_err(|_| "must be a UUID")?;
+        let id = parse_uuid(s)?;
         if id.is_nil() {
             return Err("must not be the nil UUID");
         }
@@ -131,7 +146,8 @@ impl Email {
         let s = s.trim();
         // RFC 5322 lets a quoted local part hold a tab, and email_address takes it; like
         // every other string of a cart, an address holds no control characters.
-        (s.len() <= Self::MAX_LEN
+        // Counted in characters, as every limit of the API and JSON Schema's maxLength are.
+        (s.chars().count() <= Self::MAX_LEN
             && !s.chars().any(char::is_control)
             && email_address::EmailAddress::is_valid(s)
             && s.contains('@'))
@@ -202,8 +218,14 @@ pub struct Line {
                    at once, each bad field by a JSON pointer."
 )]
 pub struct Cart {
-    /// UUID chosen by the storefront; the idempotency key.
-    #[schema(value_type = uuid::Uuid, example = "6f1c0c1e-5d7b-4a53-9b1a-2f6a3d9f0c11")]
+    /// UUID chosen by the storefront; the idempotency key. Its hyphenated form
+    /// (8-4-4-4-12 hex digits) in either case, answered in lower case; braces, `urn:uuid:`
+    /// and bare hex are refused.
+    #[schema(
+        value_type = uuid::Uuid,
+        pattern = "^\\s*[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\\s*$",
+        example = "6f1c0c1e-5d7b-4a53-9b1a-2f6a3d9f0c11"
+    )]
     pub cart_id: CartId,
     pub customer: Customer,
     pub shipping_address: Address,

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::Cart;
 use super::message::{Message, Properties, Property};
+use super::{Cart, CartId};
 
 /// The schema version this build writes. It reads every version in [`KNOWN_SCHEMAS`].
 pub const SCHEMA: i32 = 1;
@@ -83,7 +83,10 @@ pub fn decode(message: &Message) -> Decoded {
         return Decoded::Invalid("envelope has no cart".into());
     };
     match Cart::parse(cart) {
-        Ok(cart) if cart.cart_id.to_string() == message.message_id => Decoded::Cart(Box::new(cart)),
+        // Compared as UUIDs: a producer may write the message-id in upper case.
+        Ok(cart) if CartId::parse(&message.message_id).ok() == Some(cart.cart_id) => {
+            Decoded::Cart(Box::new(cart))
+        }
         Ok(cart) => Decoded::Invalid(format!(
             "message-id {:?} is not the cart_id {}",
             message.message_id, cart.cart_id

@@ -15,7 +15,7 @@ mod reason;
 
 pub use cart::{
     Address, Cart, CartId, CountryCode, CurrencyCode, Customer, Email, Line, MAX_LINES,
-    MAX_QUANTITY, Money, Quantity,
+    MAX_QUANTITY, Money, Quantity, UUID_FORM, parse_uuid,
 };
 pub use parse::FieldError;
 pub use reason::Reason;

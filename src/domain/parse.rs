@@ -201,7 +201,7 @@ fn parse_cart(value: &Value, errors: &mut Errors) -> Option<Cart> {
             v,
             p,
             |s| CartId::parse(s).ok(),
-            "a UUID other than the nil UUID",
+            "a hyphenated UUID (8-4-4-4-12 hex digits, either case) other than the nil UUID",
             e,
         )
     });
@@ -442,6 +442,25 @@ mod tests {
         let mut bad = cart();
         bad["customer"]["email"] = json!("\"ada\tlovelace\"@example.com");
         assert_eq!(pointers(&bad), ["/customer/email"]);
+    }
+
+    #[test]
+    fn an_email_is_measured_in_characters() {
+        // 233 characters but 265 bytes (a UTF-8 local part, RFC 6531): within the limit of
+        // 254 characters the message states.
+        let domain = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "example"
+        );
+        let address = format!("{}@{domain}", "ü".repeat(32));
+        assert!(address.len() > 254 && address.chars().count() < 254);
+        let mut good = cart();
+        good["customer"]["email"] = json!(address);
+        let parsed = Cart::parse(&good).expect("valid: measured in characters");
+        assert_eq!(parsed.customer.email.as_str(), address);
     }
 
     #[test]

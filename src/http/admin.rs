@@ -137,10 +137,13 @@ pub struct Pause {
     until: Option<DateTime<Utc>>,
 }
 
-impl TryFrom<Fields<PauseRequest>> for Pause {
+/// A pause body, checked at `now` on the database's clock (an `until` must be after it).
+impl TryFrom<(Fields<PauseRequest>, DateTime<Utc>)> for Pause {
     type Error = Vec<FieldError>;
 
-    fn try_from(body: Fields<PauseRequest>) -> Result<Pause, Vec<FieldError>> {
+    fn try_from(
+        (body, now): (Fields<PauseRequest>, DateTime<Utc>),
+    ) -> Result<Pause, Vec<FieldError>> {
         let PauseRequest {
             reason,
             wait_seconds,
@@ -162,7 +165,7 @@ impl TryFrom<Fields<PauseRequest>> for Pause {
         let until = match until {
             Sent::Absent => None,
             Sent::Typed(s) => match DateTime::parse_from_rfc3339(&s) {
-                Ok(t) if t.with_timezone(&Utc) > Utc::now() => Some(t.with_timezone(&Utc)),
+                Ok(t) if t.with_timezone(&Utc) > now => Some(t.with_timezone(&Utc)),
                 Ok(_) => {
                     found.add("/until", "must be in the future");
                     None
@@ -209,7 +212,11 @@ pub async fn pause(
         reason,
         wait,
         until,
-    } = Fields::<PauseRequest>::read_optional(body)?.try_into()?;
+    } = (
+        Fields::<PauseRequest>::read_optional(body)?,
+        app.control.now(),
+    )
+        .try_into()?;
     let (switch, changed) = switch::change(
         &app.db,
         Change {
@@ -219,6 +226,7 @@ pub async fn pause(
             reason: reason.as_deref(),
             until,
             by: &auth.actor,
+            at: app.control.now(),
             if_revision: None,
         },
     )
@@ -339,6 +347,7 @@ pub async fn resume(
             reason: reason.as_deref(),
             until: None,
             by: &auth.actor,
+            at: app.control.now(),
             if_revision: None,
         },
     )

@@ -12,7 +12,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::admin::AdminAuth;
 use super::extract::{JsonBody, OptionalJsonBody, Query};
@@ -338,8 +337,7 @@ pub async fn resubmit_job(
     _auth: AdminAuth,
     Path(job_id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job_id =
-        Uuid::try_parse(&job_id).map_err(|_| ApiError::field("/job_id", "must be a UUID"))?;
+    let job_id = crate::domain::parse_uuid(&job_id).map_err(|e| ApiError::field("/job_id", e))?;
     resubmit_jobs::find(&app.db, job_id)
         .await?
         .map(Json)

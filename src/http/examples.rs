@@ -226,7 +226,7 @@ pub fn outbox_invalid() -> Value {
 }
 
 pub fn order_id_invalid() -> Value {
-    problem(field("/order_id", "must be a UUID"))
+    problem(field("/order_id", crate::domain::UUID_FORM))
 }
 
 pub fn outbox_not_stuck() -> Value {
@@ -286,7 +286,10 @@ pub fn payment_resolved() -> Value {
 }
 
 pub fn resolve_bad_cart_id() -> Value {
-    problem(ApiError::bad_request("cart_id must be a UUID"))
+    problem(ApiError::bad_request(format!(
+        "cart_id {}",
+        crate::domain::UUID_FORM
+    )))
 }
 
 pub fn resolve_not_found() -> Value {

@@ -2,10 +2,10 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use uuid::Uuid;
 
 use super::problem::{ApiError, Problem};
 use crate::domain::order::OrderView;
+use crate::domain::parse_uuid;
 use crate::runtime::app::AppState;
 use crate::store::order_reads;
 
@@ -24,8 +24,8 @@ pub async fn get(
     State(app): State<AppState>,
     Path(order_id): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
-    let order_id = Uuid::try_parse(order_id.trim())
-        .map_err(|_| ApiError::bad_request("order_id must be a UUID"))?;
+    let order_id =
+        parse_uuid(&order_id).map_err(|e| ApiError::bad_request(format!("order_id {e}")))?;
     order_reads::find(&app.db, order_id)
         .await?
         .map(Json)

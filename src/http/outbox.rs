@@ -100,7 +100,7 @@ pub async fn retry(
     Path(order_id): Path<String>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     let order_id =
-        Uuid::try_parse(&order_id).map_err(|_| ApiError::field("/order_id", "must be a UUID"))?;
+        crate::domain::parse_uuid(&order_id).map_err(|e| ApiError::field("/order_id", e))?;
     if !outbox::retry(&app.db, order_id, Utc::now()).await? {
         return Err(ApiError::Conflict(format!(
             "order {order_id} has no outbox row in critical_error or error"

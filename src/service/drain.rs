@@ -81,6 +81,49 @@ pub struct Control {
     identity: Identity,
     started_at: chrono::DateTime<Utc>,
     rates: Mutex<VecDeque<(Instant, i64, i64)>>,
+    clock: Clock,
+}
+
+/// The database's clock as this instance reads it: its own clock plus the offset measured
+/// at each switch read (DESIGN §6). Liveness and a pause's `until` are judged by it, so an
+/// instance whose own clock is seconds behind still counts as live, and one that runs
+/// ahead does not lift a timed pause early. Until the first reading the offset is zero.
+struct Clock {
+    /// The database's clock minus this instance's, in milliseconds.
+    offset_ms: AtomicI64,
+    /// Test-only: how far this instance's own clock is off (fail point `clock-skew-ms`).
+    skew: chrono::Duration,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            offset_ms: AtomicI64::new(0),
+            skew: chrono::Duration::milliseconds(
+                crate::fault::configured_number("clock-skew-ms").unwrap_or(0),
+            ),
+        }
+    }
+
+    /// This instance's own clock.
+    fn local(&self) -> chrono::DateTime<Utc> {
+        Utc::now() + self.skew
+    }
+
+    fn now(&self) -> chrono::DateTime<Utc> {
+        self.local() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Acquire))
+    }
+
+    /// Measures the offset against the database: its clock read halfway through the call.
+    async fn synchronise(&self, db: &Db) -> Result<(), StoreError> {
+        let before = self.local();
+        let database = switch::database_now(db).await?;
+        let after = self.local();
+        let local = before + (after - before) / 2;
+        self.offset_ms
+            .store((database - local).num_milliseconds(), Ordering::Release);
+        Ok(())
+    }
 }
 
 impl Control {
@@ -96,7 +139,14 @@ impl Control {
             identity,
             started_at: Utc::now(),
             rates: Mutex::new(VecDeque::new()),
+            clock: Clock::new(),
         }
+    }
+
+    /// Now, on the database's clock (as last measured): what `last_seen`, liveness and a
+    /// pause's `until` are judged by.
+    pub fn now(&self) -> chrono::DateTime<Utc> {
+        self.clock.now()
     }
 
     pub fn mode(&self) -> Mode {
@@ -209,7 +259,7 @@ impl Control {
             accepted: i64::try_from(self.accepted.get()).unwrap_or(i64::MAX),
             seen_revision: self.revision.load(Ordering::Acquire),
             started_at: self.started_at,
-            last_seen: Utc::now(),
+            last_seen: self.now(),
         }
     }
 }
@@ -332,8 +382,9 @@ pub async fn watch(db: &Db, control: &Control, health: &Health, stop: Cancellati
 }
 
 async fn tick(db: &Db, control: &Control) -> Result<Mode, StoreError> {
+    control.clock.synchronise(db).await?;
     let mut switch = switch::read(db).await?;
-    if switch.is_paused() && switch.until.is_some_and(|until| until <= Utc::now()) {
+    if switch.is_paused() && switch.until.is_some_and(|until| until <= control.now()) {
         let (lifted, changed) = switch::change(
             db,
             Change {
@@ -343,6 +394,7 @@ async fn tick(db: &Db, control: &Control) -> Result<Mode, StoreError> {
                 reason: Some("the pause reached its `until`"),
                 until: None,
                 by: &format!("cartbus@{}", control.identity.instance),
+                at: control.now(),
                 if_revision: Some(switch.revision),
             },
         )
@@ -366,7 +418,7 @@ async fn tick(db: &Db, control: &Control) -> Result<Mode, StoreError> {
     });
     let row = control.row(control.state());
     switch::heartbeat(db, &row).await?;
-    let since = Utc::now() - LIVE_WINDOW;
+    let since = control.now() - LIVE_WINDOW;
     let instances = switch::instances(db, since).await?;
     control.record_rates(&instances);
     Ok(mode)
@@ -434,7 +486,7 @@ pub async fn drain_state(
     control: &Control,
 ) -> Result<(Switch, Vec<InstanceRow>, bool), StoreError> {
     let switch = switch::read(db).await?;
-    let mut instances = switch::instances(db, Utc::now() - LIVE_WINDOW).await?;
+    let mut instances = switch::instances(db, control.now() - LIVE_WINDOW).await?;
     // This instance speaks for itself from memory: fresher than its last heartbeat, and
     // present even before its first one (an empty list would read as drained).
     let me = control.row(control.state());

@@ -154,11 +154,15 @@ pub fn check(settings: &FulfilmentSettings, message: &Message) -> Result<StatusR
         ));
     }
     if let Some(tracking) = &reply.tracking_id
-        && (tracking.trim().is_empty() || tracking.len() > MAX_TRACKING_ID)
+        && (tracking.trim().is_empty()
+            || tracking.chars().count() > MAX_TRACKING_ID
+            || tracking.chars().any(char::is_control))
     {
         return Err(refuse(
             Reason::Invalid,
-            format!("tracking_id must be 1 to {MAX_TRACKING_ID} characters"),
+            format!(
+                "tracking_id must be 1 to {MAX_TRACKING_ID} characters, none of them control characters"
+            ),
         ));
     }
     Ok(StatusReply { partner, ..reply })
@@ -273,4 +277,51 @@ pub(crate) async fn record(
         }
     }
     Ok(Ok(Recorded::Applied))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const SECRET: &str = "contoso-secret-0001";
+
+    fn reply_with_tracking(tracking_id: &str) -> Result<StatusReply, Refusal> {
+        let settings = Config::from_vars([
+            ("CARTBUS_ROUTES", "*=contoso"),
+            ("CARTBUS_PARTNER_CONTOSO_SECRET", SECRET),
+        ])
+        .expect("valid settings")
+        .fulfilment;
+        let body = serde_json::to_vec(&StatusReply {
+            order_id: Uuid::new_v4(),
+            status: "shipped".into(),
+            tracking_id: Some(tracking_id.into()),
+            partner: "contoso".into(),
+        })
+        .expect("json");
+        let signature = message::sign(SECRET.as_bytes(), &body);
+        let received = Message {
+            message_id: "reply".into(),
+            content_type: "application/json".into(),
+            properties: [(SIGNATURE_PROPERTY.to_string(), Property::String(signature))]
+                .into_iter()
+                .collect(),
+            body: body.into(),
+            ..Default::default()
+        };
+        check(&settings, &received)
+    }
+
+    #[test]
+    fn a_tracking_id_is_measured_in_characters_and_holds_no_control_characters() {
+        // 100 characters of two bytes each: within the limit the message states.
+        assert!(reply_with_tracking(&"é".repeat(100)).is_ok());
+        let too_long = reply_with_tracking(&"é".repeat(101)).expect_err("101 characters");
+        assert!(too_long.detail.contains("100 characters"), "{too_long:?}");
+        for control in ["TRK\u{7}1", "TRK\n1", "TRK\u{1b}[31m"] {
+            let refused = reply_with_tracking(control).expect_err(control);
+            assert!(refused.detail.contains("control"), "{refused:?}");
+        }
+    }
 }

@@ -101,6 +101,8 @@ pub struct Change<'a> {
     pub reason: Option<&'a str>,
     pub until: Option<DateTime<Utc>>,
     pub by: &'a str,
+    /// When, on the database's clock (`changed_at`, as every instance's history reads it).
+    pub at: DateTime<Utc>,
     /// Apply only if the switch is still at this revision (`expire` uses it so that two
     /// instances lifting the same pause record it once).
     pub if_revision: Option<i64>,
@@ -125,7 +127,7 @@ pub async fn change(db: &Db, change: Change<'_>) -> Result<(Switch, bool), Store
         tx.commit().await?;
         return Ok((current, false));
     }
-    let now = Utc::now();
+    let now = change.at;
     let revision = current.revision + 1;
     let until = if change.desired == "paused" {
         change.until
@@ -260,6 +262,27 @@ pub async fn history(db: &Db, limit: i64) -> Result<Vec<HistoryEntry>, StoreErro
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
     })?)
+}
+
+/// The database server's clock: the one clock every instance agrees on, whatever its own
+/// says. Liveness (`last_seen`) and a pause's `until` are measured against it.
+pub async fn database_now(db: &Db) -> Result<DateTime<Utc>, StoreError> {
+    Ok(match db {
+        Db::Postgres(pool) => {
+            sqlx::query_scalar::<_, DateTime<Utc>>("SELECT clock_timestamp()")
+                .fetch_one(pool)
+                .await?
+        }
+        Db::Sqlite(pool) => {
+            // SQLite's clock is the machine's: on one machine every instance shares it.
+            let text: String = sqlx::query_scalar("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
+                .fetch_one(pool)
+                .await?;
+            DateTime::parse_from_rfc3339(&text)
+                .map_err(|e| StoreError::invariant(format!("SQLite's clock said {text:?}: {e}")))?
+                .with_timezone(&Utc)
+        }
+    })
 }
 
 pub async fn heartbeat(db: &Db, row: &InstanceRow) -> Result<(), StoreError> {

@@ -43,10 +43,25 @@ pub fn postgres_admin_url(test: &str) -> Option<String> {
     }
 }
 
-/// Says so on the terminal even though libtest captures `eprintln!` of passing tests.
+/// Says so on the terminal even though libtest captures `eprintln!` of passing tests, and
+/// records it in `target/tmp/skipped.tsv` (test binary, test, why), which `.ci/test`
+/// sums up after the whole run.
 pub fn skipped(test: &str, why: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED (part of) {test}: {why}");
+    let binary = env!("CARGO_CRATE_NAME");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED (part of) {binary}::{test}: {why}"
+    );
+    let record = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.tsv");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(record)
+    {
+        // One write per line: appends from tests running at once do not interleave.
+        let _ = file.write_all(format!("{binary}\t{test}\t{why}\n").as_bytes());
+    }
 }
 
 /// A measurement worth seeing in the test output (not captured by libtest).

@@ -357,7 +357,7 @@ async fn record_dead_letter(
     )
     .await?;
     if let Outcome::Rejected(..) = outcome
-        && let Ok(cart_id) = uuid::Uuid::try_parse(item.message_id())
+        && let Ok(cart_id) = crate::domain::parse_uuid(item.message_id())
     {
         orders::record_rejection(tx, cart_id, reason, detail).await?;
     }
