@@ -135,14 +135,11 @@ fn follows_the_rules(received: &Message) -> Option<StatusReply> {
         .correlation_id
         .as_deref()
         .is_none_or(|c| Uuid::try_parse(c).ok() == Some(reply.order_id));
-    let tracking_ok = reply
-        .tracking_id
-        .as_deref()
-        .is_none_or(|t| {
-            !t.trim().is_empty()
-                && t.chars().count() <= MAX_TRACKING_ID
-                && !t.chars().any(char::is_control)
-        });
+    let tracking_ok = reply.tracking_id.as_deref().is_none_or(|t| {
+        !t.trim().is_empty()
+            && t.chars().count() <= MAX_TRACKING_ID
+            && !t.chars().any(char::is_control)
+    });
     (reply.partner.eq_ignore_ascii_case("contoso")
         && signed
         && PARTNER_STATUSES.contains(&reply.status.as_str())
