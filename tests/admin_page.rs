@@ -123,7 +123,10 @@ async fn an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browse
 
     let dir = tempfile::tempdir().expect("tempdir");
     let app = TestApp::spawn(
-        &Settings::new(dir.path(), &Backend::Sqlite).set("CARTBUS_ADMIN_TOKEN", TOKEN),
+        &Settings::new(dir.path(), &Backend::Sqlite)
+            .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+            // The conflicting cart below is to reach the consumer, not a 409 at intake.
+            .set("CARTBUS_CONFLICT_CHECK_MS", "0"),
     )
     .await;
     let config = &app.state.config;

@@ -244,12 +244,11 @@ async fn bad_messages_are_recorded_then_rejected_into_the_dead_letter_queue() {
         broker::declare(&queue);
         let dlq = with_dlx.then(|| broker::dead_letter_policy(&queue));
         let dir = tempfile::tempdir().expect("tempdir");
-        let app = TestApp::spawn(&broker::settings(
-            dir.path(),
-            &Backend::Sqlite,
-            &url,
-            &queue,
-        ))
+        // No conflict check at intake: the conflicting cart is to reach the consumer.
+        let app = TestApp::spawn(
+            &broker::settings(dir.path(), &Backend::Sqlite, &url, &queue)
+                .set("CARTBUS_CONFLICT_CHECK_MS", "0"),
+        )
         .await;
         broker::wait_connected(&app.state).await;
 

@@ -74,8 +74,11 @@ async fn stack_settings(
         None => Settings::new(dir, &backend),
         Some(url) => broker::fulfilment_settings(dir, &backend, url, &tag),
     };
+    // No conflict check at intake: the conflicting carts here are to reach the consumer
+    // and become dead letters.
     let settings = settings
         .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+        .set("CARTBUS_CONFLICT_CHECK_MS", "0")
         .set("CARTBUS_ROUTES", "*=acme")
         .set("CARTBUS_PARTNER_ACME_SECRET", SECRET);
     (settings, backend)
