@@ -81,8 +81,12 @@ async fn scrape_until(app: &TestApp, what: &str, ready: impl Fn(&str) -> bool) -
 #[tokio::test]
 async fn metrics_show_the_backlog_the_drain_switch_and_instances_as_they_change() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // No conflict check at intake: the conflicting cart below is to reach the consumer
+    // and be dead-lettered there.
     let app = TestApp::spawn(
-        &Settings::new(dir.path(), &Backend::Sqlite).set("CARTBUS_ADMIN_TOKEN", TOKEN),
+        &Settings::new(dir.path(), &Backend::Sqlite)
+            .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+            .set("CARTBUS_CONFLICT_CHECK_MS", "0"),
     )
     .await;
 
