@@ -9,6 +9,84 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// The `outcome` values of each labelled counter. [`Metrics::new`] registers every one at
+/// 0, so that a dashboard or an alert reads 0 rather than "no data" before the first
+/// event, and the increment helpers check (in debug builds, so in every test) that what
+/// they count is listed here: an outcome added without its place here fails the tests
+/// that reach it. Values that come from an enum are taken from its `ALL`, so a new
+/// variant is registered without anyone having to remember.
+///
+/// `cartbus_http_request_duration_seconds` is not pre-registered: method × route × status
+/// would be hundreds of histograms, nearly all never seen.
+pub mod outcomes {
+    use std::sync::LazyLock;
+
+    use crate::domain::Reason;
+    use crate::domain::payment::CallOutcome;
+    use crate::service::resubmit::Outcome as Resubmit;
+
+    pub type List = LazyLock<Vec<&'static str>>;
+
+    /// `cartbus_checkouts_total`: what `POST /v1/checkouts` came to.
+    pub static CHECKOUTS: List = LazyLock::new(|| {
+        vec![
+            "queued",
+            "direct",
+            Reason::Conflict.label(),
+            "invalid",
+            "unavailable",
+            "shed",
+        ]
+    });
+
+    /// `cartbus_consumer_messages_total`: a cart placed, found placed before, given back
+    /// or failed (retried), or turned away for a reason (any reason: a cart message can be
+    /// rejected for each, and the label is [`Reason::label`]).
+    pub static CONSUMER: List = LazyLock::new(|| {
+        let mut list = vec!["created", "duplicate", "released", "failed"];
+        list.extend(Reason::ALL.map(Reason::label));
+        list
+    });
+
+    /// `cartbus_outbox_events_total`: what the fulfilment relay did.
+    pub static OUTBOX: List = LazyLock::new(|| {
+        vec![
+            "sent",
+            "audit_copy",
+            "send_failed",
+            "send_deferred",
+            "critical_error",
+        ]
+    });
+
+    /// `cartbus_partner_replies_total`: a reply applied, a duplicate, given back or failed
+    /// (retried), or the reason it was dead-lettered ([`Reason::as_str`], as in
+    /// `cartbus_dead_letters`).
+    pub static PARTNER_REPLIES: List = LazyLock::new(|| {
+        let mut list = vec!["applied", "duplicate", "released", "failed"];
+        list.extend(Reason::dead_lettered().map(Reason::as_str));
+        list
+    });
+
+    /// `cartbus_dead_letter_resubmits_total`: every resubmit outcome but a dry run's (dry
+    /// runs are not counted).
+    pub static DEAD_LETTER_RESUBMITS: List = LazyLock::new(|| {
+        Resubmit::ALL
+            .into_iter()
+            .filter(|outcome| !outcome.is_dry_run())
+            .map(Resubmit::as_str)
+            .collect()
+    });
+
+    /// `cartbus_payment_calls_total`: what a capture call came to, and
+    /// `late_after_resolution` for one that answered after an operator resolved it.
+    pub static PAYMENT_CALLS: List = LazyLock::new(|| {
+        let mut list = CallOutcome::LABELS.to_vec();
+        list.push("late_after_resolution");
+        list
+    });
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub outcome: &'static str,
@@ -38,10 +116,9 @@ pub struct HttpLabels {
 
 pub struct Metrics {
     registry: Registry,
-    /// Checkouts by outcome: queued, direct, duplicate, conflict, invalid, unavailable.
+    /// Checkouts by outcome ([`outcomes::CHECKOUTS`]).
     pub checkouts: Family<Outcome, Counter>,
-    /// Consumed messages by outcome: created, duplicate, conflict, invalid,
-    /// unknown_schema, released, failed.
+    /// Consumed messages by outcome ([`outcomes::CONSUMER`]).
     pub consumer: Family<Outcome, Counter>,
     pub http_requests: Family<HttpLabels, Histogram>,
     pub queue_depth: Gauge,
@@ -72,18 +149,19 @@ pub struct Metrics {
     /// The drain switch as the database holds it (sampled at scrape).
     pub drain_switch_paused: Gauge,
     pub drain_switch_drained: Gauge,
-    /// Outbox events: sent, audit_copy, send_failed, critical_error.
+    /// Outbox events by outcome ([`outcomes::OUTBOX`]).
     pub outbox_events: Family<Outcome, Counter>,
     /// Outbox rows not yet processed, by status (sampled at scrape).
     pub outbox_rows: Family<StatusLabel, Gauge>,
-    /// Partner status replies by outcome: applied, duplicate, or the dead-letter reason.
+    /// Partner status replies by outcome ([`outcomes::PARTNER_REPLIES`]): applied,
+    /// duplicate, or the dead-letter reason.
     pub partner_replies: Family<Outcome, Counter>,
-    /// Dead-letter resubmits by outcome (dry runs not counted).
+    /// Dead-letter resubmits by outcome ([`outcomes::DEAD_LETTER_RESUBMITS`]; dry runs not
+    /// counted).
     pub dead_letter_resubmits: Family<Outcome, Counter>,
     /// Dead letters not deleted, by reason (sampled at scrape).
     pub dead_letters: Family<ReasonLabel, Gauge>,
-    /// Payment capture calls by outcome: captured, declined, unknown, not_sent; and
-    /// late_after_resolution for a call that answered after an operator resolved it.
+    /// Payment capture calls by outcome ([`outcomes::PAYMENT_CALLS`]).
     pub payment_calls: Family<Outcome, Counter>,
     /// Payments whose outcome is unknown and unresolved (sampled at scrape).
     pub payments_unknown: Gauge,
@@ -272,6 +350,18 @@ impl Metrics {
             "Captured payments whose order was not written (the order write failed or its process died; sampled at scrape)",
             payments_captured_without_order.clone(),
         );
+        for (family, known) in [
+            (&checkouts, &outcomes::CHECKOUTS),
+            (&consumer, &outcomes::CONSUMER),
+            (&outbox_events, &outcomes::OUTBOX),
+            (&partner_replies, &outcomes::PARTNER_REPLIES),
+            (&dead_letter_resubmits, &outcomes::DEAD_LETTER_RESUBMITS),
+            (&payment_calls, &outcomes::PAYMENT_CALLS),
+        ] {
+            for &outcome in known.iter() {
+                let _ = family.get_or_create(&Outcome { outcome });
+            }
+        }
         Metrics {
             dead_letters,
             outbox_events,
@@ -307,33 +397,63 @@ impl Metrics {
     }
 
     pub fn checkout(&self, outcome: &'static str) {
-        self.checkouts.get_or_create(&Outcome { outcome }).inc();
+        count(
+            &self.checkouts,
+            &outcomes::CHECKOUTS,
+            "checkouts",
+            outcome,
+            1,
+        );
     }
 
     pub fn payment_call(&self, outcome: &'static str) {
-        self.payment_calls.get_or_create(&Outcome { outcome }).inc();
+        count(
+            &self.payment_calls,
+            &outcomes::PAYMENT_CALLS,
+            "payment_calls",
+            outcome,
+            1,
+        );
     }
 
     pub fn consumed(&self, outcome: &'static str, n: u64) {
-        self.consumer.get_or_create(&Outcome { outcome }).inc_by(n);
+        count(
+            &self.consumer,
+            &outcomes::CONSUMER,
+            "consumer_messages",
+            outcome,
+            n,
+        );
     }
 
     pub fn outbox(&self, outcome: &'static str, n: u64) {
-        self.outbox_events
-            .get_or_create(&Outcome { outcome })
-            .inc_by(n);
+        count(
+            &self.outbox_events,
+            &outcomes::OUTBOX,
+            "outbox_events",
+            outcome,
+            n,
+        );
     }
 
     pub fn dead_letter_resubmit(&self, outcome: &'static str) {
-        self.dead_letter_resubmits
-            .get_or_create(&Outcome { outcome })
-            .inc();
+        count(
+            &self.dead_letter_resubmits,
+            &outcomes::DEAD_LETTER_RESUBMITS,
+            "dead_letter_resubmits",
+            outcome,
+            1,
+        );
     }
 
     pub fn partner_reply(&self, outcome: &'static str) {
-        self.partner_replies
-            .get_or_create(&Outcome { outcome })
-            .inc();
+        count(
+            &self.partner_replies,
+            &outcomes::PARTNER_REPLIES,
+            "partner_replies",
+            outcome,
+            1,
+        );
     }
 
     /// The registry in Prometheus text format.
@@ -342,5 +462,89 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Adds `n` to `family`'s `outcome`, which must be one of the `known` ones it was
+/// registered with (checked in debug builds).
+fn count(
+    family: &Family<Outcome, Counter>,
+    known: &outcomes::List,
+    name: &str,
+    outcome: &'static str,
+    n: u64,
+) {
+    debug_assert!(
+        known.contains(&outcome),
+        "cartbus_{name}_total{{outcome=\"{outcome}\"}} is not a known outcome: add it to its \
+         list in metrics::outcomes, so that it is there at 0 before it first happens"
+    );
+    family.get_or_create(&Outcome { outcome }).inc_by(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::{Metrics, outcomes};
+
+    const FAMILIES: [(&str, &outcomes::List); 6] = [
+        ("checkouts", &outcomes::CHECKOUTS),
+        ("consumer_messages", &outcomes::CONSUMER),
+        ("outbox_events", &outcomes::OUTBOX),
+        ("partner_replies", &outcomes::PARTNER_REPLIES),
+        ("dead_letter_resubmits", &outcomes::DEAD_LETTER_RESUBMITS),
+        ("payment_calls", &outcomes::PAYMENT_CALLS),
+    ];
+
+    #[test]
+    fn every_known_outcome_is_there_at_zero_before_anything_happens() {
+        let text = Metrics::new().render();
+        for (name, known) in FAMILIES {
+            let unique: HashSet<_> = known.iter().collect();
+            assert_eq!(unique.len(), known.len(), "{name}: {:?}", **known);
+            let series: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("cartbus_{name}_total{{")))
+                .collect();
+            assert_eq!(series.len(), known.len(), "{name}: {series:?}");
+            for outcome in known.iter() {
+                let line = format!("cartbus_{name}_total{{outcome=\"{outcome}\"}} 0");
+                assert!(series.contains(&line.as_str()), "no `{line}` in\n{text}");
+            }
+        }
+        assert!(
+            !text.contains("cartbus_http_request_duration_seconds_count"),
+            "requests are not pre-registered"
+        );
+    }
+
+    #[test]
+    fn a_known_outcome_counts() {
+        let metrics = Metrics::new();
+        metrics.checkout("conflict");
+        metrics.consumed("payment_unknown", 2);
+        metrics.partner_reply("bad-signature");
+        metrics.dead_letter_resubmit("created-order");
+        metrics.payment_call("late_after_resolution");
+        metrics.outbox("send_deferred", 3);
+        let text = metrics.render();
+        for line in [
+            r#"cartbus_checkouts_total{outcome="conflict"} 1"#,
+            r#"cartbus_consumer_messages_total{outcome="payment_unknown"} 2"#,
+            r#"cartbus_partner_replies_total{outcome="bad-signature"} 1"#,
+            r#"cartbus_dead_letter_resubmits_total{outcome="created-order"} 1"#,
+            r#"cartbus_payment_calls_total{outcome="late_after_resolution"} 1"#,
+            r#"cartbus_outbox_events_total{outcome="send_deferred"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not a known outcome")]
+    fn an_unknown_outcome_fails_in_debug_builds() {
+        Metrics::new().checkout("made-up");
     }
 }
