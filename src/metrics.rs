@@ -1,6 +1,8 @@
 //! Prometheus metrics, one registry per app (no globals, so tests can run apps side by side).
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::domain::Reason;
 
 /// The `outcome` values of each labelled counter. [`Metrics::new`] registers every one at
 /// 0, so that a dashboard or an alert reads 0 rather than "no data" before the first
@@ -159,8 +163,12 @@ pub struct Metrics {
     /// Dead-letter resubmits by outcome ([`outcomes::DEAD_LETTER_RESUBMITS`]; dry runs not
     /// counted).
     pub dead_letter_resubmits: Family<Outcome, Counter>,
-    /// Dead letters not deleted, by reason (sampled at scrape).
+    /// Dead letters neither resolved nor deleted, by reason (sampled at scrape; set
+    /// through [`Metrics::set_dead_letters`]).
     pub dead_letters: Family<ReasonLabel, Gauge>,
+    /// Every reason `dead_letters` has a series for: each a message can be dead-lettered
+    /// for, and any other the database has shown (one another version wrote).
+    dead_letter_reasons: Mutex<BTreeSet<String>>,
     /// Payment capture calls by outcome ([`outcomes::PAYMENT_CALLS`]).
     pub payment_calls: Family<Outcome, Counter>,
     /// Payments whose outcome is unknown and unresolved (sampled at scrape).
@@ -341,7 +349,7 @@ impl Metrics {
         let dead_letters = Family::<ReasonLabel, Gauge>::default();
         registry.register(
             "dead_letters",
-            "Dead letters waiting for a person (not deleted), by reason (sampled at scrape)",
+            "Dead letters waiting for a person (neither resolved nor deleted), by reason; 0 when none is left (sampled at scrape)",
             dead_letters.clone(),
         );
         let payments_captured_without_order = Gauge::default();
@@ -364,6 +372,11 @@ impl Metrics {
         }
         Metrics {
             dead_letters,
+            dead_letter_reasons: Mutex::new(
+                Reason::dead_lettered()
+                    .map(|reason| reason.as_str().to_string())
+                    .collect(),
+            ),
             outbox_events,
             outbox_rows,
             partner_replies,
@@ -456,6 +469,29 @@ impl Metrics {
         );
     }
 
+    /// Sets `cartbus_dead_letters` from the open dead letters by reason (`counts`, as the
+    /// database has them). Every reason known or seen before is set, 0 when none is left,
+    /// and the family is never cleared, so a scrape running alongside never finds it
+    /// empty or half filled, and a reason with none left reads 0 rather than vanish.
+    pub fn set_dead_letters(&self, counts: &[(String, i64)]) {
+        let mut reasons = self
+            .dead_letter_reasons
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        reasons.extend(counts.iter().map(|(reason, _)| reason.clone()));
+        for reason in reasons.iter() {
+            let n = counts
+                .iter()
+                .find(|(r, _)| r == reason)
+                .map_or(0, |(_, n)| *n);
+            self.dead_letters
+                .get_or_create(&ReasonLabel {
+                    reason: reason.clone(),
+                })
+                .set(n);
+        }
+    }
+
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -538,6 +574,42 @@ mod tests {
             r#"cartbus_outbox_events_total{outcome="send_deferred"} 3"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_reason_with_none_left_reads_zero_rather_than_vanish() {
+        let metrics = Metrics::new();
+        let line =
+            |reason: &str, n: i64| format!("cartbus_dead_letters{{reason=\"{reason}\"}} {n}");
+        metrics.set_dead_letters(&[
+            ("conflict".to_string(), 2),
+            ("from-a-newer-version".to_string(), 1),
+        ]);
+        let text = metrics.render();
+        for expected in [
+            line("conflict", 2),
+            line("from-a-newer-version", 1),
+            line("max-attempts", 0),
+            line("payment-unknown", 0),
+        ] {
+            assert!(
+                text.lines().any(|l| l == expected),
+                "no `{expected}` in\n{text}"
+            );
+        }
+        assert!(
+            !text.contains(r#"cartbus_dead_letters{reason="payment-declined"}"#),
+            "not a dead-letter reason"
+        );
+
+        metrics.set_dead_letters(&[]);
+        let text = metrics.render();
+        for expected in [line("conflict", 0), line("from-a-newer-version", 0)] {
+            assert!(
+                text.lines().any(|l| l == expected),
+                "no `{expected}` in\n{text}"
+            );
         }
     }
 

@@ -230,5 +230,36 @@ async fn metrics_show_the_backlog_the_drain_switch_and_instances_as_they_change(
             );
         }
     }
+
+    // Deleted, the dead letter's reason reads 0: it does not vanish.
+    let (status, page) = common::admin_call(
+        &app.client,
+        &app.base,
+        TOKEN,
+        reqwest::Method::GET,
+        "/v1/admin/dead-letters?reason=conflict",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let id = page["items"][0]["id"].as_i64().expect("the conflict's id");
+    let (status, deleted) = common::admin_call(
+        &app.client,
+        &app.base,
+        TOKEN,
+        reqwest::Method::DELETE,
+        &format!("/v1/admin/dead-letters/{id}"),
+        Some(json!({ "reason": "metrics test: none left" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{deleted}");
+    let text = scrape_until(&app, "the conflict reason at 0", |text| {
+        sample(text, r#"cartbus_dead_letters{reason="conflict"}"#) == Some(0.0)
+    })
+    .await;
+    for reason in cartbus::domain::Reason::dead_lettered() {
+        let series = format!("cartbus_dead_letters{{reason=\"{}\"}}", reason.as_str());
+        assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+    }
     app.stop().await.expect("clean stop");
 }

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::metrics::{ReasonLabel, StateLabel, StatusLabel};
+use crate::metrics::{StateLabel, StatusLabel};
 use crate::runtime::app::App;
 use crate::service::drain::State;
 
@@ -108,14 +108,7 @@ async fn dead_letters(app: &App) {
     let Some(counts) = within(crate::store::dead_letters::counts_by_reason(&app.db)).await else {
         return;
     };
-    // A reason with none left disappears rather than keep its last value.
-    app.metrics.dead_letters.clear();
-    for (reason, n) in counts {
-        app.metrics
-            .dead_letters
-            .get_or_create(&ReasonLabel { reason })
-            .set(n);
-    }
+    app.metrics.set_dead_letters(&counts);
 }
 
 async fn payments(app: &App) {
