@@ -91,6 +91,53 @@ pub mod outcomes {
     });
 }
 
+/// A figure read from the queue or the database when `/metrics` is scraped
+/// (`runtime::sample`); each has its own `cartbus_sample_stale{figure}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Figure {
+    /// `cartbus_queue_depth_messages` and `cartbus_queue_oldest_age_seconds` (never read on
+    /// a broker: AMQP 1.0 does not report depth).
+    QueueDepth,
+    /// `cartbus_drain_switch_paused`, `cartbus_drain_switch_drained`, `cartbus_instances`.
+    DrainSwitch,
+    /// `cartbus_outbox_rows`.
+    OutboxRows,
+    /// `cartbus_dead_letters`.
+    DeadLetters,
+    /// `cartbus_payments_unknown`.
+    PaymentsUnknown,
+    /// `cartbus_payments_captured_without_order`.
+    PaymentsCapturedWithoutOrder,
+}
+
+impl Figure {
+    pub const ALL: [Figure; 6] = [
+        Figure::QueueDepth,
+        Figure::DrainSwitch,
+        Figure::OutboxRows,
+        Figure::DeadLetters,
+        Figure::PaymentsUnknown,
+        Figure::PaymentsCapturedWithoutOrder,
+    ];
+
+    /// The `figure` label: the name of the gauge it feeds, without `cartbus_`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Figure::QueueDepth => "queue_depth",
+            Figure::DrainSwitch => "drain_switch",
+            Figure::OutboxRows => "outbox_rows",
+            Figure::DeadLetters => "dead_letters",
+            Figure::PaymentsUnknown => "payments_unknown",
+            Figure::PaymentsCapturedWithoutOrder => "payments_captured_without_order",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FigureLabel {
+    pub figure: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub outcome: &'static str,
@@ -175,6 +222,9 @@ pub struct Metrics {
     pub payments_unknown: Gauge,
     /// Captured payments left without an order (sampled at scrape).
     pub payments_captured_without_order: Gauge,
+    /// By [`Figure`]: 1 when its last read at scrape failed or timed out, so the gauges
+    /// it feeds show an older value; 0 when fresh. Set through [`Metrics::sampled`].
+    pub sample_stale: Family<FigureLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -358,6 +408,17 @@ impl Metrics {
             "Captured payments whose order was not written (the order write failed or its process died; sampled at scrape)",
             payments_captured_without_order.clone(),
         );
+        let sample_stale = Family::<FigureLabel, Gauge>::default();
+        registry.register(
+            "sample_stale",
+            "1 when a figure read at scrape was not had (its read failed or took over 1 s), so the gauges it feeds show an older value; 0 when fresh",
+            sample_stale.clone(),
+        );
+        for figure in Figure::ALL {
+            let _ = sample_stale.get_or_create(&FigureLabel {
+                figure: figure.as_str(),
+            });
+        }
         for (family, known) in [
             (&checkouts, &outcomes::CHECKOUTS),
             (&consumer, &outcomes::CONSUMER),
@@ -371,6 +432,7 @@ impl Metrics {
             }
         }
         Metrics {
+            sample_stale,
             dead_letters,
             dead_letter_reasons: Mutex::new(
                 Reason::dead_lettered()
@@ -492,6 +554,15 @@ impl Metrics {
         }
     }
 
+    /// Says whether `figure` was just read (`fresh`) or keeps an older value.
+    pub fn sampled(&self, figure: Figure, fresh: bool) {
+        self.sample_stale
+            .get_or_create(&FigureLabel {
+                figure: figure.as_str(),
+            })
+            .set(i64::from(!fresh));
+    }
+
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -522,7 +593,7 @@ fn count(
 mod tests {
     use std::collections::HashSet;
 
-    use super::{Metrics, outcomes};
+    use super::{Figure, Metrics, outcomes};
 
     const FAMILIES: [(&str, &outcomes::List); 6] = [
         ("checkouts", &outcomes::CHECKOUTS),
@@ -611,6 +682,30 @@ mod tests {
                 "no `{expected}` in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_figure_is_fresh_until_a_read_of_it_fails_and_again_once_one_works() {
+        let metrics = Metrics::new();
+        let line = |figure: Figure, stale: u8| {
+            format!(
+                "cartbus_sample_stale{{figure=\"{}\"}} {stale}",
+                figure.as_str()
+            )
+        };
+        let has = |text: &str, line: String| {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        };
+        let text = metrics.render();
+        for figure in Figure::ALL {
+            has(&text, line(figure, 0));
+        }
+        metrics.sampled(Figure::DeadLetters, false);
+        let text = metrics.render();
+        has(&text, line(Figure::DeadLetters, 1));
+        has(&text, line(Figure::OutboxRows, 0));
+        metrics.sampled(Figure::DeadLetters, true);
+        has(&metrics.render(), line(Figure::DeadLetters, 0));
     }
 
     #[test]

@@ -11,7 +11,7 @@ const TOKEN: &str = "metrics-test-admin-token-0001";
 
 /// Every family in docs/operations.md's metrics table, with its type. Counters are named here as
 /// their `# TYPE` line names them: without the `_total` their samples carry.
-const FAMILIES: [(&str, &str); 27] = [
+const FAMILIES: [(&str, &str); 28] = [
     ("cartbus_checkouts", "counter"),
     ("cartbus_consumer_messages", "counter"),
     ("cartbus_http_request_duration_seconds", "histogram"),
@@ -39,6 +39,7 @@ const FAMILIES: [(&str, &str); 27] = [
     ("cartbus_dead_letter_resubmits", "counter"),
     ("cartbus_partner_replies", "counter"),
     ("cartbus_payment_calls", "counter"),
+    ("cartbus_sample_stale", "gauge"),
 ];
 
 /// The value of one sample (`name{labels}` exactly), `None` when it is absent.
