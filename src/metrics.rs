@@ -1,6 +1,8 @@
 //! Prometheus metrics, one registry per app (no globals, so tests can run apps side by side).
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,6 +10,133 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::domain::Reason;
+
+/// The `outcome` values of each labelled counter. [`Metrics::new`] registers every one at
+/// 0, so that a dashboard or an alert reads 0 rather than "no data" before the first
+/// event, and the increment helpers check (in debug builds, so in every test) that what
+/// they count is listed here: an outcome added without its place here fails the tests
+/// that reach it. Values that come from an enum are taken from its `ALL`, so a new
+/// variant is registered without anyone having to remember.
+///
+/// `cartbus_http_request_duration_seconds` is not pre-registered: method × route × status
+/// would be hundreds of histograms, nearly all never seen.
+pub mod outcomes {
+    use std::sync::LazyLock;
+
+    use crate::domain::Reason;
+    use crate::domain::payment::CallOutcome;
+    use crate::service::resubmit::Outcome as Resubmit;
+
+    pub type List = LazyLock<Vec<&'static str>>;
+
+    /// `cartbus_checkouts_total`: what `POST /v1/checkouts` came to.
+    pub static CHECKOUTS: List = LazyLock::new(|| {
+        vec![
+            "queued",
+            "direct",
+            Reason::Conflict.label(),
+            "invalid",
+            "unavailable",
+            "shed",
+        ]
+    });
+
+    /// `cartbus_consumer_messages_total`: a cart placed, found placed before, given back
+    /// or failed (retried), or turned away for a reason (any reason: a cart message can be
+    /// rejected for each, and the label is [`Reason::label`]).
+    pub static CONSUMER: List = LazyLock::new(|| {
+        let mut list = vec!["created", "duplicate", "released", "failed"];
+        list.extend(Reason::ALL.map(Reason::label));
+        list
+    });
+
+    /// `cartbus_outbox_events_total`: what the fulfilment relay did.
+    pub static OUTBOX: List = LazyLock::new(|| {
+        vec![
+            "sent",
+            "audit_copy",
+            "send_failed",
+            "send_deferred",
+            "critical_error",
+        ]
+    });
+
+    /// `cartbus_partner_replies_total`: a reply applied, a duplicate, given back or failed
+    /// (retried), or the reason it was dead-lettered ([`Reason::as_str`], as in
+    /// `cartbus_dead_letters`).
+    pub static PARTNER_REPLIES: List = LazyLock::new(|| {
+        let mut list = vec!["applied", "duplicate", "released", "failed"];
+        list.extend(Reason::dead_lettered().map(Reason::as_str));
+        list
+    });
+
+    /// `cartbus_dead_letter_resubmits_total`: every resubmit outcome but a dry run's (dry
+    /// runs are not counted).
+    pub static DEAD_LETTER_RESUBMITS: List = LazyLock::new(|| {
+        Resubmit::ALL
+            .into_iter()
+            .filter(|outcome| !outcome.is_dry_run())
+            .map(Resubmit::as_str)
+            .collect()
+    });
+
+    /// `cartbus_payment_calls_total`: what a capture call came to, and
+    /// `late_after_resolution` for one that answered after an operator resolved it.
+    pub static PAYMENT_CALLS: List = LazyLock::new(|| {
+        let mut list = CallOutcome::LABELS.to_vec();
+        list.push("late_after_resolution");
+        list
+    });
+}
+
+/// A figure read from the queue or the database when `/metrics` is scraped
+/// (`runtime::sample`); each has its own `cartbus_sample_stale{figure}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Figure {
+    /// `cartbus_queue_depth_messages` and `cartbus_queue_oldest_age_seconds` (never read on
+    /// a broker: AMQP 1.0 does not report depth).
+    QueueDepth,
+    /// `cartbus_drain_switch_paused`, `cartbus_drain_switch_drained`, `cartbus_instances`.
+    DrainSwitch,
+    /// `cartbus_outbox_rows`.
+    OutboxRows,
+    /// `cartbus_dead_letters`.
+    DeadLetters,
+    /// `cartbus_payments_unknown`.
+    PaymentsUnknown,
+    /// `cartbus_payments_captured_without_order`.
+    PaymentsCapturedWithoutOrder,
+}
+
+impl Figure {
+    pub const ALL: [Figure; 6] = [
+        Figure::QueueDepth,
+        Figure::DrainSwitch,
+        Figure::OutboxRows,
+        Figure::DeadLetters,
+        Figure::PaymentsUnknown,
+        Figure::PaymentsCapturedWithoutOrder,
+    ];
+
+    /// The `figure` label: the name of the gauge it feeds, without `cartbus_`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Figure::QueueDepth => "queue_depth",
+            Figure::DrainSwitch => "drain_switch",
+            Figure::OutboxRows => "outbox_rows",
+            Figure::DeadLetters => "dead_letters",
+            Figure::PaymentsUnknown => "payments_unknown",
+            Figure::PaymentsCapturedWithoutOrder => "payments_captured_without_order",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FigureLabel {
+    pub figure: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
@@ -38,10 +167,9 @@ pub struct HttpLabels {
 
 pub struct Metrics {
     registry: Registry,
-    /// Checkouts by outcome: queued, direct, duplicate, conflict, invalid, unavailable.
+    /// Checkouts by outcome ([`outcomes::CHECKOUTS`]).
     pub checkouts: Family<Outcome, Counter>,
-    /// Consumed messages by outcome: created, duplicate, conflict, invalid,
-    /// unknown_schema, released, failed.
+    /// Consumed messages by outcome ([`outcomes::CONSUMER`]).
     pub consumer: Family<Outcome, Counter>,
     pub http_requests: Family<HttpLabels, Histogram>,
     pub queue_depth: Gauge,
@@ -72,23 +200,31 @@ pub struct Metrics {
     /// The drain switch as the database holds it (sampled at scrape).
     pub drain_switch_paused: Gauge,
     pub drain_switch_drained: Gauge,
-    /// Outbox events: sent, audit_copy, send_failed, critical_error.
+    /// Outbox events by outcome ([`outcomes::OUTBOX`]).
     pub outbox_events: Family<Outcome, Counter>,
     /// Outbox rows not yet processed, by status (sampled at scrape).
     pub outbox_rows: Family<StatusLabel, Gauge>,
-    /// Partner status replies by outcome: applied, duplicate, or the dead-letter reason.
+    /// Partner status replies by outcome ([`outcomes::PARTNER_REPLIES`]): applied,
+    /// duplicate, or the dead-letter reason.
     pub partner_replies: Family<Outcome, Counter>,
-    /// Dead-letter resubmits by outcome (dry runs not counted).
+    /// Dead-letter resubmits by outcome ([`outcomes::DEAD_LETTER_RESUBMITS`]; dry runs not
+    /// counted).
     pub dead_letter_resubmits: Family<Outcome, Counter>,
-    /// Dead letters not deleted, by reason (sampled at scrape).
+    /// Dead letters neither resolved nor deleted, by reason (sampled at scrape; set
+    /// through [`Metrics::set_dead_letters`]).
     pub dead_letters: Family<ReasonLabel, Gauge>,
-    /// Payment capture calls by outcome: captured, declined, unknown, not_sent; and
-    /// late_after_resolution for a call that answered after an operator resolved it.
+    /// Every reason `dead_letters` has a series for: each a message can be dead-lettered
+    /// for, and any other the database has shown (one another version wrote).
+    dead_letter_reasons: Mutex<BTreeSet<String>>,
+    /// Payment capture calls by outcome ([`outcomes::PAYMENT_CALLS`]).
     pub payment_calls: Family<Outcome, Counter>,
     /// Payments whose outcome is unknown and unresolved (sampled at scrape).
     pub payments_unknown: Gauge,
     /// Captured payments left without an order (sampled at scrape).
     pub payments_captured_without_order: Gauge,
+    /// By [`Figure`]: 1 when its last read at scrape failed or timed out, so the gauges
+    /// it feeds show an older value; 0 when fresh. Set through [`Metrics::sampled`].
+    pub sample_stale: Family<FigureLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -263,7 +399,7 @@ impl Metrics {
         let dead_letters = Family::<ReasonLabel, Gauge>::default();
         registry.register(
             "dead_letters",
-            "Dead letters waiting for a person (not deleted), by reason (sampled at scrape)",
+            "Dead letters waiting for a person (neither resolved nor deleted), by reason; 0 when none is left (sampled at scrape)",
             dead_letters.clone(),
         );
         let payments_captured_without_order = Gauge::default();
@@ -272,8 +408,37 @@ impl Metrics {
             "Captured payments whose order was not written (the order write failed or its process died; sampled at scrape)",
             payments_captured_without_order.clone(),
         );
+        let sample_stale = Family::<FigureLabel, Gauge>::default();
+        registry.register(
+            "sample_stale",
+            "1 when a figure read at scrape was not had (its read failed or took over 1 s), so the gauges it feeds show an older value; 0 when fresh",
+            sample_stale.clone(),
+        );
+        for figure in Figure::ALL {
+            let _ = sample_stale.get_or_create(&FigureLabel {
+                figure: figure.as_str(),
+            });
+        }
+        for (family, known) in [
+            (&checkouts, &outcomes::CHECKOUTS),
+            (&consumer, &outcomes::CONSUMER),
+            (&outbox_events, &outcomes::OUTBOX),
+            (&partner_replies, &outcomes::PARTNER_REPLIES),
+            (&dead_letter_resubmits, &outcomes::DEAD_LETTER_RESUBMITS),
+            (&payment_calls, &outcomes::PAYMENT_CALLS),
+        ] {
+            for &outcome in known.iter() {
+                let _ = family.get_or_create(&Outcome { outcome });
+            }
+        }
         Metrics {
+            sample_stale,
             dead_letters,
+            dead_letter_reasons: Mutex::new(
+                Reason::dead_lettered()
+                    .map(|reason| reason.as_str().to_string())
+                    .collect(),
+            ),
             outbox_events,
             outbox_rows,
             partner_replies,
@@ -307,33 +472,95 @@ impl Metrics {
     }
 
     pub fn checkout(&self, outcome: &'static str) {
-        self.checkouts.get_or_create(&Outcome { outcome }).inc();
+        count(
+            &self.checkouts,
+            &outcomes::CHECKOUTS,
+            "checkouts",
+            outcome,
+            1,
+        );
     }
 
     pub fn payment_call(&self, outcome: &'static str) {
-        self.payment_calls.get_or_create(&Outcome { outcome }).inc();
+        count(
+            &self.payment_calls,
+            &outcomes::PAYMENT_CALLS,
+            "payment_calls",
+            outcome,
+            1,
+        );
     }
 
     pub fn consumed(&self, outcome: &'static str, n: u64) {
-        self.consumer.get_or_create(&Outcome { outcome }).inc_by(n);
+        count(
+            &self.consumer,
+            &outcomes::CONSUMER,
+            "consumer_messages",
+            outcome,
+            n,
+        );
     }
 
     pub fn outbox(&self, outcome: &'static str, n: u64) {
-        self.outbox_events
-            .get_or_create(&Outcome { outcome })
-            .inc_by(n);
+        count(
+            &self.outbox_events,
+            &outcomes::OUTBOX,
+            "outbox_events",
+            outcome,
+            n,
+        );
     }
 
     pub fn dead_letter_resubmit(&self, outcome: &'static str) {
-        self.dead_letter_resubmits
-            .get_or_create(&Outcome { outcome })
-            .inc();
+        count(
+            &self.dead_letter_resubmits,
+            &outcomes::DEAD_LETTER_RESUBMITS,
+            "dead_letter_resubmits",
+            outcome,
+            1,
+        );
     }
 
     pub fn partner_reply(&self, outcome: &'static str) {
-        self.partner_replies
-            .get_or_create(&Outcome { outcome })
-            .inc();
+        count(
+            &self.partner_replies,
+            &outcomes::PARTNER_REPLIES,
+            "partner_replies",
+            outcome,
+            1,
+        );
+    }
+
+    /// Sets `cartbus_dead_letters` from the open dead letters by reason (`counts`, as the
+    /// database has them). Every reason known or seen before is set, 0 when none is left,
+    /// and the family is never cleared, so a scrape running alongside never finds it
+    /// empty or half filled, and a reason with none left reads 0 rather than vanish.
+    pub fn set_dead_letters(&self, counts: &[(String, i64)]) {
+        let mut reasons = self
+            .dead_letter_reasons
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        reasons.extend(counts.iter().map(|(reason, _)| reason.clone()));
+        for reason in reasons.iter() {
+            let n = counts
+                .iter()
+                .find(|(r, _)| r == reason)
+                .map_or(0, |(_, n)| *n);
+            self.dead_letters
+                .get_or_create(&ReasonLabel {
+                    reason: reason.clone(),
+                })
+                .set(n);
+        }
+    }
+
+    /// Says whether `figure` was just read (`fresh`) or keeps an older value.
+    pub fn sampled(&self, figure: Figure, fresh: bool) {
+        self.sample_stale
+            .get_or_create(&FigureLabel {
+                figure: figure.as_str(),
+            })
+            .set(i64::from(!fresh));
     }
 
     /// The registry in Prometheus text format.
@@ -342,5 +569,149 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Adds `n` to `family`'s `outcome`, which must be one of the `known` ones it was
+/// registered with (checked in debug builds).
+fn count(
+    family: &Family<Outcome, Counter>,
+    known: &outcomes::List,
+    name: &str,
+    outcome: &'static str,
+    n: u64,
+) {
+    debug_assert!(
+        known.contains(&outcome),
+        "cartbus_{name}_total{{outcome=\"{outcome}\"}} is not a known outcome: add it to its \
+         list in metrics::outcomes, so that it is there at 0 before it first happens"
+    );
+    family.get_or_create(&Outcome { outcome }).inc_by(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::{Figure, Metrics, outcomes};
+
+    const FAMILIES: [(&str, &outcomes::List); 6] = [
+        ("checkouts", &outcomes::CHECKOUTS),
+        ("consumer_messages", &outcomes::CONSUMER),
+        ("outbox_events", &outcomes::OUTBOX),
+        ("partner_replies", &outcomes::PARTNER_REPLIES),
+        ("dead_letter_resubmits", &outcomes::DEAD_LETTER_RESUBMITS),
+        ("payment_calls", &outcomes::PAYMENT_CALLS),
+    ];
+
+    #[test]
+    fn every_known_outcome_is_there_at_zero_before_anything_happens() {
+        let text = Metrics::new().render();
+        for (name, known) in FAMILIES {
+            let unique: HashSet<_> = known.iter().collect();
+            assert_eq!(unique.len(), known.len(), "{name}: {:?}", **known);
+            let series: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("cartbus_{name}_total{{")))
+                .collect();
+            assert_eq!(series.len(), known.len(), "{name}: {series:?}");
+            for outcome in known.iter() {
+                let line = format!("cartbus_{name}_total{{outcome=\"{outcome}\"}} 0");
+                assert!(series.contains(&line.as_str()), "no `{line}` in\n{text}");
+            }
+        }
+        assert!(
+            !text.contains("cartbus_http_request_duration_seconds_count"),
+            "requests are not pre-registered"
+        );
+    }
+
+    #[test]
+    fn a_known_outcome_counts() {
+        let metrics = Metrics::new();
+        metrics.checkout("conflict");
+        metrics.consumed("payment_unknown", 2);
+        metrics.partner_reply("bad-signature");
+        metrics.dead_letter_resubmit("created-order");
+        metrics.payment_call("late_after_resolution");
+        metrics.outbox("send_deferred", 3);
+        let text = metrics.render();
+        for line in [
+            r#"cartbus_checkouts_total{outcome="conflict"} 1"#,
+            r#"cartbus_consumer_messages_total{outcome="payment_unknown"} 2"#,
+            r#"cartbus_partner_replies_total{outcome="bad-signature"} 1"#,
+            r#"cartbus_dead_letter_resubmits_total{outcome="created-order"} 1"#,
+            r#"cartbus_payment_calls_total{outcome="late_after_resolution"} 1"#,
+            r#"cartbus_outbox_events_total{outcome="send_deferred"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_reason_with_none_left_reads_zero_rather_than_vanish() {
+        let metrics = Metrics::new();
+        let line =
+            |reason: &str, n: i64| format!("cartbus_dead_letters{{reason=\"{reason}\"}} {n}");
+        metrics.set_dead_letters(&[
+            ("conflict".to_string(), 2),
+            ("from-a-newer-version".to_string(), 1),
+        ]);
+        let text = metrics.render();
+        for expected in [
+            line("conflict", 2),
+            line("from-a-newer-version", 1),
+            line("max-attempts", 0),
+            line("payment-unknown", 0),
+        ] {
+            assert!(
+                text.lines().any(|l| l == expected),
+                "no `{expected}` in\n{text}"
+            );
+        }
+        assert!(
+            !text.contains(r#"cartbus_dead_letters{reason="payment-declined"}"#),
+            "not a dead-letter reason"
+        );
+
+        metrics.set_dead_letters(&[]);
+        let text = metrics.render();
+        for expected in [line("conflict", 0), line("from-a-newer-version", 0)] {
+            assert!(
+                text.lines().any(|l| l == expected),
+                "no `{expected}` in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_figure_is_fresh_until_a_read_of_it_fails_and_again_once_one_works() {
+        let metrics = Metrics::new();
+        let line = |figure: Figure, stale: u8| {
+            format!(
+                "cartbus_sample_stale{{figure=\"{}\"}} {stale}",
+                figure.as_str()
+            )
+        };
+        let has = |text: &str, line: String| {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        };
+        let text = metrics.render();
+        for figure in Figure::ALL {
+            has(&text, line(figure, 0));
+        }
+        metrics.sampled(Figure::DeadLetters, false);
+        let text = metrics.render();
+        has(&text, line(Figure::DeadLetters, 1));
+        has(&text, line(Figure::OutboxRows, 0));
+        metrics.sampled(Figure::DeadLetters, true);
+        has(&metrics.render(), line(Figure::DeadLetters, 0));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not a known outcome")]
+    fn an_unknown_outcome_fails_in_debug_builds() {
+        Metrics::new().checkout("made-up");
     }
 }

@@ -127,6 +127,10 @@ pub enum CallOutcome {
 }
 
 impl CallOutcome {
+    /// Every value [`CallOutcome::label`] gives, for the metric to show each at 0 before
+    /// it first happens.
+    pub const LABELS: [&'static str; 4] = ["captured", "declined", "not_sent", "unknown"];
+
     /// The `outcome` label of `cartbus_payment_calls_total`.
     pub fn label(&self) -> &'static str {
         match self {
@@ -135,5 +139,25 @@ impl CallOutcome {
             CallOutcome::NotSent { .. } => "not_sent",
             CallOutcome::Unknown { .. } => "unknown",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CallOutcome;
+
+    #[test]
+    fn labels_lists_every_call_outcome_once() {
+        let detail = String::new;
+        let labels: Vec<&str> = [
+            CallOutcome::Captured { payment_id: None },
+            CallOutcome::Declined { detail: detail() },
+            CallOutcome::NotSent { detail: detail() },
+            CallOutcome::Unknown { detail: detail() },
+        ]
+        .iter()
+        .map(CallOutcome::label)
+        .collect();
+        assert_eq!(labels, CallOutcome::LABELS);
     }
 }

@@ -29,6 +29,27 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for metrics that show each one at 0 before it first happens.
+    pub const ALL: [Reason; 10] = [
+        Reason::Conflict,
+        Reason::UnknownSchema,
+        Reason::Invalid,
+        Reason::MaxAttempts,
+        Reason::BadSignature,
+        Reason::UnknownOrder,
+        Reason::WrongPartner,
+        Reason::PaymentUnknown,
+        Reason::PaymentDeclined,
+        Reason::PaymentFailed,
+    ];
+
+    /// The reasons a message can be dead-lettered for: all but the business outcomes.
+    pub fn dead_lettered() -> impl Iterator<Item = Reason> {
+        Reason::ALL
+            .into_iter()
+            .filter(|reason| !reason.is_business_outcome())
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Conflict => "conflict",
@@ -70,5 +91,28 @@ impl Reason {
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::Reason;
+
+    #[test]
+    fn every_reason_has_its_own_words() {
+        let words: HashSet<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        let labels: HashSet<&str> = Reason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(words.len(), Reason::ALL.len());
+        assert_eq!(labels.len(), Reason::ALL.len());
+        for reason in Reason::ALL {
+            assert_eq!(
+                reason.label(),
+                reason.as_str().replace('-', "_"),
+                "{reason:?}"
+            );
+        }
+        assert_eq!(Reason::dead_lettered().count(), Reason::ALL.len() - 2);
     }
 }

@@ -1,11 +1,12 @@
 //! The gauges read from the queue and the database when `/metrics` is scraped. Every
 //! figure is read at the same time, each with [`TIMEOUT`], so a slow database delays a
-//! scrape by at most that long; a figure not had in time keeps its last value.
+//! scrape by at most that long; a figure not had in time (or whose read failed) keeps its
+//! last value, and `cartbus_sample_stale{figure}` says so until a read of it works again.
 
 use std::future::Future;
 use std::time::Duration;
 
-use crate::metrics::{ReasonLabel, StateLabel, StatusLabel};
+use crate::metrics::{Figure, StateLabel, StatusLabel};
 use crate::runtime::app::App;
 use crate::service::drain::State;
 
@@ -37,13 +38,32 @@ pub async fn at_scrape(app: &App) {
         .set(i64::try_from(app.control.in_flight()).unwrap_or(i64::MAX));
 }
 
-async fn within<T, E>(read: impl Future<Output = Result<T, E>>) -> Option<T> {
-    tokio::time::timeout(TIMEOUT, read).await.ok()?.ok()
+/// `figure` as `read` gives it within [`TIMEOUT`]; `None` when it failed or took longer,
+/// which `cartbus_sample_stale` then shows.
+async fn within<T, E>(
+    app: &App,
+    figure: Figure,
+    read: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    let read = async {
+        // Test-only: a read slower than the timeout, as from a slow database
+        // (`FAILPOINTS=sample-slow-dead_letters=return(2000)`).
+        crate::fault::delay_if_hit(&format!("sample-slow-{}", figure.as_str())).await;
+        read.await
+    };
+    let got = tokio::time::timeout(TIMEOUT, read)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    app.metrics.sampled(figure, got.is_some());
+    got
 }
 
 async fn backlog(app: &App) {
     let backlog = app.backlog().await;
     let metrics = &app.metrics;
+    // The depth is read with the same timeout; the rates are this instance's own.
+    metrics.sampled(Figure::QueueDepth, backlog.depth.is_some());
     if let Some(depth) = backlog.depth {
         metrics
             .queue_depth
@@ -60,7 +80,9 @@ async fn backlog(app: &App) {
 }
 
 async fn drain_switch(app: &App) {
-    let Some((switch, instances, drained)) = within(app.drain_state()).await else {
+    let Some((switch, instances, drained)) =
+        within(app, Figure::DrainSwitch, app.drain_state()).await
+    else {
         return;
     };
     let metrics = &app.metrics;
@@ -87,7 +109,13 @@ async fn drain_switch(app: &App) {
 }
 
 async fn outbox(app: &App) {
-    let Some(counts) = within(crate::store::outbox::counts(&app.db)).await else {
+    let Some(counts) = within(
+        app,
+        Figure::OutboxRows,
+        crate::store::outbox::counts(&app.db),
+    )
+    .await
+    else {
         return;
     };
     for status in OUTBOX_STATUSES {
@@ -105,28 +133,32 @@ async fn outbox(app: &App) {
 }
 
 async fn dead_letters(app: &App) {
-    let Some(counts) = within(crate::store::dead_letters::counts_by_reason(&app.db)).await else {
+    let Some(counts) = within(
+        app,
+        Figure::DeadLetters,
+        crate::store::dead_letters::counts_by_reason(&app.db),
+    )
+    .await
+    else {
         return;
     };
-    // A reason with none left disappears rather than keep its last value.
-    app.metrics.dead_letters.clear();
-    for (reason, n) in counts {
-        app.metrics
-            .dead_letters
-            .get_or_create(&ReasonLabel { reason })
-            .set(n);
-    }
+    app.metrics.set_dead_letters(&counts);
 }
 
 async fn payments(app: &App) {
     use crate::store::payments;
     let abandoned_before = crate::domain::payment::abandoned_before(app.config.payments.timeout);
     let (unknown, stuck) = tokio::join!(
-        within(payments::count_unknown(&app.db, abandoned_before)),
-        within(payments::count_captured_without_order(
-            &app.db,
-            abandoned_before
-        )),
+        within(
+            app,
+            Figure::PaymentsUnknown,
+            payments::count_unknown(&app.db, abandoned_before)
+        ),
+        within(
+            app,
+            Figure::PaymentsCapturedWithoutOrder,
+            payments::count_captured_without_order(&app.db, abandoned_before)
+        ),
     );
     if let Some(unknown) = unknown {
         app.metrics.payments_unknown.set(unknown);

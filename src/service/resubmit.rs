@@ -70,6 +70,24 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, for `cartbus_dead_letter_resubmits_total`, which shows each one at 0
+    /// before it first happens.
+    pub const ALL: [Outcome; 13] = [
+        Outcome::WouldCreateOrder,
+        Outcome::CreatedOrder,
+        Outcome::Duplicate,
+        Outcome::Conflict,
+        Outcome::Invalid,
+        Outcome::UnknownSchema,
+        Outcome::PaymentDeclined,
+        Outcome::PaymentUnknown,
+        Outcome::WouldApplyReply,
+        Outcome::ReplyApplied,
+        Outcome::BadSignature,
+        Outcome::UnknownOrder,
+        Outcome::WrongPartner,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::WouldCreateOrder => "would-create-order",
@@ -86,6 +104,11 @@ impl Outcome {
             Outcome::UnknownOrder => "unknown-order",
             Outcome::WrongPartner => "wrong-partner",
         }
+    }
+
+    /// An outcome only a dry run has (and a dry run is not counted in metrics).
+    pub fn is_dry_run(self) -> bool {
+        matches!(self, Outcome::WouldCreateOrder | Outcome::WouldApplyReply)
     }
 
     /// Whether this outcome, for real, takes the dead letter off the open list.
@@ -493,4 +516,17 @@ async fn mark(
         super::resubmit_jobs::advance(tx, job, letter.id).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::Outcome;
+
+    #[test]
+    fn every_outcome_has_its_own_word() {
+        let words: std::collections::HashSet<&str> =
+            Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(words.len(), Outcome::ALL.len());
+        assert_eq!(Outcome::ALL.iter().filter(|o| o.is_dry_run()).count(), 2);
+    }
 }
