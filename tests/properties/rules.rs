@@ -136,8 +136,16 @@ fn optional_text(object: &Map<String, Value>, key: &str) -> bool {
     }
 }
 
+/// The hyphenated form only (8-4-4-4-12 hex digits, either case), not the nil UUID;
+/// braces, `urn:uuid:` and bare hex are refused.
 fn is_cart_id(text: &str) -> bool {
-    uuid::Uuid::try_parse(text.trim()).is_ok_and(|id| !id.is_nil())
+    let text = text.trim();
+    let hyphenated = text.len() == 36
+        && text.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    hyphenated && text.chars().any(|c| c != '0' && c != '-')
 }
 
 /// ISO codes are ASCII letters; "either case" is ASCII case.
@@ -157,7 +165,7 @@ fn is_country(text: &str) -> bool {
 
 fn is_email(text: &str) -> bool {
     let text = text.trim();
-    max_chars("email").is_some_and(|max| text.len() <= max)
+    max_chars("email").is_some_and(|max| text.chars().count() <= max)
         && text.contains('@')
         && email_address::EmailAddress::is_valid(text)
 }
