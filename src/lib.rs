@@ -2,8 +2,8 @@
 
 //!
 //! The modules are layers, bottom to top (`tests/layers.rs` holds the list and checks it):
-//! support (`fault`, `telemetry`, `metrics`) ← `domain` ← `config` ← `queue` ← `store` ←
-//! `service` ← `runtime` ← `http` ← this crate root and `cli`.
+//! support (`fault`, `telemetry`, `sqlite`, `backoff`) ← `domain` ← `metrics` ← `config` ←
+//! `queue` ← `store` ← `service` ← `runtime` ← `http` ← this crate root and `cli`.
 
 #![forbid(unsafe_code)]
 

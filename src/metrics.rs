@@ -27,7 +27,7 @@ pub mod outcomes {
 
     use crate::domain::Reason;
     use crate::domain::payment::CallOutcome;
-    use crate::service::resubmit::Outcome as Resubmit;
+    use crate::domain::resubmit::Outcome as Resubmit;
 
     pub type List = LazyLock<Vec<&'static str>>;
 

@@ -8,8 +8,9 @@
 //!
 //! | layer    | modules                | what it holds                                              |
 //! |----------|------------------------|------------------------------------------------------------|
-//! | support  | `backoff`, `fault`, `telemetry`, `metrics`, `sqlite` | retry waits, fail points (test builds), tracing, the metric registry, SQLite connection hygiene |
+//! | support  | `backoff`, `fault`, `telemetry`, `sqlite` | retry waits, fail points (test builds), tracing, SQLite connection hygiene |
 //! | domain   | `domain`               | the cart, money, messages, reasons: no I/O                 |
+//! | metrics  | `metrics`              | the metric registry: every known label value, from the domain's enums |
 //! | config   | `config`               | every setting, its default, its validation                 |
 //! | queue    | `queue`                | the queue trait and its backends: nothing of the orders database |
 //! | stores   | `store`                | SQL per table family: `&mut` a transaction in, `StoreError` out |
@@ -23,11 +24,9 @@ use std::path::Path;
 
 /// Bottom to top: a module may use its own layer and those before it.
 const LAYERS: &[(&str, &[&str])] = &[
-    (
-        "support",
-        &["backoff", "fault", "telemetry", "metrics", "sqlite"],
-    ),
+    ("support", &["backoff", "fault", "telemetry", "sqlite"]),
     ("domain", &["domain"]),
+    ("metrics", &["metrics"]),
     ("config", &["config"]),
     ("queue", &["queue"]),
     ("stores", &["store"]),

@@ -12,6 +12,7 @@ mod parse;
 pub mod partner;
 pub mod payment;
 mod reason;
+pub mod resubmit;
 
 pub use cart::{
     Address, Cart, CartId, CountryCode, CurrencyCode, Customer, Email, Line, MAX_LINES,
