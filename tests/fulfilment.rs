@@ -391,12 +391,11 @@ async fn a_relay_killed_mid_batch_leaves_its_rows_to_another_after_the_lease() {
         assert!(!frozen.is_empty(), "A held a batch when it died");
         let b = TestApp::spawn(&base.with("CARTBUS_INSTANCE", "relay-b")).await;
         wait_all_processed(&b, carts.len()).await;
-        let messages = take_all(
-            &b.state.queue,
-            &address_of(&b, "contoso"),
-            carts.len() + frozen.len(),
-        )
-        .await;
+        // B has sent everything it will (wait_all_processed); A's sends landed before it
+        // died. The rows A held are sent again; of those, the batch frozen after its send
+        // arrives twice. Rows another of A's workers held but had not (durably) sent when
+        // A was killed arrive once: a kill can land between a send and its confirmation.
+        let messages = take_all(&b.state.queue, &address_of(&b, "contoso"), carts.len()).await;
         let mut copies: HashMap<Uuid, usize> = HashMap::new();
         for m in &messages {
             *copies
@@ -405,12 +404,15 @@ async fn a_relay_killed_mid_batch_leaves_its_rows_to_another_after_the_lease() {
         }
         assert_eq!(copies.len(), carts.len(), "{backend:?}: every order sent");
         for (order_id, n) in &copies {
-            let expected = if frozen.contains(order_id) { 2 } else { 1 };
-            assert_eq!(
-                *n, expected,
-                "{backend:?}: order {order_id}: sent again only if the dead relay had sent it"
+            assert!(
+                *n == 1 || (*n == 2 && frozen.contains(order_id)),
+                "{backend:?}: order {order_id} sent {n} times: again only if the dead relay held it"
             );
         }
+        assert!(
+            copies.values().any(|n| *n == 2),
+            "{backend:?}: the batch frozen after its send is sent again"
+        );
         common::note(&format!(
             "{backend:?}: relay killed holding {} rows; they were sent again after the 2 s lease, the other {} once",
             frozen.len(),
