@@ -175,9 +175,21 @@ impl Application {
         } = self;
         let workers_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // With the hand-off on, consumers hand the orders they write straight to the
+        // dispatcher; it stops once every consumer has let go of the line.
+        let line = (app.config.fulfilment.enabled() && app.config.consumer.enabled).then(|| {
+            let (line, dispatcher) = service::dispatch::line();
+            tasks.spawn(runtime::tasks::dispatcher(app.clone(), dispatcher));
+            line
+        });
         for _ in 0..app.config.consumer.tasks {
-            tasks.spawn(runtime::tasks::consumer(app.clone(), workers_stop.clone()));
+            tasks.spawn(runtime::tasks::consumer(
+                app.clone(),
+                workers_stop.clone(),
+                line.clone(),
+            ));
         }
+        drop(line);
         tasks.spawn(runtime::tasks::relay(app.clone(), workers_stop.clone()));
         tasks.spawn(runtime::tasks::replies(app.clone(), workers_stop.clone()));
         tasks.spawn(runtime::health::monitor(app.clone(), workers_stop.clone()));

@@ -10,208 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cartbus::domain::partner::{self as message, StatusReply};
-use cartbus::queue::{Message, Property, Queue, Settlement};
+use cartbus::queue::Property;
 use cartbus::service::partner_simulator::{self as simulator, SimulatorOptions, SimulatorStats};
 use common::broker;
-use common::{
-    Backend, DEADLINE, Process, Settings, TestApp, eventually, get_json, metric, metrics_text,
-};
+use common::partners::*;
+use common::{Backend, Process, TestApp, eventually, get_json, metric, metrics_text};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-const ROUTES: &str = "GB:LND=contoso,GB=acme,*=fabrikam";
-const SECRETS: [(&str, &str); 3] = [
-    ("contoso", "contoso-secret-0001"),
-    ("acme", "acme-secret-0000001"),
-    ("fabrikam", "fabrikam-secret-001"),
-];
-const ADMIN_TOKEN: &str = "fulfilment-test-admin-token";
-
-/// Which queue carries carts, orders and replies.
-#[derive(Clone, Debug)]
-enum Stack {
-    Embedded,
-    Broker(String),
-}
-
-fn stacks(test: &str) -> Vec<Stack> {
-    let mut stacks = vec![Stack::Embedded];
-    if let Some(url) = broker::url(test) {
-        stacks.push(Stack::Broker(url));
-    }
-    stacks
-}
-
-/// An instance with routes, partner secrets, a quick relay and (on a broker) queues no
-/// other test uses.
-fn settings(dir: &std::path::Path, backend: &Backend, stack: &Stack, tag: &str) -> Settings {
-    let mut settings = Settings::new(dir, backend)
-        .set("CARTBUS_ROUTES", ROUTES)
-        .set("CARTBUS_RELAY_POLL_MS", "50")
-        .set("CARTBUS_ADMIN_TOKEN", ADMIN_TOKEN);
-    for (partner, secret) in SECRETS {
-        settings = settings.set(
-            &format!("CARTBUS_PARTNER_{}_SECRET", partner.to_uppercase()),
-            secret,
-        );
-    }
-    if let Stack::Broker(url) = stack {
-        settings = broker::settings(dir, backend, url, &format!("cartbus-t-{tag}-carts"))
-            .set("CARTBUS_ROUTES", ROUTES)
-            .set("CARTBUS_RELAY_POLL_MS", "50")
-            .set("CARTBUS_ADMIN_TOKEN", ADMIN_TOKEN)
-            .set(
-                "CARTBUS_AUDIT_ADDRESS",
-                format!("/queue/cartbus-t-{tag}-audit"),
-            )
-            .set(
-                "CARTBUS_STATUS_ADDRESS",
-                format!("/queue/cartbus-t-{tag}-status"),
-            );
-        for (partner, secret) in SECRETS {
-            let upper = partner.to_uppercase();
-            settings = settings
-                .set(&format!("CARTBUS_PARTNER_{upper}_SECRET"), secret)
-                .set(
-                    &format!("CARTBUS_PARTNER_{upper}_ADDRESS"),
-                    format!("/queue/cartbus-t-{tag}-{partner}"),
-                );
-        }
-    }
-    settings
-}
-
-fn tag() -> String {
-    Uuid::new_v4().simple().to_string()[..12].to_string()
-}
-
-fn secret(partner: &str) -> &'static str {
-    SECRETS
-        .iter()
-        .find(|(p, _)| *p == partner)
-        .map(|(_, s)| *s)
-        .expect("a test partner")
-}
-
-/// A cart shipping to `country`/`region` whose total is `unit_price`.
-fn cart_to(country: &str, region: Option<&str>, unit_price: i64) -> Value {
-    let mut cart = common::cart_with_lines(1);
-    cart["shipping_address"]["country"] = json!(country);
-    cart["shipping_address"]["region"] = json!(region);
-    cart["lines"][0]["unit_price"] = json!(unit_price);
-    cart["lines"][0]["quantity"] = json!(1);
-    cart["total"] = json!(unit_price);
-    cart
-}
-
-/// Where `cart_to(country, region, _)` must go under [`ROUTES`].
-fn partner_for(country: &str, region: Option<&str>) -> &'static str {
-    match (country, region) {
-        ("GB", Some("LND")) => "contoso",
-        ("GB", _) => "acme",
-        _ => "fabrikam",
-    }
-}
-
-/// SQLite beside the embedded queue; PostgreSQL (when there is one) beside a broker, the
-/// production pairing.
-async fn orders_backend(stack: &Stack, test: &str) -> Backend {
-    match stack {
-        Stack::Embedded => Backend::Sqlite,
-        Stack::Broker(_) => broker::orders_backend(test).await,
-    }
-}
-
-async fn wait_ready(app: &TestApp, stack: &Stack) {
-    if let Stack::Broker(_) = stack {
-        broker::wait_connected(&app.state).await;
-    }
-}
-
-/// Every message on `address`, accepted: waits until at least `at_least` have come (up
-/// to the test deadline), then for a short quiet spell to catch any extra.
-async fn take_all(queue: &Arc<dyn Queue>, address: &str, at_least: usize) -> Vec<Message> {
-    let mut receiver = queue.receiver(address).await.expect("receiver");
-    let deadline = Instant::now() + DEADLINE;
-    let mut got = Vec::new();
-    loop {
-        let window = if got.len() >= at_least {
-            Duration::from_millis(500)
-        } else {
-            deadline.saturating_duration_since(Instant::now())
-        };
-        let quiet = CancellationToken::new();
-        let timer = {
-            let quiet = quiet.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(window).await;
-                quiet.cancel();
-            })
-        };
-        let batch = receiver.receive(256, &quiet).await.expect("receive");
-        timer.abort();
-        if batch.is_empty() {
-            assert!(
-                got.len() >= at_least,
-                "only {} of {at_least} messages arrived on {address}",
-                got.len()
-            );
-            break;
-        }
-        receiver
-            .settle(batch.iter().map(|d| (d.tag, Settlement::Accept)).collect())
-            .await
-            .expect("settle");
-        got.extend(batch.into_iter().map(|d| d.message));
-    }
-    let _ = receiver.close().await;
-    got
-}
-
-fn address_of(app: &TestApp, partner: &str) -> String {
-    app.state
-        .config
-        .fulfilment
-        .partner(partner)
-        .expect("configured partner")
-        .address
-        .clone()
-}
-
-async fn dispatch_rows(app: &TestApp) -> Vec<(Uuid, String, Option<String>)> {
-    cartbus::on_db!(&app.state.db, |pool| sqlx::query_as(
-        "SELECT order_id, process_status, locked_by FROM order_dispatch"
-    )
-    .fetch_all(pool)
-    .await
-    .expect("read order_dispatch"))
-}
-
-async fn wait_all_processed(app: &TestApp, expected: usize) {
-    eventually(&format!("{expected} outbox rows processed"), || async {
-        let rows = dispatch_rows(app).await;
-        (rows.len() == expected && rows.iter().all(|(_, status, _)| status == "processed"))
-            .then_some(())
-    })
-    .await;
-}
-
-/// cart_id → order_id for every order.
-async fn order_ids(app: &TestApp) -> HashMap<Uuid, Uuid> {
-    let rows: Vec<(Uuid, Uuid)> = cartbus::on_db!(&app.state.db, |pool| sqlx::query_as(
-        "SELECT cart_id, id FROM orders"
-    )
-    .fetch_all(pool)
-    .await
-    .expect("read orders"));
-    rows.into_iter().collect()
-}
-
-fn cart_id(cart: &Value) -> Uuid {
-    Uuid::parse_str(cart["cart_id"].as_str().expect("cart_id")).expect("uuid")
-}
 
 #[tokio::test]
 async fn two_relays_send_every_order_once_per_address_routed_by_region() {
@@ -393,8 +200,11 @@ async fn a_relay_killed_mid_batch_leaves_its_rows_to_another_after_the_lease() {
         wait_all_processed(&b, carts.len()).await;
         // B has sent everything it will (wait_all_processed); A's sends landed before it
         // died. The rows A held are sent again; of those, the batch frozen after its send
-        // arrives twice. Rows another of A's workers held but had not (durably) sent when
-        // A was killed arrive once: a kill can land between a send and its confirmation.
+        // arrives more than once: A's dispatcher froze holding it, its lease lapsed and
+        // A's own relay may have claimed and sent it again (and frozen too) before the
+        // kill. Rows A held but had not (durably) sent when it was killed arrive once: a
+        // kill can land between a send and its confirmation. A row A did not hold at the
+        // kill is never sent twice.
         let messages = take_all(&b.state.queue, &address_of(&b, "contoso"), carts.len()).await;
         let mut copies: HashMap<Uuid, usize> = HashMap::new();
         for m in &messages {
@@ -405,12 +215,12 @@ async fn a_relay_killed_mid_batch_leaves_its_rows_to_another_after_the_lease() {
         assert_eq!(copies.len(), carts.len(), "{backend:?}: every order sent");
         for (order_id, n) in &copies {
             assert!(
-                *n == 1 || (*n == 2 && frozen.contains(order_id)),
+                *n == 1 || frozen.contains(order_id),
                 "{backend:?}: order {order_id} sent {n} times: again only if the dead relay held it"
             );
         }
         assert!(
-            copies.values().any(|n| *n == 2),
+            copies.values().any(|n| *n >= 2),
             "{backend:?}: the batch frozen after its send is sent again"
         );
         common::note(&format!(
@@ -900,23 +710,6 @@ async fn the_partner_simulator_plays_the_whole_loop() {
         assert_eq!(stats.orders.load(std::sync::atomic::Ordering::Relaxed), 1);
         app.stop().await.expect("stops");
     }
-}
-
-async fn admin_post(app: &TestApp, path: &str, body: Value) -> Value {
-    let response = app
-        .client
-        .post(app.url(path))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .expect("admin POST");
-    assert!(
-        response.status().is_success(),
-        "{path}: {}",
-        response.status()
-    );
-    response.json().await.expect("JSON")
 }
 
 /// The relay and the reply reader pause with the drain switch: nothing is sent and no

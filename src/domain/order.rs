@@ -121,3 +121,64 @@ pub struct OrderView {
     /// late never moves it backwards; within a step, oldest first.
     pub status_history: Vec<StatusEntry>,
 }
+
+impl OrderView {
+    /// The order a cart has just become, as `GET /v1/orders/{order_id}` will read it back:
+    /// what the consumer hands to a partner right after its commit, without reading it.
+    /// `created_at` is what was written (whole microseconds, which both databases keep).
+    pub fn placed(
+        cart: &crate::domain::Cart,
+        order_id: Uuid,
+        source: Source,
+        created_at: DateTime<Utc>,
+    ) -> OrderView {
+        let customer = &cart.customer;
+        let address = &cart.shipping_address;
+        OrderView {
+            order_id,
+            cart_id: cart.cart_id.as_uuid(),
+            customer: CustomerView {
+                id: customer.id.clone(),
+                name: customer.name.clone(),
+                email: customer.email.as_str().to_string(),
+                phone: customer.phone.clone(),
+            },
+            shipping_address: AddressView {
+                line1: address.line1.clone(),
+                line2: address.line2.clone(),
+                city: address.city.clone(),
+                region: address.region.clone(),
+                postal_code: address.postal_code.clone(),
+                country: address.country.as_str().to_string(),
+            },
+            currency: cart.currency.as_str().to_string(),
+            lines: cart
+                .lines
+                .iter()
+                .map(|line| LineView {
+                    sku: line.sku.clone(),
+                    name: line.name.clone(),
+                    quantity: i32::try_from(line.quantity.get()).unwrap_or(i32::MAX),
+                    unit_price: line.unit_price.minor_units(),
+                })
+                .collect(),
+            total: cart.total.minor_units(),
+            source,
+            created_at,
+            transport_partner: None,
+            tracking_id: None,
+            status: Some("placed".to_string()),
+            status_history: vec![StatusEntry {
+                status: "placed".to_string(),
+                at: created_at,
+            }],
+        }
+    }
+}
+
+/// Now, as an order's timestamps are stored: whole microseconds, which PostgreSQL keeps
+/// and SQLite keeps too, so that a view built in memory equals the one read back.
+pub fn timestamp_now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}

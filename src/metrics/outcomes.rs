@@ -37,10 +37,13 @@ pub static CONSUMER: List = LazyLock::new(|| {
     list
 });
 
-/// `cartbus_outbox_events_total`: what the fulfilment relay did.
+/// `cartbus_outbox_events_total`: what the fulfilment hand-off did (`sent` counts every
+/// order handed on; `sent_at_commit` those of them the consumer sent right after its
+/// commit, the rest went through the polling relay).
 pub static OUTBOX: List = LazyLock::new(|| {
     vec![
         "sent",
+        "sent_at_commit",
         "audit_copy",
         "send_failed",
         "send_deferred",

@@ -1,10 +1,13 @@
 //! The background workers, each given the parts of `App` it needs.
 
+use tokio::sync::mpsc::{Receiver, Sender};
 use tokio_util::sync::CancellationToken;
 
-use super::app::AppState;
+use super::app::{App, AppState};
 use crate::service::consumer::{self, CartStep, Consumer};
+use crate::service::dispatch::{self, Dispatch, Fresh};
 use crate::service::drain;
+use crate::service::hand_off::HandOff;
 use crate::service::relay::{self, Relay};
 use crate::service::replies::{self, ReplyStep};
 
@@ -12,7 +15,8 @@ pub async fn drain_watch(app: AppState, stop: CancellationToken) {
     drain::watch(&app.db, &app.control, &app.health, stop).await;
 }
 
-pub async fn consumer(app: AppState, stop: CancellationToken) {
+/// A consumer; with `line`, it hands the orders it writes to the dispatcher.
+pub async fn consumer(app: AppState, stop: CancellationToken, line: Option<Sender<Fresh>>) {
     let config = &app.config;
     let consumer = Consumer {
         step: CartStep {
@@ -20,6 +24,13 @@ pub async fn consumer(app: AppState, stop: CancellationToken) {
             metrics: &app.metrics,
             payments: app.payments.as_deref(),
             control: &app.control,
+            dispatch: line.as_ref().map(|line| Dispatch {
+                line,
+                queue: app.outbox_queue.as_ref(),
+                settings: &config.fulfilment,
+                instance: &config.instance,
+                control: &app.control,
+            }),
             outbox_wake: &app.outbox_wake,
             cart_address: &config.queue.cart_address,
             max_attempts: config.consumer.max_attempts,
@@ -47,12 +58,23 @@ pub async fn replies(app: AppState, stop: CancellationToken) {
     .await;
 }
 
-pub async fn relay(app: AppState, stop: CancellationToken) {
-    let relay = Relay {
+/// The dispatcher at the other end of the consumers' `line`.
+pub async fn dispatcher(app: AppState, line: Receiver<Fresh>) {
+    dispatch::run(hand_off(&app), &app.control, line).await;
+}
+
+fn hand_off(app: &App) -> HandOff<'_> {
+    HandOff {
         db: &app.db,
         queue: app.outbox_queue.as_ref(),
         metrics: &app.metrics,
         settings: &app.config.fulfilment,
+    }
+}
+
+pub async fn relay(app: AppState, stop: CancellationToken) {
+    let relay = Relay {
+        hand_off: hand_off(&app),
         instance: &app.config.instance,
         wake: &app.outbox_wake,
     };

@@ -72,6 +72,9 @@ pub struct Control {
     in_flight: AtomicUsize,
     /// Consumer tasks holding an open receiver.
     consuming: AtomicUsize,
+    /// Batches of new orders committed and not yet handed to their partners
+    /// ([`super::dispatch`]).
+    hand_offs: AtomicUsize,
     /// Cart messages taken off the queue for good, and carts put on it, by this instance:
     /// the `cartbus_drain_messages_total` and `cartbus_intake_messages_total` counters
     /// themselves, so heartbeats and metrics cannot disagree.
@@ -133,6 +136,7 @@ impl Control {
             revision: AtomicI64::new(-1),
             in_flight: AtomicUsize::new(0),
             consuming: AtomicUsize::new(0),
+            hand_offs: AtomicUsize::new(0),
             processed,
             accepted,
             nudge: Notify::new(),
@@ -183,6 +187,21 @@ impl Control {
         }
     }
 
+    /// A batch of committed orders went to the dispatcher: until it is done, this
+    /// instance is not paused.
+    pub fn begin_hand_off(&self) {
+        self.hand_offs.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The dispatcher is done with `n` batches; when nothing is left and the switch says
+    /// stop, the new state is reported now rather than at the next heartbeat.
+    pub fn end_hand_off(&self, n: usize) {
+        let before = self.hand_offs.fetch_sub(n, Ordering::AcqRel);
+        if before == n && self.mode() != Mode::Consume {
+            self.nudge();
+        }
+    }
+
     pub fn begin_batch(&self, n: usize) {
         self.in_flight.fetch_add(n, Ordering::AcqRel);
     }
@@ -200,7 +219,9 @@ impl Control {
 
     /// The state to report: what the mode asks, and whether the consumer has got there.
     pub fn state(&self) -> State {
-        let busy = self.consuming.load(Ordering::Acquire) > 0 || self.in_flight() > 0;
+        let busy = self.consuming.load(Ordering::Acquire) > 0
+            || self.in_flight() > 0
+            || self.hand_offs.load(Ordering::Acquire) > 0;
         match self.mode() {
             Mode::Consume => State::Running,
             Mode::Pause | Mode::Unknown if busy => State::Pausing,

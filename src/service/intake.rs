@@ -237,10 +237,15 @@ impl Intake {
         }
         let write = async {
             let mut tx = self.db.begin().await?;
-            let outcome = place::place(&mut tx, &[(cart, &verdict)], Source::Direct)
-                .await?
-                .pop()
-                .ok_or_else(|| StoreError::invariant("no outcome for the cart"))?;
+            let outcome = place::place(
+                &mut tx,
+                &[(cart, &verdict)],
+                Source::Direct,
+                place::timestamp_now(),
+            )
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::invariant("no outcome for the cart"))?;
             if let Outcome::PaymentUnknown(detail) = &outcome {
                 dead_letters::record(
                     &mut tx,

@@ -3,7 +3,9 @@
 //! tasks alike.
 
 pub mod consumer;
+pub mod dispatch;
 pub mod drain;
+pub mod hand_off;
 pub mod intake;
 pub mod partner_simulator;
 pub mod payment;

@@ -14,9 +14,11 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::payment::{self, Gateway, Verdict};
+pub use crate::domain::order::timestamp_now;
 use crate::domain::order::{Placement, Source};
 use crate::domain::{Cart, Reason};
 use crate::metrics::Metrics;
@@ -104,12 +106,13 @@ pub async fn reject(
 
 /// Each cart's fate, in the caller's transaction and in the order of `carts`: carts whose
 /// payment lets them proceed become orders (in a few multi-row statements, idempotent on
-/// cart_id); the rest are recorded as rejected or as an unknown payment. A cart whose
-/// payment is to be retried must not reach here.
+/// cart_id), created `at` ([`timestamp_now`]); the rest are recorded as rejected or as an
+/// unknown payment. A cart whose payment is to be retried must not reach here.
 pub async fn place(
     tx: &mut Tx,
     carts: &[(&Cart, &Verdict)],
     source: Source,
+    at: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let hashes: Vec<String> = carts.iter().map(|(cart, _)| cart.payload_hash()).collect();
     let to_order: Vec<(&Cart, &str)> = carts
@@ -118,7 +121,9 @@ pub async fn place(
         .filter(|((_, verdict), _)| **verdict == Verdict::Proceed)
         .map(|((cart, _), hash)| (*cart, hash.as_str()))
         .collect();
-    let mut placements = orders::place_many(tx, &to_order, source).await?.into_iter();
+    let mut placements = orders::place_many(tx, &to_order, source, at)
+        .await?
+        .into_iter();
     let mut outcomes = Vec::with_capacity(carts.len());
     for (cart, verdict) in carts {
         let cart_id = cart.cart_id.as_uuid();

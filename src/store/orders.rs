@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::domain::order::{Placement, Source};
+use crate::domain::order::{Placement, Source, timestamp_now};
 use crate::domain::{Cart, Line, Reason};
 use crate::on_tx;
 use crate::store::{StoreError, Tx};
@@ -20,7 +20,7 @@ pub async fn place(
     payload_hash: &str,
     source: Source,
 ) -> Result<Placement, StoreError> {
-    let placed = place_many(tx, &[(cart, payload_hash)], source).await?;
+    let placed = place_many(tx, &[(cart, payload_hash)], source, timestamp_now()).await?;
     placed
         .into_iter()
         .next()
@@ -37,12 +37,13 @@ const LINES_PER_STATEMENT: usize = 2_000;
 /// already had one (duplicate or conflict, by payload hash), then insert the lines and
 /// `placed` rows of the new orders. Placements come back in the order of `carts`; the
 /// same cart twice in a batch is created once and a duplicate after that.
+/// `now` is the new orders' `created_at` (see [`timestamp_now`]).
 pub async fn place_many(
     tx: &mut Tx,
     carts: &[(&Cart, &str)],
     source: Source,
+    now: DateTime<Utc>,
 ) -> Result<Vec<Placement>, StoreError> {
-    let now = Utc::now();
     let order_ids: Vec<Uuid> = carts.iter().map(|_| Uuid::now_v7()).collect();
     let mut created: HashMap<Uuid, Uuid> = HashMap::with_capacity(carts.len());
     if let Tx::Postgres(c) = tx {

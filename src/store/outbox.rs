@@ -8,7 +8,7 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use crate::on_db;
-use crate::store::{Db, StoreError};
+use crate::store::{Db, StoreError, Tx};
 
 /// One row a relay holds.
 #[derive(Clone, Debug, FromRow)]
@@ -81,15 +81,7 @@ pub async fn claim(
                 .bind(&partners)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query(
-                    "UPDATE orders o SET transport_partner = t.partner
-                     FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
-                     WHERE o.id = t.order_id",
-                )
-                .bind(&ids)
-                .bind(&partners)
-                .execute(&mut *tx)
-                .await?;
+                record_partners(&mut tx, &ids, &partners).await?;
             }
             tx.commit().await?;
             Ok(claimed)
@@ -143,6 +135,25 @@ pub async fn claim(
     }
 }
 
+/// Records on the orders (PostgreSQL) the partner each is routed to, so that the
+/// partner's replies can be checked against it.
+async fn record_partners(
+    c: &mut sqlx::PgConnection,
+    ids: &[Uuid],
+    partners: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orders o SET transport_partner = t.partner
+         FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
+         WHERE o.id = t.order_id",
+    )
+    .bind(ids)
+    .bind(partners)
+    .execute(c)
+    .await
+    .map(drop)
+}
+
 /// Claimed rows no earlier attempt routed.
 fn unrouted(claimed: &[Claimed]) -> Vec<Uuid> {
     claimed
@@ -172,31 +183,99 @@ fn assign(
     assigned
 }
 
+/// Leases rows just written in the caller's transaction (the orders' own) to
+/// `instance` for `lease`, under `batch_id`, each with the partner it routes to: the
+/// consumer hands these orders on right after its commit, and the polling relay leaves
+/// them alone unless the lease lapses (this instance died or stalled), exactly as if a
+/// relay had claimed them. Returns when the lease ends, on this instance's clock.
+pub async fn lease_placed(
+    tx: &mut Tx,
+    instance: &str,
+    batch_id: Uuid,
+    lease: std::time::Duration,
+    rows: &[(Uuid, &str)],
+) -> Result<DateTime<Utc>, StoreError> {
+    let now = Utc::now();
+    let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    if rows.is_empty() {
+        return Ok(until);
+    }
+    let (ids, partners): (Vec<Uuid>, Vec<String>) = rows
+        .iter()
+        .map(|(id, partner)| (*id, (*partner).to_string()))
+        .unzip();
+    match tx {
+        Tx::Postgres(c) => {
+            // On the database's clock, as a relay's claim is.
+            sqlx::query(
+                "UPDATE order_dispatch d
+                 SET locked_by = $3, locked_until = now() + make_interval(secs => $4::float8 / 1000),
+                     batch_id = $5, partner = t.partner, version = d.version + 1
+                 FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
+                 WHERE d.order_id = t.order_id",
+            )
+            .bind(&ids)
+            .bind(&partners)
+            .bind(instance)
+            .bind(lease.as_millis() as f64)
+            .bind(batch_id)
+            .execute(&mut **c)
+            .await?;
+            record_partners(c, &ids, &partners).await?;
+        }
+        Tx::Sqlite(c) => {
+            for (id, partner) in ids.iter().zip(&partners) {
+                sqlx::query(
+                    "UPDATE order_dispatch
+                     SET locked_by = $1, locked_until = $2, batch_id = $3, partner = $4,
+                         version = version + 1
+                     WHERE order_id = $5",
+                )
+                .bind(instance)
+                .bind(until)
+                .bind(batch_id)
+                .bind(partner)
+                .bind(id)
+                .execute(&mut **c)
+                .await?;
+                sqlx::query("UPDATE orders SET transport_partner = $1 WHERE id = $2")
+                    .bind(partner)
+                    .bind(id)
+                    .execute(&mut **c)
+                    .await?;
+            }
+        }
+    }
+    Ok(until)
+}
+
 /// Marks sent rows `processed` and appends `sent_to_partner`, in one transaction, for the
-/// rows this batch still holds. Returns the ids marked; the others were claimed by
-/// another relay after this one's lease lapsed (every claim writes a new batch id, so
-/// the batch id alone says who holds a row).
+/// rows still held by the batch that sent them (`(order_id, batch_id)` pairs, from one
+/// batch or several). Returns the ids marked; the others were claimed by another relay
+/// after their lease lapsed (every claim writes a new batch id, so the batch id alone
+/// says who holds a row).
 pub async fn mark_sent(
     db: &Db,
-    batch_id: Uuid,
-    order_ids: &[Uuid],
+    rows: &[(Uuid, Uuid)],
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, StoreError> {
-    if order_ids.is_empty() {
+    if rows.is_empty() {
         return Ok(Vec::new());
     }
     match db {
         Db::Postgres(pool) => {
+            let (ids, batches): (Vec<Uuid>, Vec<Uuid>) = rows.iter().copied().unzip();
             let mut tx = pool.begin().await?;
             let marked: Vec<Uuid> = sqlx::query_scalar(
-                "UPDATE order_dispatch
+                "UPDATE order_dispatch d
                  SET process_status = 'processed', processed_at = $3, locked_until = NULL,
-                     last_error = NULL, version = version + 1
-                 WHERE order_id = ANY($1) AND batch_id = $2
-                 RETURNING order_id",
+                     last_error = NULL, version = d.version + 1
+                 FROM UNNEST($1::uuid[], $2::uuid[]) AS t(order_id, batch_id)
+                 WHERE d.order_id = t.order_id AND d.batch_id = t.batch_id
+                 RETURNING d.order_id",
             )
-            .bind(order_ids)
-            .bind(batch_id)
+            .bind(&ids)
+            .bind(&batches)
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
@@ -214,8 +293,8 @@ pub async fn mark_sent(
         }
         Db::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
-            let mut marked = Vec::with_capacity(order_ids.len());
-            for id in order_ids {
+            let mut marked = Vec::with_capacity(rows.len());
+            for (id, batch_id) in rows {
                 let done = sqlx::query(
                     "UPDATE order_dispatch
                      SET process_status = 'processed', processed_at = $3, locked_until = NULL,

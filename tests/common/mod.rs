@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod partners;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

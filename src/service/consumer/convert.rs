@@ -10,10 +10,12 @@
 
 use std::time::Duration;
 
+use uuid::Uuid;
+
 use super::CartStep;
-use crate::domain::Reason;
 use crate::domain::cart_message::{self, Decoded};
 use crate::domain::order::Source;
+use crate::domain::{Cart, Reason};
 use crate::queue::{Delivery, Settlement};
 use crate::service::payment::Verdict;
 use crate::service::place::{self, Outcome as Placed};
@@ -274,6 +276,12 @@ async fn convert(parts: &CartStep<'_>, items: &[Item<'_>]) -> Result<Vec<Outcome
             _ => None,
         })
         .collect();
+    // A place in the dispatcher's line first, so that orders are leased for it only
+    // when they will be handed on right after the commit.
+    let reserved = match &parts.dispatch {
+        Some(dispatch) => dispatch.reserve().await,
+        None => None,
+    };
     let mut tx = parts.db.begin().await.map_err(Failure::unreachable)?;
     // The database, not timing, guarantees that nothing commits after `drained`: the
     // switch row is read (and on PostgreSQL share-locked, so a pause waits for this
@@ -292,9 +300,23 @@ async fn convert(parts: &CartStep<'_>, items: &[Item<'_>]) -> Result<Vec<Outcome
             ),
         )));
     }
-    let mut placed = place::place(&mut tx, &carts, Source::Queue)
-        .await?
-        .into_iter();
+    let at = place::timestamp_now();
+    let placed = place::place(&mut tx, &carts, Source::Queue, at).await?;
+    let created: Vec<(&Cart, Uuid)> = carts
+        .iter()
+        .zip(&placed)
+        .filter_map(|((cart, _), outcome)| match outcome {
+            Placed::Created(order_id) => Some((*cart, *order_id)),
+            _ => None,
+        })
+        .collect();
+    let leased = match reserved {
+        Some(reserved) if !created.is_empty() => {
+            Some(reserved.lease(&mut tx, &created, Source::Queue, at).await?)
+        }
+        _ => None,
+    };
+    let mut placed = placed.into_iter();
     let mut outcomes = Vec::with_capacity(items.len());
     for item in items {
         let outcome = match &item.decoded {
@@ -315,10 +337,12 @@ async fn convert(parts: &CartStep<'_>, items: &[Item<'_>]) -> Result<Vec<Outcome
     crate::fault::freeze_if_hit("consumer-in-order-tx").await;
     // A failed commit may or may not have landed; either way redelivery is safe.
     tx.commit().await.map_err(Failure::unreachable)?;
-    if outcomes
-        .iter()
-        .any(|o| matches!(o, Outcome::Placed(Placed::Created(_))))
-    {
+    // What the dispatcher does not take, the relay does.
+    let for_relay = match leased {
+        Some(leased) => leased.send(),
+        None => created.len(),
+    };
+    if for_relay > 0 {
         parts.outbox_wake.notify_one();
     }
     Ok(outcomes)

@@ -8,6 +8,7 @@ pub mod convert;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::dispatch::Dispatch;
 use super::drain::Control;
 use super::payment::Gateway;
 use super::worker::{self, Gate, Receiving, Report, Step};
@@ -22,7 +23,11 @@ pub struct CartStep<'a> {
     /// The payment capture endpoint, when one is configured.
     pub payments: Option<&'a Gateway>,
     pub control: &'a Control,
-    /// Woken when orders were written, so that the relay hands them on at once.
+    /// Hands the orders just written to their partners right after the commit, where the
+    /// fulfilment hand-off is on.
+    pub dispatch: Option<Dispatch<'a>>,
+    /// Woken when orders were written that the dispatcher did not take, so that the
+    /// relay hands them on at once.
     pub outbox_wake: &'a Notify,
     /// `CARTBUS_CART_ADDRESS`: where the carts come from (and their dead letters say so).
     pub cart_address: &'a str,

@@ -102,8 +102,13 @@ pub async fn resolve(
                     )));
                 }
             };
-            let placed =
-                place::place(&mut tx, &[(&cart, &Verdict::Proceed)], Source::Queue).await?;
+            let placed = place::place(
+                &mut tx,
+                &[(&cart, &Verdict::Proceed)],
+                Source::Queue,
+                place::timestamp_now(),
+            )
+            .await?;
             if let Some(Outcome::Rejected { detail, .. }) = placed.into_iter().next() {
                 return Err(ResolveError::Conflict(detail));
             }
