@@ -87,48 +87,56 @@ pub async fn claim(
             Ok(claimed)
         }
         Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
-            let mut claimed: Vec<Claimed> = sqlx::query_as(
+            // The due rows, by the partial index in due order (without `INDEXED BY` the
+            // planner takes the status index and sorts every pending row). A read: a poll
+            // that finds nothing never takes SQLite's one write lock from the consumer.
+            macro_rules! due {
+                () => {
+                    "SELECT order_id FROM order_dispatch INDEXED BY order_dispatch_due
+                     WHERE process_status IN ('pending', 'error') AND next_attempt_at <= $1
+                       AND (locked_until IS NULL OR locked_until < $1)
+                     ORDER BY next_attempt_at
+                     LIMIT $2"
+                };
+            }
+            let due: Option<Uuid> = sqlx::query_scalar(due!())
+                .bind(now)
+                .bind(1_i64)
+                .fetch_optional(pool)
+                .await?;
+            if due.is_none() {
+                return Ok(Vec::new());
+            }
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut claimed: Vec<Claimed> = sqlx::query_as(concat!(
                 "UPDATE order_dispatch
-                 SET locked_by = $1, locked_until = $2, batch_id = $3, version = version + 1
-                 WHERE order_id IN (
-                       SELECT order_id FROM order_dispatch
-                       WHERE process_status IN ('pending', 'error') AND next_attempt_at <= $4
-                         AND (locked_until IS NULL OR locked_until < $4)
-                       ORDER BY next_attempt_at
-                       LIMIT $5)
-                 RETURNING order_id, retry_count, partner",
-            )
+                 SET locked_by = $3, locked_until = $4, batch_id = $5, version = version + 1
+                 WHERE order_id IN (",
+                due!(),
+                ") RETURNING order_id, retry_count, partner"
+            ))
+            .bind(now)
+            .bind(limit)
             .bind(instance)
             .bind(until)
             .bind(batch_id)
-            .bind(now)
-            .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
             let unrouted = unrouted(&claimed);
             let mut places: Vec<(Uuid, String, Option<String>)> = Vec::new();
-            for id in &unrouted {
-                let place: Option<(Uuid, String, Option<String>)> = sqlx::query_as(
-                    "SELECT id, ship_country, ship_region FROM orders WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                places.extend(place);
+            for chunk in unrouted.chunks(SQLITE_ROWS_PER_STATEMENT) {
+                let mut select = sqlx::QueryBuilder::new(
+                    "SELECT id, ship_country, ship_region FROM orders WHERE id IN (",
+                );
+                let mut ids = select.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                select.push(")");
+                places.extend(select.build_query_as().fetch_all(&mut *tx).await?);
             }
-            for (id, partner) in assign(&mut claimed, &places, route) {
-                sqlx::query("UPDATE order_dispatch SET partner = $1 WHERE order_id = $2")
-                    .bind(&partner)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("UPDATE orders SET transport_partner = $1 WHERE id = $2")
-                    .bind(&partner)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            let assigned = assign(&mut claimed, &places, route);
+            route_sqlite(&mut tx, &assigned, None).await?;
             tx.commit().await?;
             Ok(claimed)
         }
@@ -154,6 +162,45 @@ async fn record_partners(
     .map(drop)
 }
 
+/// Rows per SQLite statement in the multi-row writes below (at most three binds a row,
+/// far under SQLite's 32,766).
+const SQLITE_ROWS_PER_STATEMENT: usize = 1_000;
+
+/// SQLite's way of recording partners (and, for rows just placed, the lease): one
+/// `UPDATE … FROM (VALUES …)` per chunk on the outbox and one on the orders, not two
+/// statements a row — on SQLite every statement is a round trip to its worker thread.
+async fn route_sqlite(
+    c: &mut sqlx::SqliteConnection,
+    rows: &[(Uuid, String)],
+    lease: Option<(&str, DateTime<Utc>, Uuid)>,
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
+        let mut update = sqlx::QueryBuilder::new("WITH t(id, partner) AS (");
+        update.push_values(chunk, |mut row, (id, partner)| {
+            row.push_bind(*id).push_bind(partner);
+        });
+        update.push(") UPDATE order_dispatch SET partner = t.partner");
+        if let Some((instance, until, batch_id)) = lease {
+            update.push(", locked_by = ").push_bind(instance);
+            update.push(", locked_until = ").push_bind(until);
+            update.push(", next_attempt_at = ").push_bind(until);
+            update.push(", batch_id = ").push_bind(batch_id);
+            update.push(", version = version + 1");
+        }
+        update.push(" FROM t WHERE order_dispatch.order_id = t.id");
+        update.build().execute(&mut *c).await?;
+        let mut update = sqlx::QueryBuilder::new("WITH t(id, partner) AS (");
+        update.push_values(chunk, |mut row, (id, partner)| {
+            row.push_bind(*id).push_bind(partner);
+        });
+        update.push(
+            ") UPDATE orders SET transport_partner = t.partner FROM t WHERE orders.id = t.id",
+        );
+        update.build().execute(&mut *c).await?;
+    }
+    Ok(())
+}
+
 /// Claimed rows no earlier attempt routed.
 fn unrouted(claimed: &[Claimed]) -> Vec<Uuid> {
     claimed
@@ -169,13 +216,16 @@ fn assign(
     places: &[(Uuid, String, Option<String>)],
     route: &(dyn Fn(&str, Option<&str>) -> Option<String> + Sync),
 ) -> Vec<(Uuid, String)> {
+    let places: std::collections::HashMap<Uuid, (&str, Option<&str>)> = places
+        .iter()
+        .map(|(id, country, region)| (*id, (country.as_str(), region.as_deref())))
+        .collect();
     let mut assigned = Vec::new();
     for row in claimed.iter_mut().filter(|row| row.partner.is_none()) {
-        let Some((_, country, region)) = places.iter().find(|(id, _, _)| *id == row.order_id)
-        else {
+        let Some(&(country, region)) = places.get(&row.order_id) else {
             continue;
         };
-        if let Some(partner) = route(country, region.as_deref()) {
+        if let Some(partner) = route(country, region) {
             assigned.push((row.order_id, partner.clone()));
             row.partner = Some(partner);
         }
@@ -210,6 +260,7 @@ pub async fn lease_placed(
             sqlx::query(
                 "UPDATE order_dispatch d
                  SET locked_by = $3, locked_until = now() + make_interval(secs => $4::float8 / 1000),
+                     next_attempt_at = now() + make_interval(secs => $4::float8 / 1000),
                      batch_id = $5, partner = t.partner, version = d.version + 1
                  FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
                  WHERE d.order_id = t.order_id",
@@ -224,26 +275,8 @@ pub async fn lease_placed(
             record_partners(c, &ids, &partners).await?;
         }
         Tx::Sqlite(c) => {
-            for (id, partner) in ids.iter().zip(&partners) {
-                sqlx::query(
-                    "UPDATE order_dispatch
-                     SET locked_by = $1, locked_until = $2, batch_id = $3, partner = $4,
-                         version = version + 1
-                     WHERE order_id = $5",
-                )
-                .bind(instance)
-                .bind(until)
-                .bind(batch_id)
-                .bind(partner)
-                .bind(id)
-                .execute(&mut **c)
-                .await?;
-                sqlx::query("UPDATE orders SET transport_partner = $1 WHERE id = $2")
-                    .bind(partner)
-                    .bind(id)
-                    .execute(&mut **c)
-                    .await?;
-            }
+            let rows: Vec<(Uuid, String)> = ids.into_iter().zip(partners).collect();
+            route_sqlite(c, &rows, Some((instance, until, batch_id))).await?;
         }
     }
     Ok(until)
@@ -292,32 +325,37 @@ pub async fn mark_sent(
             Ok(marked)
         }
         Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let mut marked = Vec::with_capacity(rows.len());
-            for (id, batch_id) in rows {
-                let done = sqlx::query(
-                    "UPDATE order_dispatch
-                     SET process_status = 'processed', processed_at = $3, locked_until = NULL,
-                         last_error = NULL, version = version + 1
-                     WHERE order_id = $1 AND batch_id = $2",
-                )
-                .bind(id)
-                .bind(batch_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() == 1 {
-                    sqlx::query(
-                        "INSERT INTO order_status (order_id, status, at)
-                         VALUES ($1, 'sent_to_partner', $2)
-                         ON CONFLICT (order_id, status) DO NOTHING",
+            for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
+                let mut update = sqlx::QueryBuilder::new("WITH t(id, batch) AS (");
+                update.push_values(chunk, |mut row, (id, batch_id)| {
+                    row.push_bind(*id).push_bind(*batch_id);
+                });
+                update
+                    .push(
+                        ") UPDATE order_dispatch SET process_status = 'processed', processed_at = ",
                     )
-                    .bind(id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    marked.push(*id);
+                    .push_bind(now)
+                    .push(
+                        ", locked_until = NULL, last_error = NULL, version = version + 1
+                         FROM t WHERE order_dispatch.order_id = t.id
+                           AND order_dispatch.batch_id = t.batch
+                         RETURNING order_id",
+                    );
+                let done: Vec<Uuid> = update.build_query_scalar().fetch_all(&mut *tx).await?;
+                if !done.is_empty() {
+                    let mut insert =
+                        sqlx::QueryBuilder::new("INSERT INTO order_status (order_id, status, at) ");
+                    insert.push_values(&done, |mut row, id| {
+                        row.push_bind(*id)
+                            .push_bind("sent_to_partner")
+                            .push_bind(now);
+                    });
+                    insert.push(" ON CONFLICT (order_id, status) DO NOTHING");
+                    insert.build().execute(&mut *tx).await?;
                 }
+                marked.extend(done);
             }
             tx.commit().await?;
             Ok(marked)
