@@ -44,6 +44,12 @@ pub struct RunArgs {
     /// see what it costs.
     #[arg(long = "no-hand-off", action = clap::ArgAction::SetFalse)]
     pub hand_off: bool,
+    /// Seconds of each open-loop run of the sustained-capacity search (0 skips it).
+    #[arg(long, default_value_t = 60)]
+    pub sustain_seconds: u64,
+    /// Open-loop runs in the sustained-capacity search (a bisection of the rate).
+    #[arg(long, default_value_t = 4)]
+    pub sustain_steps: u32,
     /// Backlog for the memory figure (embedded queue).
     #[arg(long, default_value_t = 1_000_000)]
     pub memory_backlog: usize,

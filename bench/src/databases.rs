@@ -17,15 +17,37 @@ pub async fn count_orders(db: &Db) -> anyhow::Result<i64> {
     .await)?)
 }
 
-/// Waits until the outbox relay has sent `target` orders to their partner.
+/// How many orders have been sent to their partner (outbox rows `processed`).
+pub async fn count_sent(db: &Db) -> anyhow::Result<i64> {
+    Ok(cartbus::on_db!(db, |pool| sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM order_dispatch WHERE process_status = 'processed'"
+    )
+    .fetch_one(pool)
+    .await)?)
+}
+
+/// Sets the first `count` sent outbox rows pending again, as a crash or an outage would
+/// leave them: work for the polling relay alone.
+pub async fn unsend(db: &Db, count: usize) -> anyhow::Result<i64> {
+    let limit = i64::try_from(count).unwrap_or(i64::MAX);
+    let done = cartbus::on_db!(db, |pool| sqlx::query(
+        "UPDATE order_dispatch SET process_status = 'pending', processed_at = NULL,
+             locked_until = NULL, next_attempt_at = created_at
+         WHERE order_id IN (SELECT order_id FROM order_dispatch
+                            WHERE process_status = 'processed' ORDER BY order_id LIMIT $1)"
+    )
+    .bind(limit)
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected()))?;
+    Ok(done as i64)
+}
+
+/// Waits until `target` orders have been sent to their partner.
 pub async fn wait_for_dispatched(db: &Db, target: i64, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
-        let sent: i64 = cartbus::on_db!(db, |pool| sqlx::query_scalar(
-            "SELECT count(*) FROM order_dispatch WHERE process_status = 'processed'"
-        )
-        .fetch_one(pool)
-        .await)?;
+        let sent = count_sent(db).await?;
         if sent >= target {
             return Ok(());
         }

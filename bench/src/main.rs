@@ -10,6 +10,7 @@ mod amqp_publish;
 mod cli;
 mod databases;
 mod load;
+mod open_loop;
 mod phases;
 mod raw_amqp;
 mod raw_db;

@@ -12,11 +12,15 @@ use cartbus::queue::{EmbeddedQueue, Queue};
 use serde_json::json;
 
 use crate::cli::RunArgs;
-use crate::databases::{count_orders, wait_for_dispatched, wait_for_orders};
+use crate::databases::{count_orders, count_sent, unsend, wait_for_dispatched, wait_for_orders};
 use crate::load::{Load, cart_json, percentile};
+use crate::open_loop::sustain;
 use crate::raw_db::{raw_batched_insert, raw_single_inserts};
 use crate::report::Table;
 use crate::service::{Service, admin};
+
+/// Carts of the light-load latency run.
+const LIGHT_CARTS: usize = 2_000;
 
 /// The phases both stacks share, against a cartbus configured by `env`; returns the
 /// intake p99 at 4 clients.
@@ -65,7 +69,7 @@ pub async fn shared_phases(
     );
     // Latency at a moderate load, where it says what cartbus adds (at saturation every
     // request also waits for a CPU shared with the load generator and the broker).
-    let light = Load::count(&service.base, 4, 2_000).await;
+    let light = Load::count(&service.base, 4, LIGHT_CARTS).await;
     light.check_ok("light intake")?;
     let light_p99 = percentile(&light.latencies, 0.99);
     table.add("intake latency p99, 4 clients", light_p99, "ms", None, "");
@@ -73,13 +77,23 @@ pub async fn shared_phases(
     table.add("intake latency p99", p99, "ms", None, "");
     table.add("intake latency p99.9", p999, "ms", None, "");
 
-    // Drain: resume and time the backlog into orders.
+    // Drain: resume and time the backlog into orders, and (hand-off on) until every one
+    // of them has reached its partner.
+    let backlog = (load.ok + light.ok) as i64;
     let before = count_orders(&db).await?;
+    let sent_before = count_sent(&db).await?;
     let started = Instant::now();
     admin(&service.base, "resume", json!({})).await?;
-    let target = before + load.ok as i64;
+    let target = before + backlog;
     wait_for_orders(&db, target, Duration::from_secs(600)).await?;
-    let drain = load.ok as f64 / started.elapsed().as_secs_f64();
+    let ordered = started.elapsed();
+    let drain = backlog as f64 / ordered.as_secs_f64();
+    let handed = if args.hand_off {
+        wait_for_dispatched(&db, sent_before + backlog, Duration::from_secs(600)).await?;
+        Some(started.elapsed())
+    } else {
+        None
+    };
     let raw_drain = raw_batched_insert(env, data, args.backlog.min(50_000), args.batch).await?;
     table.add(
         "drain (backlog → orders)",
@@ -93,18 +107,36 @@ pub async fn shared_phases(
         drain,
         "ord/s",
         Some(rate),
-        "target ≥ 1.2",
+        if args.hand_off {
+            "orders written; see end-to-end"
+        } else {
+            "target ≥ 1.2"
+        },
     );
-    if args.hand_off {
-        // The relay ran alongside the drain; when had every order reached its partner?
-        wait_for_dispatched(&db, target, Duration::from_secs(600)).await?;
+    if let Some(handed) = handed {
+        let end_to_end = backlog as f64 / handed.as_secs_f64();
         table.add(
-            "hand-off to partner (outbox relay)",
-            load.ok as f64 / started.elapsed().as_secs_f64(),
+            "end-to-end drain (→ sent to partner) vs intake",
+            end_to_end,
+            "ord/s",
+            Some(rate),
+            "backlog → orders → every order sent; target ≥ 1.2",
+        );
+        table.add(
+            "hand-off vs drain",
+            end_to_end,
             "ord/s",
             Some(drain),
-            "from resume until every order is sent; vs drain",
+            "same start; 1.00 = the last order sent as the last was written; target ≥ 1.0",
         );
+        table.add(
+            "hand-off lag after the last order",
+            (handed - ordered).as_secs_f64() * 1000.0,
+            "ms",
+            None,
+            "",
+        );
+        relay_alone(&service, &db, backlog as usize, drain, table).await?;
     }
 
     // Mixed: a backlog and intake at once; the backlog must shrink.
@@ -114,6 +146,7 @@ pub async fn shared_phases(
     let accepted_before = count_orders(&db).await? + seed.ok as i64;
     admin(&service.base, "resume", json!({})).await?;
     let orders_at_start = count_orders(&db).await?;
+    let sent_at_start = count_sent(&db).await?;
     let mixed = Load::timed(
         &service.base,
         args.clients / 2,
@@ -121,6 +154,7 @@ pub async fn shared_phases(
     )
     .await;
     let orders_at_end = count_orders(&db).await?;
+    let sent_at_end = count_sent(&db).await?;
     let waiting_start = accepted_before - orders_at_start;
     let waiting_end = accepted_before + mixed.ok as i64 - orders_at_end;
     table.add(
@@ -144,6 +178,27 @@ pub async fn shared_phases(
             }
         ),
     );
+    if args.hand_off {
+        let (outbox_start, outbox_end) =
+            (orders_at_start - sent_at_start, orders_at_end - sent_at_end);
+        table.add(
+            "mixed: hand-off",
+            (sent_at_end - sent_at_start) as f64 / mixed.took.as_secs_f64(),
+            "ord/s",
+            None,
+            format!("outbox {outbox_start} → {outbox_end}"),
+        );
+    }
+
+    // Sustained capacity: open loop at fixed rates, once the mixed phase is worked off.
+    let accepted = accepted_before + mixed.ok as i64;
+    wait_for_orders(&db, accepted, Duration::from_secs(600)).await?;
+    if args.hand_off {
+        wait_for_dispatched(&db, accepted, Duration::from_secs(600)).await?;
+    }
+    if args.sustain_seconds > 0 {
+        sustained_capacity(args, &service, &db, rate, table).await?;
+    }
 
     // Pause → drained, under load.
     let stop = Arc::new(AtomicBool::new(false));
@@ -226,6 +281,96 @@ pub async fn shared_phases(
         format!("{} accepted, {} other errors", flood.ok, flood.errors),
     );
     Ok(light_p99)
+}
+
+/// The polling relay on its own: sent orders set pending again (as a crash or an outage
+/// leaves them) while paused, then timed from resume until all are sent again.
+async fn relay_alone(
+    service: &Service,
+    db: &cartbus::store::Db,
+    count: usize,
+    drain: f64,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    admin(&service.base, "pause", json!({ "wait_seconds": 30 })).await?;
+    let sent = count_sent(db).await?;
+    let unsent = unsend(db, count).await?;
+    let started = Instant::now();
+    admin(&service.base, "resume", json!({})).await?;
+    wait_for_dispatched(db, sent, Duration::from_secs(600)).await?;
+    table.add(
+        "relay alone: outbox backlog → sent",
+        unsent as f64 / started.elapsed().as_secs_f64(),
+        "ord/s",
+        Some(drain),
+        "what a crash or outage leaves, vs drain; target ≥ 1.0",
+    );
+    Ok(())
+}
+
+/// The highest fixed arrival rate at which, for `--sustain-seconds`, both the cart
+/// backlog and the outbox stay bounded: a bisection between 20 % and 100 % of the intake
+/// maximum, `--sustain-steps` runs, each printed.
+async fn sustained_capacity(
+    args: &RunArgs,
+    service: &Service,
+    db: &cartbus::store::Db,
+    intake_max: f64,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    let seconds = Duration::from_secs(args.sustain_seconds);
+    let (mut low, mut high) = (0.2_f64, 1.0_f64);
+    let mut best: Option<crate::open_loop::Sustained> = None;
+    for _ in 0..args.sustain_steps {
+        let fraction = (low + high) / 2.0;
+        let run = sustain(&service.base, db, intake_max * fraction, seconds).await?;
+        println!(
+            "    open loop {:>7.0}/s ({:>3.0} %) for {} s: {} accepted, backlog {} → {}, outbox {} → {}, p99 {:.1} ms from intended send, {} failed: {}",
+            run.rate,
+            fraction * 100.0,
+            args.sustain_seconds,
+            run.accepted,
+            run.backlog.0,
+            run.backlog.1,
+            run.outbox.0,
+            run.outbox.1,
+            run.p99_ms,
+            run.failed,
+            if run.bounded() { "bounded" } else { "GROWS" }
+        );
+        // Work off what is left before the next rate.
+        let orders = count_orders(db).await? + run.backlog.1.max(0);
+        wait_for_orders(db, orders, Duration::from_secs(600)).await?;
+        if args.hand_off {
+            wait_for_dispatched(db, count_orders(db).await?, Duration::from_secs(600)).await?;
+        }
+        if run.bounded() {
+            low = fraction;
+            best = Some(run);
+        } else {
+            high = fraction;
+        }
+    }
+    match best {
+        Some(run) => table.add(
+            "sustained capacity (open loop, bounded)",
+            run.rate,
+            "req/s",
+            Some(intake_max),
+            format!(
+                "{} s at a fixed rate, p99 {:.1} ms; vs intake max; target ≥ 0.5",
+                args.sustain_seconds, run.p99_ms
+            ),
+        ),
+        None => table.add(
+            "sustained capacity (open loop, bounded)",
+            0.0,
+            "req/s",
+            Some(intake_max),
+            format!("not bounded even at {:.0} %", high * 100.0),
+        ),
+    }
+    Ok(())
 }
 
 /// RSS with a large backlog waiting while the consumer drains it.

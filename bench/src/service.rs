@@ -40,11 +40,30 @@ impl Service {
         for (k, v) in extra {
             command.env(k, v);
         }
+        // A statement-timing profile: every statement cartbus runs, with its time,
+        // appended to this file as JSON lines (sqlx's own `sqlx::query` events).
+        let statements = std::env::var_os("CARTBUS_BENCH_STATEMENTS");
+        if statements.is_some() {
+            command.env("CARTBUS_LOG", "warn,cartbus=info,sqlx::query=debug");
+        }
+        let mut statements = match statements {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            None => None,
+        };
         let mut child = command.spawn()?;
         let stderr = child.stderr.take().context("stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(file) = statements.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
                 if let Ok(event) = serde_json::from_str::<Value>(&line)
                     && event["message"] == "cartbus listening"
                     && let Some(address) = event["address"].as_str()
