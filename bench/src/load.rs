@@ -57,15 +57,8 @@ impl Load {
                 tokio::spawn(async move {
                     let mut load = Load::default();
                     while more() {
-                        let body = serde_json::to_vec(&cart_json()).unwrap_or_default();
                         let sent = Instant::now();
-                        let response = http
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .body(body)
-                            .send()
-                            .await;
-                        match response.map(|r| r.status().as_u16()) {
+                        match post_cart(&http, &url).await {
                             Ok(201 | 202) => {
                                 load.ok += 1;
                                 load.latencies.push(sent.elapsed());
@@ -123,4 +116,15 @@ pub fn cart_json() -> Value {
         ],
         "total": 8498
     })
+}
+
+/// Posts one generated cart; the response status, or the error that kept it from one.
+pub async fn post_cart(http: &reqwest::Client, url: &str) -> Result<u16, reqwest::Error> {
+    let body = serde_json::to_vec(&cart_json()).unwrap_or_default();
+    http.post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
 }

@@ -14,7 +14,7 @@ use cartbus::store::Db;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::databases::{count_orders, count_sent};
-use crate::load::{cart_json, percentile};
+use crate::load::percentile;
 
 /// Most requests in flight at once (connections the generator may open).
 const MOST_IN_FLIGHT: usize = 512;
@@ -81,14 +81,7 @@ pub async fn sustain(
         let (http, url) = (http.clone(), url.clone());
         let (accepted, failed, latencies) = (accepted.clone(), failed.clone(), latencies.clone());
         tasks.spawn(async move {
-            let body = serde_json::to_vec(&cart_json()).unwrap_or_default();
-            let response = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
-            match response.map(|r| r.status().as_u16()) {
+            match crate::load::post_cart(&http, &url).await {
                 Ok(201 | 202) => {
                     accepted.fetch_add(1, Ordering::Relaxed);
                     latencies.lock().await.push(intended.elapsed());
