@@ -135,8 +135,9 @@ pub async fn claim(
                 select.push(")");
                 places.extend(select.build_query_as().fetch_all(&mut *tx).await?);
             }
-            let assigned = assign(&mut claimed, &places, route);
-            route_sqlite(&mut tx, &assigned, None).await?;
+            let (ids, partners): (Vec<Uuid>, Vec<String>) =
+                assign(&mut claimed, &places, route).into_iter().unzip();
+            route_sqlite(&mut tx, &ids, &partners, None).await?;
             tx.commit().await?;
             Ok(claimed)
         }
@@ -171,15 +172,24 @@ const SQLITE_ROWS_PER_STATEMENT: usize = 1_000;
 /// statements a row — on SQLite every statement is a round trip to its worker thread.
 async fn route_sqlite(
     c: &mut sqlx::SqliteConnection,
-    rows: &[(Uuid, String)],
+    ids: &[Uuid],
+    partners: &[String],
     lease: Option<(&str, DateTime<Utc>, Uuid)>,
 ) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
-        let mut update = sqlx::QueryBuilder::new("WITH t(id, partner) AS (");
-        update.push_values(chunk, |mut row, (id, partner)| {
-            row.push_bind(*id).push_bind(partner);
-        });
-        update.push(") UPDATE order_dispatch SET partner = t.partner");
+    let chunks = ids
+        .chunks(SQLITE_ROWS_PER_STATEMENT)
+        .zip(partners.chunks(SQLITE_ROWS_PER_STATEMENT));
+    for (ids, partners) in chunks {
+        let routes = || {
+            let mut update = sqlx::QueryBuilder::new("WITH t(id, partner) AS (");
+            update.push_values(ids.iter().zip(partners), |mut row, (id, partner)| {
+                row.push_bind(*id).push_bind(partner);
+            });
+            update.push(") ");
+            update
+        };
+        let mut update = routes();
+        update.push("UPDATE order_dispatch SET partner = t.partner");
         if let Some((instance, until, batch_id)) = lease {
             update.push(", locked_by = ").push_bind(instance);
             update.push(", locked_until = ").push_bind(until);
@@ -189,13 +199,9 @@ async fn route_sqlite(
         }
         update.push(" FROM t WHERE order_dispatch.order_id = t.id");
         update.build().execute(&mut *c).await?;
-        let mut update = sqlx::QueryBuilder::new("WITH t(id, partner) AS (");
-        update.push_values(chunk, |mut row, (id, partner)| {
-            row.push_bind(*id).push_bind(partner);
-        });
-        update.push(
-            ") UPDATE orders SET transport_partner = t.partner FROM t WHERE orders.id = t.id",
-        );
+        let mut update = routes();
+        update
+            .push("UPDATE orders SET transport_partner = t.partner FROM t WHERE orders.id = t.id");
         update.build().execute(&mut *c).await?;
     }
     Ok(())
@@ -275,8 +281,7 @@ pub async fn lease_placed(
             record_partners(c, &ids, &partners).await?;
         }
         Tx::Sqlite(c) => {
-            let rows: Vec<(Uuid, String)> = ids.into_iter().zip(partners).collect();
-            route_sqlite(c, &rows, Some((instance, until, batch_id))).await?;
+            route_sqlite(c, &ids, &partners, Some((instance, until, batch_id))).await?;
         }
     }
     Ok(until)
