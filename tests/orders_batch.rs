@@ -48,7 +48,7 @@ async fn a_batch_creates_each_cart_once_and_tells_duplicates_from_conflicts() {
             .zip(hashes.iter().map(String::as_str))
             .collect();
         let mut tx = app.state.db.begin().await.expect("begin");
-        let placed = orders::place_many(&mut tx, &carts, Source::Queue, chrono::Utc::now())
+        let placed = orders::place_many(&mut tx, &carts, Source::Queue, chrono::Utc::now(), None)
             .await
             .expect("place_many");
         tx.commit().await.expect("commit");

@@ -59,7 +59,7 @@ pub async fn raw_batched_insert(
             .zip(hashes.iter().map(String::as_str))
             .collect();
         let mut tx = db.begin().await?;
-        orders::place_many(&mut tx, &batch, Source::Queue, chrono::Utc::now()).await?;
+        orders::place_many(&mut tx, &batch, Source::Queue, chrono::Utc::now(), None).await?;
         tx.commit().await?;
     }
     Ok(count as f64 / started.elapsed().as_secs_f64())

@@ -1,8 +1,8 @@
 //! Dispatch right after the commit (issue 17). The consumer has just placed a batch of
 //! orders and holds them in memory, so it hands them on at once instead of leaving them
 //! for the polling relay to claim, read back and send: inside the orders' own
-//! transaction their outbox rows are leased to this instance, exactly as a relay's claim
-//! would lease them ([`crate::store::outbox::lease_placed`]); after the commit the batch
+//! transaction their outbox rows are written leased to this instance, exactly as a relay's
+//! claim would lease them ([`OutboxLease`]); after the commit the batch
 //! goes down a short line to the dispatcher, which sends the orders through the queue's
 //! window and marks the rows `processed` — several batches in one transaction when they
 //! queue up ([`super::hand_off`]).
@@ -30,8 +30,7 @@ use crate::config::fulfilment::FulfilmentSettings;
 use crate::domain::Cart;
 use crate::domain::order::{OrderView, Source};
 use crate::queue::Queue;
-use crate::store::outbox::lease_placed;
-use crate::store::{StoreError, Tx};
+use crate::store::outbox::OutboxLease;
 
 /// Batches waiting for the dispatcher: enough to keep it busy while the consumer writes
 /// the next, few enough that the consumer cannot run far ahead of the hand-off.
@@ -86,64 +85,65 @@ impl<'a> Dispatch<'a> {
         Some(Reserved {
             permit,
             dispatch: self,
+            lease: OutboxLease::starting_now(self.instance, self.settings.relay.lease),
         })
     }
 }
 
-/// A place in the line.
+/// A place in the line, and the lease the orders of the batch are written under.
 pub struct Reserved<'a> {
     permit: mpsc::Permit<'a, Fresh>,
     dispatch: &'a Dispatch<'a>,
+    lease: OutboxLease<'a>,
 }
 
 impl<'a> Reserved<'a> {
-    /// Leases the outbox rows of the orders just `created` (each with its cart) in their
-    /// own transaction `tx`, before it commits. An order no `CARTBUS_ROUTES` rule covers
-    /// is not leased: the relay records why it cannot be sent.
-    pub async fn lease(
+    /// The lease for [`crate::store::orders::place_many`]: the orders' outbox rows are
+    /// written leased to this instance, in their own transaction.
+    pub fn lease(&self) -> &OutboxLease<'a> {
+        &self.lease
+    }
+
+    /// The partner `cart`'s order goes to; `None` when no `CARTBUS_ROUTES` rule covers it
+    /// (its row is not leased: the relay records why it cannot be sent).
+    pub fn partner_for(&self, cart: &Cart) -> Option<String> {
+        let address = &cart.shipping_address;
+        self.dispatch
+            .settings
+            .routes
+            .as_ref()
+            .and_then(|routes| {
+                routes.partner_for(address.country.as_str(), address.region.as_deref())
+            })
+            .map(str::to_string)
+    }
+
+    /// The orders just `created` (each with its cart), written under [`Self::lease`],
+    /// to hand to the dispatcher once their transaction commits.
+    pub fn leased(
         self,
-        tx: &mut Tx,
         created: &[(&Cart, Uuid)],
         source: Source,
         at: DateTime<Utc>,
-    ) -> Result<Leased<'a>, StoreError> {
-        let dispatch = self.dispatch;
-        let routes = dispatch.settings.routes.as_ref();
+    ) -> Leased<'a> {
         let mut orders = Vec::with_capacity(created.len());
         for (cart, order_id) in created {
-            let address = &cart.shipping_address;
-            let partner = routes.and_then(|routes| {
-                routes.partner_for(address.country.as_str(), address.region.as_deref())
-            });
-            if let Some(partner) = partner {
+            if let Some(partner) = self.partner_for(cart) {
                 let mut order = OrderView::placed(cart, *order_id, source, at);
-                order.transport_partner = Some(partner.to_string());
-                orders.push((order, partner.to_string()));
+                order.transport_partner = Some(partner.clone());
+                orders.push((order, partner));
             }
         }
-        let batch_id = Uuid::now_v7();
-        let rows: Vec<(Uuid, &str)> = orders
-            .iter()
-            .map(|(order, partner)| (order.order_id, partner.as_str()))
-            .collect();
-        let until = lease_placed(
-            tx,
-            dispatch.instance,
-            batch_id,
-            dispatch.settings.relay.lease,
-            &rows,
-        )
-        .await?;
-        Ok(Leased {
+        Leased {
             permit: self.permit,
-            control: dispatch.control,
+            control: self.dispatch.control,
             unleased: created.len() - orders.len(),
             fresh: Fresh {
-                batch_id,
-                until,
+                batch_id: self.lease.batch_id,
+                until: self.lease.until,
                 orders,
             },
-        })
+        }
     }
 }
 

@@ -242,6 +242,7 @@ impl Intake {
                 &[(cart, &verdict)],
                 Source::Direct,
                 place::timestamp_now(),
+                None,
             )
             .await?
             .pop()

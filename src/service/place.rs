@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::dispatch::Reserved;
 use super::payment::{self, Gateway, Verdict};
 pub use crate::domain::order::timestamp_now;
 use crate::domain::order::{Placement, Source};
@@ -108,11 +109,16 @@ pub async fn reject(
 /// payment lets them proceed become orders (in a few multi-row statements, idempotent on
 /// cart_id), created `at` ([`timestamp_now`]); the rest are recorded as rejected or as an
 /// unknown payment. A cart whose payment is to be retried must not reach here.
+///
+/// With `hand_off` (the consumer's place in the dispatcher's line), each new order with a
+/// partner is written already leased to this instance, to be handed on right after the
+/// commit ([`Reserved::leased`]).
 pub async fn place(
     tx: &mut Tx,
     carts: &[(&Cart, &Verdict)],
     source: Source,
     at: DateTime<Utc>,
+    hand_off: Option<&Reserved<'_>>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let hashes: Vec<String> = carts.iter().map(|(cart, _)| cart.payload_hash()).collect();
     let to_order: Vec<(&Cart, &str)> = carts
@@ -121,7 +127,16 @@ pub async fn place(
         .filter(|((_, verdict), _)| **verdict == Verdict::Proceed)
         .map(|((cart, _), hash)| (*cart, hash.as_str()))
         .collect();
-    let mut placements = orders::place_many(tx, &to_order, source, at)
+    let partners: Option<Vec<Option<String>>> = hand_off.map(|reserved| {
+        to_order
+            .iter()
+            .map(|(cart, _)| reserved.partner_for(cart))
+            .collect()
+    });
+    let leasing = hand_off
+        .zip(partners.as_deref())
+        .map(|(r, p)| (r.lease(), p));
+    let mut placements = orders::place_many(tx, &to_order, source, at, leasing)
         .await?
         .into_iter();
     let mut outcomes = Vec::with_capacity(carts.len());

@@ -301,10 +301,16 @@ async fn carry_out(tx: &mut Tx, plan: Plan, dry_run: bool) -> Result<Done, Store
             verdict,
         } => {
             let cart_id = cart.cart_id.as_uuid();
-            let placed = place::place(tx, &[(&cart, &verdict)], source, place::timestamp_now())
-                .await?
-                .pop()
-                .ok_or_else(|| StoreError::invariant("no outcome for the cart"))?;
+            let placed = place::place(
+                tx,
+                &[(&cart, &verdict)],
+                source,
+                place::timestamp_now(),
+                None,
+            )
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::invariant("no outcome for the cart"))?;
             match placed {
                 Placed::Created(_) if dry_run => done(
                     Outcome::WouldCreateOrder,

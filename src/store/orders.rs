@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::domain::order::{Placement, Source, timestamp_now};
 use crate::domain::{Cart, Line, Reason};
 use crate::on_tx;
+use crate::store::outbox::OutboxLease;
 use crate::store::{StoreError, Tx};
 
 /// Turns a cart into an order, lines and a `placed` status inside the caller's
@@ -20,7 +21,7 @@ pub async fn place(
     payload_hash: &str,
     source: Source,
 ) -> Result<Placement, StoreError> {
-    let placed = place_many(tx, &[(cart, payload_hash)], source, timestamp_now()).await?;
+    let placed = place_many(tx, &[(cart, payload_hash)], source, timestamp_now(), None).await?;
     placed
         .into_iter()
         .next()
@@ -28,7 +29,7 @@ pub async fn place(
 }
 
 /// Most rows per multi-row statement: keeps every statement well under SQLite's 32,766
-/// and PostgreSQL's 65,535 bind parameters (orders take 17 each, lines 6).
+/// and PostgreSQL's 65,535 bind parameters (orders take 18 each, lines 6, outbox rows 8).
 pub(super) const ORDERS_PER_STATEMENT: usize = 500;
 const LINES_PER_STATEMENT: usize = 2_000;
 
@@ -38,13 +39,26 @@ const LINES_PER_STATEMENT: usize = 2_000;
 /// `placed` rows of the new orders. Placements come back in the order of `carts`; the
 /// same cart twice in a batch is created once and a duplicate after that.
 /// `now` is the new orders' `created_at` (see [`timestamp_now`]).
+///
+/// With `hand_off` (a lease and each cart's partner, aligned with `carts`), a new order
+/// whose cart has a partner gets it as its `transport_partner` and its outbox row is
+/// written already leased to the instance that will hand it on right after the commit
+/// ([`OutboxLease`]) — not inserted and then updated. Without one, or for a cart without
+/// a partner, the row waits for the polling relay as before.
 pub async fn place_many(
     tx: &mut Tx,
     carts: &[(&Cart, &str)],
     source: Source,
     now: DateTime<Utc>,
+    hand_off: Option<(&OutboxLease<'_>, &[Option<String>])>,
 ) -> Result<Vec<Placement>, StoreError> {
     let order_ids: Vec<Uuid> = carts.iter().map(|_| Uuid::now_v7()).collect();
+    let no_partners = vec![None; carts.len()];
+    let (lease, partners) = match hand_off {
+        Some((lease, partners)) if partners.len() == carts.len() => (Some(lease), partners),
+        Some(_) => return Err(StoreError::invariant("a partner for every cart, or none")),
+        None => (None, no_partners.as_slice()),
+    };
     let mut created: HashMap<Uuid, Uuid> = HashMap::with_capacity(carts.len());
     if let Tx::Postgres(c) = tx {
         // One statement whatever the batch size: columns as arrays, UNNEST into rows.
@@ -57,16 +71,18 @@ pub async fn place_many(
             "INSERT INTO orders (id, cart_id, customer_id, customer_name, customer_email,
                  customer_phone, ship_line1, ship_line2, ship_city, ship_region,
                  ship_postal_code, ship_country, currency, total, source, payload_hash,
-                 created_at)
+                 created_at, transport_partner)
              SELECT id, cart_id, customer_id, customer_name, customer_email, customer_phone,
                     ship_line1, ship_line2, ship_city, ship_region, ship_postal_code,
-                    ship_country, currency, total, $15, payload_hash, $16
+                    ship_country, currency, total, $15, payload_hash, $16, partner
              FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::text[], $12::text[], $13::text[], $14::bigint[], $17::text[])
+                         $11::text[], $12::text[], $13::text[], $14::bigint[], $17::text[],
+                         $18::text[])
                   AS t(id, cart_id, customer_id, customer_name, customer_email,
                        customer_phone, ship_line1, ship_line2, ship_city, ship_region,
-                       ship_postal_code, ship_country, currency, total, payload_hash)
+                       ship_postal_code, ship_country, currency, total, payload_hash,
+                       partner)
              ON CONFLICT (cart_id) DO NOTHING
              RETURNING id, cart_id",
         )
@@ -104,15 +120,22 @@ pub async fn place_many(
                 .map(|(_, h)| h.to_string())
                 .collect::<Vec<String>>(),
         )
+        .bind(partners)
         .fetch_all(&mut **c)
         .await?;
         created.extend(rows.into_iter().map(|(id, cart_id)| (cart_id, id)));
     } else {
-        for (chunk, ids) in carts
+        let chunks = carts
             .chunks(ORDERS_PER_STATEMENT)
             .zip(order_ids.chunks(ORDERS_PER_STATEMENT))
-        {
-            insert_orders_values(tx, chunk, ids, source, now, &mut created).await?;
+            .zip(partners.chunks(ORDERS_PER_STATEMENT));
+        for ((chunk, ids), partners) in chunks {
+            let new = NewOrders {
+                carts: chunk,
+                ids,
+                partners,
+            };
+            insert_orders_values(tx, new, source, now, &mut created).await?;
         }
     }
 
@@ -158,8 +181,10 @@ pub async fn place_many(
 
     let mut placements = Vec::with_capacity(carts.len());
     let mut new_orders: Vec<(&Cart, Uuid)> = Vec::new();
+    // Each new order's partner, when it is leased (aligned with `new_orders`).
+    let mut new_partners: Vec<Option<&str>> = Vec::new();
     let mut first_seen: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
-    for (cart, hash) in carts {
+    for ((cart, hash), partner) in carts.iter().zip(partners) {
         let cart_id = cart.cart_id.as_uuid();
         // Test-only: play an insert that reports no row for a cart it did insert.
         let inserted = created
@@ -168,6 +193,7 @@ pub async fn place_many(
         match inserted {
             Some(order_id) if first_seen.insert(cart_id) => {
                 new_orders.push((cart, *order_id));
+                new_partners.push(partner.as_deref().filter(|_| lease.is_some()));
                 placements.push(Placement::Created(*order_id));
             }
             _ => {
@@ -238,13 +264,28 @@ pub async fn place_many(
             .bind(now)
             .execute(&mut **c)
             .await?;
-            // The fulfilment outbox row, in the order's own transaction (DESIGN §7).
+            // The fulfilment outbox row, in the order's own transaction (DESIGN §7); a
+            // row with a partner is leased on the database's clock, as a relay's claim.
             sqlx::query(
-                "INSERT INTO order_dispatch (order_id, next_attempt_at, created_at)
-                 SELECT id, $2, $2 FROM UNNEST($1::uuid[]) AS t(id)",
+                "INSERT INTO order_dispatch (order_id, partner, locked_by, locked_until,
+                     next_attempt_at, batch_id, version, created_at)
+                 SELECT id, partner,
+                        CASE WHEN partner IS NULL THEN NULL ELSE $3::text END,
+                        CASE WHEN partner IS NULL THEN NULL
+                             ELSE now() + make_interval(secs => $4::float8 / 1000) END,
+                        CASE WHEN partner IS NULL THEN $2
+                             ELSE now() + make_interval(secs => $4::float8 / 1000) END,
+                        CASE WHEN partner IS NULL THEN NULL ELSE $5::uuid END,
+                        CASE WHEN partner IS NULL THEN 0 ELSE 1 END,
+                        $2
+                 FROM UNNEST($1::uuid[], $6::text[]) AS t(id, partner)",
             )
             .bind(new_orders.iter().map(|(_, id)| *id).collect::<Vec<Uuid>>())
             .bind(now)
+            .bind(lease.map(|l| l.instance))
+            .bind(lease.map(|l| l.duration.as_millis() as f64))
+            .bind(lease.map(|l| l.batch_id))
+            .bind(&new_partners)
             .execute(&mut **c)
             .await?;
         }
@@ -266,7 +307,10 @@ pub async fn place_many(
             insert.build().execute(&mut *c).await.map(drop)
         })?;
     }
-    for chunk in new_orders.chunks(LINES_PER_STATEMENT) {
+    let chunks = new_orders
+        .chunks(LINES_PER_STATEMENT)
+        .zip(new_partners.chunks(LINES_PER_STATEMENT));
+    for (chunk, partners) in chunks {
         on_tx!(tx, |c| {
             let mut insert =
                 sqlx::QueryBuilder::new("INSERT INTO order_status (order_id, status, at) ");
@@ -276,22 +320,41 @@ pub async fn place_many(
             insert.push(" ON CONFLICT (order_id, status) DO NOTHING");
             insert.build().execute(&mut *c).await?;
             let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO order_dispatch (order_id, next_attempt_at, created_at) ",
+                "INSERT INTO order_dispatch (order_id, partner, locked_by, locked_until,
+                     next_attempt_at, batch_id, version, created_at) ",
             );
-            insert.push_values(chunk, |mut row, (_, order_id)| {
-                row.push_bind(*order_id).push_bind(now).push_bind(now);
-            });
+            insert.push_values(
+                chunk.iter().zip(partners),
+                |mut row, ((_, order_id), partner)| {
+                    let lease = lease.filter(|_| partner.is_some());
+                    row.push_bind(*order_id)
+                        .push_bind(*partner)
+                        .push_bind(lease.map(|l| l.instance))
+                        .push_bind(lease.map(|l| l.until))
+                        .push_bind(lease.map_or(now, |l| l.until))
+                        .push_bind(lease.map(|l| l.batch_id))
+                        .push_bind(i32::from(lease.is_some()))
+                        .push_bind(now);
+                },
+            );
             insert.build().execute(&mut *c).await.map(drop)
         })?;
     }
     Ok(placements)
 }
 
+/// A chunk of orders to insert: the carts with their payload hashes, the new ids and the
+/// partners (aligned).
+struct NewOrders<'a, 'c> {
+    carts: &'a [(&'c Cart, &'c str)],
+    ids: &'a [Uuid],
+    partners: &'a [Option<String>],
+}
+
 /// SQLite's way: one multi-row `VALUES` per chunk (SQLite plans these cheaply).
 async fn insert_orders_values(
     tx: &mut Tx,
-    chunk: &[(&Cart, &str)],
-    ids: &[Uuid],
+    new: NewOrders<'_, '_>,
     source: Source,
     now: DateTime<Utc>,
     created: &mut HashMap<Uuid, Uuid>,
@@ -301,9 +364,10 @@ async fn insert_orders_values(
             "INSERT INTO orders (id, cart_id, customer_id, customer_name, customer_email,
                  customer_phone, ship_line1, ship_line2, ship_city, ship_region,
                  ship_postal_code, ship_country, currency, total, source, payload_hash,
-                 created_at) ",
+                 created_at, transport_partner) ",
         );
-        insert.push_values(chunk.iter().zip(ids), |mut row, ((cart, hash), id)| {
+        let rows = new.carts.iter().zip(new.ids).zip(new.partners);
+        insert.push_values(rows, |mut row, (((cart, hash), id), partner)| {
             let customer = &cart.customer;
             let address = &cart.shipping_address;
             row.push_bind(*id)
@@ -322,7 +386,8 @@ async fn insert_orders_values(
                 .push_bind(cart.total.minor_units())
                 .push_bind(source.as_str())
                 .push_bind(*hash)
-                .push_bind(now);
+                .push_bind(now)
+                .push_bind(partner.as_deref());
         });
         insert.push(" ON CONFLICT (cart_id) DO NOTHING RETURNING id, cart_id");
         let rows: Vec<(Uuid, Uuid)> = insert.build_query_as().fetch_all(&mut *c).await?;

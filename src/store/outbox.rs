@@ -8,7 +8,7 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use crate::on_db;
-use crate::store::{Db, StoreError, Tx};
+use crate::store::{Db, StoreError};
 
 /// One row a relay holds.
 #[derive(Clone, Debug, FromRow)]
@@ -137,7 +137,7 @@ pub async fn claim(
             }
             let (ids, partners): (Vec<Uuid>, Vec<String>) =
                 assign(&mut claimed, &places, route).into_iter().unzip();
-            route_sqlite(&mut tx, &ids, &partners, None).await?;
+            route_sqlite(&mut tx, &ids, &partners).await?;
             tx.commit().await?;
             Ok(claimed)
         }
@@ -167,14 +167,13 @@ async fn record_partners(
 /// far under SQLite's 32,766).
 const SQLITE_ROWS_PER_STATEMENT: usize = 1_000;
 
-/// SQLite's way of recording partners (and, for rows just placed, the lease): one
+/// SQLite's way of recording the partners of claimed rows: one
 /// `UPDATE … FROM (VALUES …)` per chunk on the outbox and one on the orders, not two
 /// statements a row — on SQLite every statement is a round trip to its worker thread.
 async fn route_sqlite(
     c: &mut sqlx::SqliteConnection,
     ids: &[Uuid],
     partners: &[String],
-    lease: Option<(&str, DateTime<Utc>, Uuid)>,
 ) -> Result<(), sqlx::Error> {
     let chunks = ids
         .chunks(SQLITE_ROWS_PER_STATEMENT)
@@ -189,15 +188,9 @@ async fn route_sqlite(
             update
         };
         let mut update = routes();
-        update.push("UPDATE order_dispatch SET partner = t.partner");
-        if let Some((instance, until, batch_id)) = lease {
-            update.push(", locked_by = ").push_bind(instance);
-            update.push(", locked_until = ").push_bind(until);
-            update.push(", next_attempt_at = ").push_bind(until);
-            update.push(", batch_id = ").push_bind(batch_id);
-            update.push(", version = version + 1");
-        }
-        update.push(" FROM t WHERE order_dispatch.order_id = t.id");
+        update.push(
+            "UPDATE order_dispatch SET partner = t.partner FROM t WHERE order_dispatch.order_id = t.id",
+        );
         update.build().execute(&mut *c).await?;
         let mut update = routes();
         update
@@ -239,52 +232,32 @@ fn assign(
     assigned
 }
 
-/// Leases rows just written in the caller's transaction (the orders' own) to
-/// `instance` for `lease`, under `batch_id`, each with the partner it routes to: the
-/// consumer hands these orders on right after its commit, and the polling relay leaves
-/// them alone unless the lease lapses (this instance died or stalled), exactly as if a
-/// relay had claimed them. Returns when the lease ends, on this instance's clock.
-pub async fn lease_placed(
-    tx: &mut Tx,
-    instance: &str,
-    batch_id: Uuid,
-    lease: std::time::Duration,
-    rows: &[(Uuid, &str)],
-) -> Result<DateTime<Utc>, StoreError> {
-    let now = Utc::now();
-    let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-    if rows.is_empty() {
-        return Ok(until);
-    }
-    let (ids, partners): (Vec<Uuid>, Vec<String>) = rows
-        .iter()
-        .map(|(id, partner)| (*id, (*partner).to_string()))
-        .unzip();
-    match tx {
-        Tx::Postgres(c) => {
-            // On the database's clock, as a relay's claim is.
-            sqlx::query(
-                "UPDATE order_dispatch d
-                 SET locked_by = $3, locked_until = now() + make_interval(secs => $4::float8 / 1000),
-                     next_attempt_at = now() + make_interval(secs => $4::float8 / 1000),
-                     batch_id = $5, partner = t.partner, version = d.version + 1
-                 FROM UNNEST($1::uuid[], $2::text[]) AS t(order_id, partner)
-                 WHERE d.order_id = t.order_id",
-            )
-            .bind(&ids)
-            .bind(&partners)
-            .bind(instance)
-            .bind(lease.as_millis() as f64)
-            .bind(batch_id)
-            .execute(&mut **c)
-            .await?;
-            record_partners(c, &ids, &partners).await?;
-        }
-        Tx::Sqlite(c) => {
-            route_sqlite(c, &ids, &partners, Some((instance, until, batch_id))).await?;
+/// The lease under which orders are written when the instance placing them hands them on
+/// itself right after the commit ([`super::orders::place_many`]): their outbox rows are
+/// born leased to `instance` under `batch_id`, exactly as if a relay had claimed them, so
+/// the polling relay leaves them alone unless the lease lapses (this instance died or
+/// stalled). On PostgreSQL the lease runs on the database's clock, as a claim's does;
+/// `until` is its end on this instance's clock (and SQLite's).
+#[derive(Clone, Debug)]
+pub struct OutboxLease<'a> {
+    pub instance: &'a str,
+    pub batch_id: Uuid,
+    pub duration: std::time::Duration,
+    pub until: DateTime<Utc>,
+}
+
+impl<'a> OutboxLease<'a> {
+    /// A new batch's lease, from now.
+    pub fn starting_now(instance: &'a str, duration: std::time::Duration) -> Self {
+        let until =
+            Utc::now() + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
+        OutboxLease {
+            instance,
+            batch_id: Uuid::now_v7(),
+            duration,
+            until,
         }
     }
-    Ok(until)
 }
 
 /// Marks sent rows `processed` and appends `sent_to_partner`, in one transaction, for the

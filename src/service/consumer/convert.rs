@@ -276,8 +276,8 @@ async fn convert(parts: &CartStep<'_>, items: &[Item<'_>]) -> Result<Vec<Outcome
             _ => None,
         })
         .collect();
-    // A place in the dispatcher's line first, so that orders are leased for it only
-    // when they will be handed on right after the commit.
+    // A place in the dispatcher's line first, so that orders are written leased to it
+    // only when they will be handed on right after the commit.
     let reserved = match &parts.dispatch {
         Some(dispatch) => dispatch.reserve().await,
         None => None,
@@ -301,7 +301,7 @@ async fn convert(parts: &CartStep<'_>, items: &[Item<'_>]) -> Result<Vec<Outcome
         )));
     }
     let at = place::timestamp_now();
-    let placed = place::place(&mut tx, &carts, Source::Queue, at).await?;
+    let placed = place::place(&mut tx, &carts, Source::Queue, at, reserved.as_ref()).await?;
     let created: Vec<(&Cart, Uuid)> = carts
         .iter()
         .zip(&placed)
@@ -311,9 +311,7 @@ async fn convert(parts: &CartStep<'_>, items: &[Item<'_>]) -> Result<Vec<Outcome
         })
         .collect();
     let leased = match reserved {
-        Some(reserved) if !created.is_empty() => {
-            Some(reserved.lease(&mut tx, &created, Source::Queue, at).await?)
-        }
+        Some(reserved) if !created.is_empty() => Some(reserved.leased(&created, Source::Queue, at)),
         _ => None,
     };
     let mut placed = placed.into_iter();

@@ -107,6 +107,7 @@ pub async fn resolve(
                 &[(&cart, &Verdict::Proceed)],
                 Source::Queue,
                 place::timestamp_now(),
+                None,
             )
             .await?;
             if let Some(Outcome::Rejected { detail, .. }) = placed.into_iter().next() {
