@@ -67,6 +67,11 @@ pub struct RunArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5672"
     )]
     pub amqp: String,
+    /// Give the load generator and cartbus a core each (`taskset`): this process on the
+    /// first core, cartbus on the second, and the raw figures measured on cartbus's core.
+    /// PostgreSQL and RabbitMQ stay unpinned.
+    #[arg(long)]
+    pub pin: bool,
     /// Where to write the table as JSON.
     #[arg(long, default_value = "bench-results/run.json")]
     pub json: PathBuf,

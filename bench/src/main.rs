@@ -8,6 +8,7 @@
 
 mod amqp_publish;
 mod cli;
+mod cpu;
 mod databases;
 mod load;
 mod open_loop;

@@ -28,6 +28,9 @@ pub struct Sustained {
     pub backlog: (i64, i64),
     /// Orders not yet sent to their partner, at the middle and at the end.
     pub outbox: (i64, i64),
+    /// Orders in the database when the end was sampled: with `backlog.1`, every
+    /// accepted cart's order.
+    pub orders_at_end: i64,
     pub p99_ms: f64,
 }
 
@@ -111,6 +114,7 @@ pub async fn sustain(
         failed: failed.load(Ordering::Relaxed),
         backlog: (middle.0, end.0),
         outbox: (middle.1, end.1),
+        orders_at_end: orders,
         p99_ms,
     })
 }

@@ -12,6 +12,7 @@ use cartbus::queue::{EmbeddedQueue, Queue};
 use serde_json::json;
 
 use crate::cli::RunArgs;
+use crate::cpu::{CpuClock, CpuUse, on_service_core};
 use crate::databases::{count_orders, count_sent, unsend, wait_for_dispatched, wait_for_orders};
 use crate::load::{Load, cart_json, percentile};
 use crate::open_loop::sustain;
@@ -43,7 +44,9 @@ pub async fn shared_phases(
     admin(&service.base, "pause", json!({ "wait_seconds": 30 })).await?;
 
     // Intake: the backlog, queued with the consumer paused.
+    let cpu = CpuClock::start(service.pid());
     let load = Load::count(&service.base, args.clients, args.backlog).await;
+    let intake_cpu = cpu.read();
     load.check_ok("intake")?;
     let rate = load.ok as f64 / load.took.as_secs_f64();
     table.add(
@@ -76,6 +79,7 @@ pub async fn shared_phases(
     table.add("intake latency p50", p50, "ms", None, "");
     table.add("intake latency p99", p99, "ms", None, "");
     table.add("intake latency p99.9", p999, "ms", None, "");
+    cpu_row(table, "intake", &intake_cpu);
 
     // Drain: resume and time the backlog into orders, and (hand-off on) until every one
     // of them has reached its partner.
@@ -83,6 +87,7 @@ pub async fn shared_phases(
     let before = count_orders(&db).await?;
     let sent_before = count_sent(&db).await?;
     let started = Instant::now();
+    let cpu = CpuClock::start(service.pid());
     admin(&service.base, "resume", json!({})).await?;
     let target = before + backlog;
     wait_for_orders(&db, target, Duration::from_secs(600)).await?;
@@ -94,7 +99,14 @@ pub async fn shared_phases(
     } else {
         None
     };
-    let raw_drain = raw_batched_insert(env, data, args.backlog.min(50_000), args.batch).await?;
+    let drain_cpu = cpu.read();
+    let raw_drain = on_service_core(raw_batched_insert(
+        env,
+        data,
+        args.backlog.min(50_000),
+        args.batch,
+    ))
+    .await??;
     table.add(
         "drain (backlog → orders)",
         drain,
@@ -113,6 +125,7 @@ pub async fn shared_phases(
             "target ≥ 1.2"
         },
     );
+    cpu_row(table, "drain", &drain_cpu);
     if let Some(handed) = handed {
         let end_to_end = backlog as f64 / handed.as_secs_f64();
         table.add(
@@ -256,8 +269,13 @@ pub async fn shared_phases(
     direct.check_ok("direct-write intake")?;
     drop(service);
     let direct_rate = direct.ok as f64 / direct.took.as_secs_f64();
-    let raw_direct =
-        raw_single_inserts(env, data, args.clients, Duration::from_secs(args.seconds)).await?;
+    let raw_direct = on_service_core(raw_single_inserts(
+        env,
+        data,
+        args.clients,
+        Duration::from_secs(args.seconds),
+    ))
+    .await??;
     table.add(
         "direct-write intake (queue down)",
         direct_rate,
@@ -338,8 +356,9 @@ async fn sustained_capacity(
             run.failed,
             if run.bounded() { "bounded" } else { "GROWS" }
         );
-        // Work off what is left before the next rate.
-        let orders = count_orders(db).await? + run.backlog.1.max(0);
+        // Work off what is left before the next rate (counted from the end's sample: a
+        // fresh count would include orders made since, and wait for carts never sent).
+        let orders = run.orders_at_end + run.backlog.1.max(0);
         wait_for_orders(db, orders, Duration::from_secs(600)).await?;
         if args.hand_off {
             wait_for_dispatched(db, count_orders(db).await?, Duration::from_secs(600)).await?;
@@ -464,4 +483,16 @@ pub async fn memory_with_backlog(
         "target ≤ idle + 64 MiB",
     );
     Ok(())
+}
+
+/// The CPU of a phase: the load generator's own (this process) and cartbus's, in percent
+/// of one core (200 = both of two cores).
+fn cpu_row(table: &mut Table, phase: &str, cpu: &CpuUse) {
+    table.add(
+        &format!("CPU, {phase}: cartbus"),
+        cpu.service,
+        "% core",
+        None,
+        format!("load generator {:.0} % core", cpu.load),
+    );
 }

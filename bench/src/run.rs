@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 
 use crate::cli::RunArgs;
+use crate::cpu::on_service_core;
 use crate::databases::fresh_postgres;
 use crate::load::percentile;
 use crate::phases::{memory_with_backlog, shared_phases};
@@ -31,7 +32,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "cartbus-bench run: {} clients, backlog {}, {} s phases, hand-off {}, on {} ({} cores)",
+        "cartbus-bench run: {} clients, backlog {}, {} s phases, hand-off {}, on {} ({} cores){}",
         args.clients,
         args.backlog,
         args.seconds,
@@ -41,8 +42,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or_default(),
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1)
+            .unwrap_or(1),
+        if args.pin { ", pinned" } else { "" }
     );
+    if args.pin {
+        crate::cpu::pin(0, 1)?;
+        println!("pinned: load generator on core 0, cartbus and the raw figures on core 1");
+    }
     print_figure_header();
     let mut all = Vec::new();
     if args.stack == "embedded" || args.stack == "both" {
@@ -66,7 +72,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn embedded(args: &RunArgs, binary: &Path, table: &mut Table) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().to_path_buf();
-    let raw_append = raw_sqlite_append(&dir.path().join("raw.db"), args.backlog).await?;
+    let raw_append =
+        on_service_core(raw_sqlite_append(&dir.path().join("raw.db"), args.backlog)).await??;
     let mut env = vec![("CARTBUS_DATA_DIR".to_string(), data.display().to_string())];
     if args.hand_off {
         env.extend(hand_off("partner-bench"));
@@ -93,10 +100,10 @@ async fn broker(args: &RunArgs, binary: &Path, table: &mut Table) -> anyhow::Res
     let queue = format!("cartbus-bench-{}", uuid::Uuid::new_v4().simple());
     let address = format!("/queue/{queue}");
     let body = Bytes::from(vec![b'x'; 1024]);
-    let serial = raw_publish(&args.amqp, &address, &body, 2_000, 1).await?;
-    let windowed = raw_publish(&args.amqp, &address, &body, 20_000, 256).await?;
+    let serial = on_service_core(raw_publish(&args.amqp, &address, &body, 2_000, 1)).await??;
+    let windowed = on_service_core(raw_publish(&args.amqp, &address, &body, 20_000, 256)).await??;
     drain(&args.amqp, &address, 22_000).await?;
-    let rtt = raw_round_trips(&args.amqp, &address, &body, 2_000).await?;
+    let rtt = on_service_core(raw_round_trips(&args.amqp, &address, &body, 2_000)).await??;
     drain(&args.amqp, &address, 2_000).await?;
     let serial_rate = 2_000.0 / serial.as_secs_f64();
     let windowed_rate = 20_000.0 / windowed.as_secs_f64();

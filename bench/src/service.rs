@@ -25,7 +25,14 @@ impl Service {
         extra: &[(&str, &str)],
     ) -> anyhow::Result<Service> {
         use std::io::{BufRead, BufReader};
-        let mut command = Command::new(binary);
+        let mut command = match crate::cpu::service_core() {
+            Some(core) => {
+                let mut taskset = Command::new("taskset");
+                taskset.arg("-c").arg(core.to_string()).arg(binary);
+                taskset
+            }
+            None => Command::new(binary),
+        };
         command
             .env("CARTBUS_LISTEN", "127.0.0.1:0")
             .env("CARTBUS_LOG_FORMAT", "json")
@@ -114,6 +121,11 @@ impl Service {
                     .and_then(|n| n.parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// The process id (under `--pin`, `taskset` has exec'd into cartbus: the same id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn rss_kib(&self) -> u64 {
