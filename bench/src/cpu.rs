@@ -45,21 +45,26 @@ pub async fn on_service_core<F: Future>(raw: F) -> anyhow::Result<F::Output> {
 }
 
 fn move_self(core: usize) -> anyhow::Result<()> {
-    let status = Command::new("taskset")
-        .args([
-            "-a",
-            "-p",
-            "-c",
-            &core.to_string(),
-            &std::process::id().to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("taskset (util-linux) is needed for --pin")?;
-    if !status.success() {
-        bail!("taskset could not move the bench to core {core}");
+    // `taskset -a` walks the threads one by one and fails when one ends meanwhile (the
+    // runtime's blocking threads come and go): try again.
+    for _ in 0..10 {
+        let status = Command::new("taskset")
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &core.to_string(),
+                &std::process::id().to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .context("taskset (util-linux) is needed for --pin")?;
+        if status.success() {
+            return Ok(());
+        }
     }
-    Ok(())
+    bail!("taskset could not move the bench to core {core}")
 }
 
 /// CPU seconds `pid` has used (user + system), from `/proc`.
