@@ -67,7 +67,7 @@ CARTBUS_AMQP_CA_FILE                 (unset)                     default      qu
 CARTBUS_CONSUMER                     on                          default      consumer.enabled
 CARTBUS_CONSUMERS                    2                           default      consumer.tasks
 CARTBUS_CONSUMER_BATCH               256                         default      consumer.batch
-CARTBUS_CONSUMER_PREFETCH            256                         default      consumer.prefetch
+CARTBUS_CONSUMER_PREFETCH            512                         default      consumer.prefetch
 CARTBUS_MAX_ATTEMPTS                 5                           default      consumer.max_attempts
 CARTBUS_ADMIN_TOKEN                  (unset)                     default      admin.token
 CARTBUS_RESUBMIT_LIMIT               5                           default      admin.resubmit_limit

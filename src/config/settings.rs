@@ -276,8 +276,10 @@ settings! {
     /// most carts converted in one transaction (the next batch is taken while this one
     /// converts)
     CONSUMER_BATCH = count("CARTBUS_CONSUMER_BATCH", "consumer.batch", 256, 1, 10_000);
-    /// broker: most deliveries a consumer holds or has on the way (link credit)
-    CONSUMER_PREFETCH = count("CARTBUS_CONSUMER_PREFETCH", "consumer.prefetch", 256, 1, 10_000);
+    /// broker: most deliveries a consumer holds or has on the way (link credit); keep it
+    /// above `CARTBUS_CONSUMER_BATCH` (twice is the default) so the next batch arrives
+    /// while one converts
+    CONSUMER_PREFETCH = count("CARTBUS_CONSUMER_PREFETCH", "consumer.prefetch", 512, 1, 10_000);
     /// failed attempts before a message is dead-lettered (`max-attempts`)
     MAX_ATTEMPTS = count("CARTBUS_MAX_ATTEMPTS", "consumer.max_attempts", 5, 1, 1000);
 

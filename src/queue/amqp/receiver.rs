@@ -247,6 +247,16 @@ impl Receiver for AmqpReceiver {
                 }
             }
         }
+        // Ask for the next batch now, while this one is converted: with a prefetch above
+        // the batch size it is on its way (or already here) when the consumer comes back,
+        // instead of one broker round trip per batch. `top_up` grants only once every
+        // granted transfer was read (fe2o3 counts credit down in `recv`), so none sits
+        // unread when the grant goes out.
+        if self.failed.is_none()
+            && let Err(e) = self.top_up().await
+        {
+            self.failed = Some(e);
+        }
         self.count_attempts(&mut batch).await;
         Ok(batch)
     }
