@@ -58,7 +58,9 @@ impl Application {
     /// Opens the database and queue and binds the listener. Neither the database nor the
     /// queue has to be up: the service starts and serves whichever works.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let db = Db::connect_lazy(&config).context("DATABASE_URL is not a usable database URL")?;
+        let pools =
+            Db::connect_split(&config).context("DATABASE_URL is not a usable database URL")?;
+        let db = pools.workers;
         let metrics = Arc::new(Metrics::new());
         let config_kind = config.database.kind.clone();
         let max_in_flight = config.http.max_in_flight;
@@ -88,7 +90,7 @@ impl Application {
         let health = Arc::new(Health::default());
         let intake = Intake {
             queue: queue.clone(),
-            db: db.clone(),
+            db: pools.checkouts,
             metrics: metrics.clone(),
             control: control.clone(),
             health: health.clone(),
@@ -241,6 +243,7 @@ impl Application {
             app.outbox_queue.shutdown().await;
         }
         app.db.close().await;
+        app.intake.db.close().await;
         tracing::info!("stopped");
         Ok(())
     }

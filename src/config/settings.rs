@@ -235,7 +235,9 @@ settings! {
         derived("`sqlite://$CARTBUS_DATA_DIR/cartbus.db`", |c| {
             secrecy::ExposeSecret::expose_secret(&c.database.url).to_string()
         }));
-    /// database pool size
+    /// database connections in all, in two pools: half for checkouts (conflict check,
+    /// direct writes), half for the consumer, relay and other background work, so that a
+    /// flood of checkouts cannot queue the drain behind it (at least one each)
     DATABASE_MAX_CONNECTIONS = count(
         "CARTBUS_DATABASE_MAX_CONNECTIONS", "database.max_connections", 16, 1, 1000,
     );
