@@ -78,17 +78,50 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((user + system) / TICKS_PER_SECOND)
 }
 
-/// CPU used by this process and by cartbus since [`CpuClock::start`].
+/// The whole machine's busy CPU seconds (every core, everything but idle and I/O wait),
+/// from `/proc/stat`'s first line: with the services' share, what is left of the cores.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((ticks.iter().sum::<f64>() - idle) / TICKS_PER_SECOND)
+}
+
+/// The machine's cores (`cpuN` lines of `/proc/stat`; this process's own affinity may be
+/// one core under `--pin`).
+pub fn machine_cores() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .map(|stat| {
+            stat.lines()
+                .filter(|l| {
+                    l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// CPU used by this process, by cartbus and by the whole machine since
+/// [`CpuClock::start`].
 pub struct CpuClock {
     started: Instant,
     service: u32,
-    at_start: (f64, f64),
+    at_start: (f64, f64, f64),
 }
 
 /// CPU over a phase, each in percent of one core.
 pub struct CpuUse {
     pub load: f64,
     pub service: f64,
+    /// Every process and the kernel (PostgreSQL and RabbitMQ too); the machine's cores ×
+    /// 100 is all there is.
+    pub machine: f64,
 }
 
 impl CpuClock {
@@ -100,19 +133,21 @@ impl CpuClock {
         }
     }
 
-    fn now(service: u32) -> (f64, f64) {
+    fn now(service: u32) -> (f64, f64, f64) {
         (
             cpu_seconds(std::process::id()).unwrap_or(0.0),
             cpu_seconds(service).unwrap_or(0.0),
+            machine_busy_seconds().unwrap_or(0.0),
         )
     }
 
     pub fn read(&self) -> CpuUse {
         let wall = self.started.elapsed().as_secs_f64().max(f64::EPSILON);
-        let (load, service) = Self::now(self.service);
+        let (load, service, machine) = Self::now(self.service);
         CpuUse {
             load: (load - self.at_start.0) / wall * 100.0,
             service: (service - self.at_start.1) / wall * 100.0,
+            machine: (machine - self.at_start.2) / wall * 100.0,
         }
     }
 }

@@ -341,9 +341,11 @@ async fn sustained_capacity(
     let mut best: Option<crate::open_loop::Sustained> = None;
     for _ in 0..args.sustain_steps {
         let fraction = (low + high) / 2.0;
+        let cpu = CpuClock::start(service.pid());
         let run = sustain(&service.base, db, intake_max * fraction, seconds).await?;
+        let cpu = cpu.read();
         println!(
-            "    open loop {:>7.0}/s ({:>3.0} %) for {} s: {} accepted, backlog {} → {}, outbox {} → {}, p99 {:.1} ms from intended send, {} failed: {}",
+            "    open loop {:>7.0}/s ({:>3.0} %) for {} s: {} accepted, backlog {} → {}, outbox {} → {}, p99 {:.1} ms from intended send, {} failed: {}; CPU cartbus {:.0} %, load generator {:.0} %, machine busy {:.0} of {} %",
             run.rate,
             fraction * 100.0,
             args.sustain_seconds,
@@ -354,7 +356,11 @@ async fn sustained_capacity(
             run.outbox.1,
             run.p99_ms,
             run.failed,
-            if run.bounded() { "bounded" } else { "GROWS" }
+            if run.bounded() { "bounded" } else { "GROWS" },
+            cpu.service,
+            cpu.load,
+            cpu.machine,
+            crate::cpu::machine_cores() * 100
         );
         // Work off what is left before the next rate (counted from the end's sample: a
         // fresh count would include orders made since, and wait for carts never sent).
@@ -485,14 +491,19 @@ pub async fn memory_with_backlog(
     Ok(())
 }
 
-/// The CPU of a phase: the load generator's own (this process) and cartbus's, in percent
-/// of one core (200 = both of two cores).
+/// The CPU of a phase: cartbus's, the load generator's own (this process) and the whole
+/// machine's, in percent of one core (200 = both of two cores).
 fn cpu_row(table: &mut Table, phase: &str, cpu: &CpuUse) {
     table.add(
         &format!("CPU, {phase}: cartbus"),
         cpu.service,
         "% core",
         None,
-        format!("load generator {:.0} % core", cpu.load),
+        format!(
+            "load generator {:.0} % core; machine busy {:.0} of {} %",
+            cpu.load,
+            cpu.machine,
+            crate::cpu::machine_cores() * 100
+        ),
     );
 }
