@@ -90,6 +90,7 @@ impl Application {
         let health = Arc::new(Health::default());
         let intake = Intake {
             queue: queue.clone(),
+            conflicts: service::conflicts::ConflictChecks::start(pools.checkouts.clone()),
             db: pools.checkouts,
             metrics: metrics.clone(),
             control: control.clone(),

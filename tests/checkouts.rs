@@ -268,3 +268,47 @@ async fn a_reused_cart_id_with_another_cart_is_refused_at_intake_when_the_databa
         app.stop().await.expect("clean stop");
     }
 }
+
+/// The conflict check answers checkouts in batches (one query for all that wait): each
+/// checkout must still get its own cart's answer.
+#[tokio::test]
+async fn checkouts_checked_together_each_get_their_own_answer() {
+    for backend in Backend::all("checkouts_checked_together_each_get_their_own_answer").await {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A generous bound: under a loaded CI machine the answer must still come in time.
+        let app = TestApp::spawn(
+            &Settings::new(dir.path(), &backend).set("CARTBUS_CONFLICT_CHECK_MS", "1000"),
+        )
+        .await;
+        let placed: Vec<Value> = (0..10).map(|_| cart()).collect();
+        for cart in &placed {
+            assert_eq!(app.post_cart(cart).await.status(), 202, "{backend:?}");
+        }
+        for cart in &placed {
+            app.wait_for_order(cart["cart_id"].as_str().expect("id"))
+                .await;
+        }
+        // Interleaved: each placed cart with one more unit price (a conflict), each
+        // followed by a cart never seen (accepted), all posted at once.
+        let mut posts = Vec::new();
+        for cart in &placed {
+            let mut changed = cart.clone();
+            changed["total"] = json!(cart["total"].as_i64().expect("total") + 1);
+            changed["lines"][0]["unit_price"] =
+                json!(cart["lines"][0]["unit_price"].as_i64().expect("price") + 1);
+            posts.push((changed, 409));
+            posts.push((common::cart(), 202));
+        }
+        let statuses =
+            futures::future::join_all(posts.iter().map(|(cart, _)| app.post_cart(cart))).await;
+        for ((cart, expected), response) in posts.iter().zip(statuses) {
+            assert_eq!(
+                response.status().as_u16(),
+                *expected,
+                "{backend:?}: cart {}",
+                cart["cart_id"]
+            );
+        }
+        app.stop().await.expect("clean stop");
+    }
+}

@@ -14,13 +14,14 @@ use crate::domain::cart_message as message;
 use crate::domain::order::Source;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::service::conflicts::ConflictChecks;
 use crate::service::drain::Control;
 use crate::service::payment::Gateway;
 use crate::service::payment::Verdict;
 use crate::service::place::{self, Outcome};
 use crate::service::readiness::{Health, can_write_orders};
 use crate::store::Db;
-use crate::store::{StoreError, dead_letters, order_reads};
+use crate::store::{StoreError, dead_letters};
 
 /// Where a direct write's dead letters say they came from (no queue was involved).
 pub const DIRECT_SOURCE: &str = "direct-write";
@@ -47,6 +48,8 @@ pub enum IntakeError {
 pub struct Intake {
     pub queue: Arc<dyn Queue>,
     pub db: Db,
+    /// The batched conflict check (reads `db`).
+    pub conflicts: ConflictChecks,
     pub metrics: Arc<Metrics>,
     pub control: Arc<Control>,
     pub health: Arc<Health>,
@@ -163,7 +166,7 @@ impl Intake {
         if bound.is_zero() || !can_write_orders(&self.health, &self.control) {
             return None;
         }
-        match tokio::time::timeout(bound, order_reads::placed(&self.db, cart.cart_id)).await {
+        match tokio::time::timeout(bound, self.conflicts.placed(cart.cart_id)).await {
             Ok(Ok(Some((order_id, hash)))) if hash != cart.payload_hash() => Some(order_id),
             Ok(Ok(_)) => None,
             Ok(Err(e)) => {

@@ -2,6 +2,7 @@
 //! database, the queue, small settings) and is called by HTTP handlers and background
 //! tasks alike.
 
+pub mod conflicts;
 pub mod consumer;
 pub mod dispatch;
 pub mod drain;

@@ -14,14 +14,48 @@ use crate::domain::{CartId, Reason};
 use crate::on_db;
 use crate::store::{Db, StoreError};
 
-/// The order placed for `cart_id` and the hash of the cart it was placed from.
-pub async fn placed(db: &Db, cart_id: CartId) -> Result<Option<(Uuid, String)>, StoreError> {
-    Ok(on_db!(db, |pool| sqlx::query_as(
-        "SELECT id, payload_hash FROM orders WHERE cart_id = $1"
-    )
-    .bind(cart_id.as_uuid())
-    .fetch_optional(pool)
-    .await)?)
+/// The orders placed for any of `cart_ids`: cart id → (order id, the hash of the cart it
+/// was placed from). Carts without an order are left out.
+pub async fn placed_many(
+    db: &Db,
+    cart_ids: &[Uuid],
+) -> Result<HashMap<Uuid, (Uuid, String)>, StoreError> {
+    if cart_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, Uuid, String)> = match db {
+        Db::Postgres(pool) => {
+            sqlx::query_as("SELECT cart_id, id, payload_hash FROM orders WHERE cart_id = ANY($1)")
+                .bind(cart_ids)
+                .fetch_all(pool)
+                .await?
+        }
+        Db::Sqlite(pool) => {
+            let mut rows = Vec::new();
+            for chunk in cart_ids.chunks(ORDERS_PER_STATEMENT) {
+                let mut select = sqlx::QueryBuilder::new(
+                    "SELECT cart_id, id, payload_hash FROM orders WHERE cart_id IN (",
+                );
+                let mut ids = select.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                select.push(")");
+                // One text per batch size: not worth a place in the statement cache.
+                let found: Vec<(Uuid, Uuid, String)> = select
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(pool)
+                    .await?;
+                rows.extend(found);
+            }
+            rows
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(cart_id, order_id, hash)| (cart_id, (order_id, hash)))
+        .collect())
 }
 
 pub async fn checkout_state(db: &Db, cart_id: CartId) -> Result<Option<CheckoutState>, StoreError> {
