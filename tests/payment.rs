@@ -230,29 +230,8 @@ fn listed<'a>(items: &'a [Value], cart: &Value) -> Option<&'a Value> {
 /// `(message_id, reason)` of the dead letters in the orders database, read directly (the
 /// instance may be a child process).
 async fn dead_letters(backend: &Backend, dir: &std::path::Path) -> Vec<(String, String)> {
-    use sqlx::Connection;
     const SQL: &str = "SELECT message_id, reason FROM dead_letters ORDER BY id";
-    match backend {
-        Backend::Sqlite => {
-            let options = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(dir.join("cartbus.db"))
-                .read_only(true);
-            let mut conn = sqlx::SqliteConnection::connect_with(&options)
-                .await
-                .expect("open orders file");
-            sqlx::query_as(SQL)
-                .fetch_all(&mut conn)
-                .await
-                .expect("read")
-        }
-        Backend::Postgres(url) => {
-            let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
-            sqlx::query_as(SQL)
-                .fetch_all(&mut conn)
-                .await
-                .expect("read")
-        }
-    }
+    common::orders_db_rows(backend, dir, SQL).await
 }
 
 async fn metric(http: &reqwest::Client, base: &str, sample: &str) -> f64 {

@@ -221,8 +221,10 @@ settings! {
     MAX_HEADERS = count("CARTBUS_MAX_HEADERS", "http.limits.max_headers", 100, 8, 1000);
 
     // Stopping: spans the HTTP server and the background workers.
-    /// after SIGTERM, keep serving this long with readiness false (set it to your load
-    /// balancer's health-check interval)
+    /// after SIGTERM, keep serving this long with readiness false; behind a load balancer
+    /// at least its check interval × failures to mark down (`1` with
+    /// deploy/haproxy/cartbus.cfg, see the [runbook](runbook.md#behind-haproxy)), else
+    /// requests fail during restarts
     SHUTDOWN_DELAY = seconds("CARTBUS_SHUTDOWN_DELAY_SECONDS", "shutdown.delay_seconds", 0, 0, 600);
     /// longest wait for in-flight requests and deliveries on shutdown
     SHUTDOWN_TIMEOUT = seconds(

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod haproxy;
 pub mod partners;
 
 use std::io::{BufRead, BufReader};
@@ -437,11 +438,15 @@ pub async fn dead_letters(data_dir: &Path) -> Vec<(String, String)> {
         .expect("read dead letters")
 }
 
-/// Counts orders (and distinct carts among them) straight from the database of a test
-/// whose instances run as child processes.
-pub async fn order_counts(backend: &Backend, data_dir: &Path) -> (i64, i64) {
+/// Every row `sql` selects, straight from the orders database of a test whose instances
+/// run as child processes (SQLite read-only, so that the test never holds the writer).
+pub async fn orders_db_rows<T>(backend: &Backend, data_dir: &Path, sql: &'static str) -> Vec<T>
+where
+    T: Send + Unpin,
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
     use sqlx::Connection;
-    const SQL: &str = "SELECT count(*), count(DISTINCT cart_id) FROM orders";
     match backend {
         Backend::Sqlite => {
             let options = sqlx::sqlite::SqliteConnectOptions::new()
@@ -450,19 +455,24 @@ pub async fn order_counts(backend: &Backend, data_dir: &Path) -> (i64, i64) {
             let mut conn = sqlx::SqliteConnection::connect_with(&options)
                 .await
                 .expect("open orders file");
-            sqlx::query_as(SQL)
-                .fetch_one(&mut conn)
-                .await
-                .expect("count")
+            sqlx::query_as(sql).fetch_all(&mut conn).await
         }
         Backend::Postgres(url) => {
             let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
-            sqlx::query_as(SQL)
-                .fetch_one(&mut conn)
-                .await
-                .expect("count")
+            sqlx::query_as(sql).fetch_all(&mut conn).await
         }
     }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Counts orders (and distinct carts among them) straight from the database of a test
+/// whose instances run as child processes.
+pub async fn order_counts(backend: &Backend, data_dir: &Path) -> (i64, i64) {
+    const SQL: &str = "SELECT count(*), count(DISTINCT cart_id) FROM orders";
+    orders_db_rows(backend, data_dir, SQL)
+        .await
+        .pop()
+        .expect("one row of counts")
 }
 
 /// Messages waiting in the embedded queue file under `data_dir`.

@@ -1,0 +1,457 @@
+//! The production front (issue 18): HAProxy from the shipped `deploy/haproxy/cartbus.cfg`
+//! in front of a blue and a green slot of two instances each, on PostgreSQL and RabbitMQ
+//! where the machine has them. Under continuous storefront load through HAProxy: a
+//! rollback rehearsal, the slot swap of docs/runbook.md driven through HAProxy's runtime
+//! API and the CLI, then rolling restarts — no request may fail and every accepted cart
+//! becomes exactly one order. A negative control (no shutdown delay, no retries) shows
+//! that the drill can fail.
+//!
+//! `CARTBUS_DRILL_RESTARTS` sets the rolling restarts (default 5, CI's figure).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::haproxy::{self, Haproxy, free_port};
+use common::{Backend, Process, Settings, broker, client, consumer_cli, eventually};
+use serde_json::Value;
+use uuid::Uuid;
+
+const TOKEN: &str = "haproxy-drill-admin-token-0123";
+const BLUE: [&str; 2] = ["blue1", "blue2"];
+const GREEN: [&str; 2] = ["green1", "green2"];
+
+/// One instance behind HAProxy: its server name, fixed port and settings, so that it can
+/// be stopped and started again at the same address.
+struct Slot {
+    server: &'static str,
+    settings: Settings,
+    failpoints: &'static str,
+    process: Option<Process>,
+}
+
+impl Slot {
+    fn new(server: &'static str, base: &Settings, version: &str, delay_seconds: u32) -> Slot {
+        let settings = base
+            .with("CARTBUS_INSTANCE", server)
+            .set("CARTBUS_VERSION", version)
+            .set("CARTBUS_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .set("CARTBUS_SHUTDOWN_DELAY_SECONDS", delay_seconds.to_string());
+        Slot {
+            server,
+            settings,
+            failpoints: "",
+            process: None,
+        }
+    }
+
+    fn address(&self) -> String {
+        self.settings
+            .vars
+            .iter()
+            .find(|(k, _)| k == "CARTBUS_LISTEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    fn start(&mut self) {
+        let env: Vec<(&str, &str)> = if self.failpoints.is_empty() {
+            vec![]
+        } else {
+            vec![("FAILPOINTS", self.failpoints)]
+        };
+        self.process = Some(Process::start(&self.settings, &env));
+    }
+
+    /// SIGTERM, as systemd's stop does; asserts a clean exit (0).
+    async fn stop(&mut self) {
+        let Some(mut process) = self.process.take() else {
+            return;
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(process.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        let exit = eventually(&format!("{} exits", self.server), || {
+            let exited = process.child.try_wait().ok().flatten();
+            async move { exited }
+        })
+        .await;
+        assert_eq!(
+            exit.code(),
+            Some(0),
+            "{} exit: {:?}",
+            self.server,
+            process.logs()
+        );
+    }
+}
+
+/// What the storefront saw, from its own side.
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    accepted: Vec<String>,
+    non_2xx: Vec<String>,
+    connection_errors: Vec<String>,
+    slowest: Duration,
+}
+
+impl Tally {
+    fn figures(&self) -> String {
+        format!(
+            "requests {}, 2xx {}, non-2xx {}, connection errors {}, slowest {} ms",
+            self.requests,
+            self.accepted.len(),
+            self.non_2xx.len(),
+            self.connection_errors.len(),
+            self.slowest.as_millis()
+        )
+    }
+}
+
+/// Storefront clients posting carts back to back through HAProxy.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(base: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, tally, http) = (stop.clone(), tally.clone(), client());
+                let url = format!("{base}/v1/checkouts");
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let cart = common::cart();
+                        let sent = Instant::now();
+                        let outcome = http.post(&url).json(&cart).send().await;
+                        let took = sent.elapsed();
+                        let mut tally = tally.lock().expect("tally");
+                        tally.requests += 1;
+                        tally.slowest = tally.slowest.max(took);
+                        match outcome {
+                            Ok(r) if r.status().is_success() => tally
+                                .accepted
+                                .push(cart["cart_id"].as_str().unwrap_or("").to_string()),
+                            Ok(r) => tally.non_2xx.push(format!("HTTP {}", r.status())),
+                            Err(e) => tally.connection_errors.push(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tally,
+            clients,
+        }
+    }
+
+    fn figures(&self) -> String {
+        self.tally.lock().expect("tally").figures()
+    }
+
+    async fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.await.expect("load client");
+        }
+        std::mem::take(&mut *self.tally.lock().expect("tally"))
+    }
+}
+
+/// Orders per cart id, straight from the orders database.
+async fn orders_per_cart(backend: &Backend, dir: &Path) -> HashMap<Uuid, i64> {
+    const SQL: &str = "SELECT cart_id, count(*) FROM orders GROUP BY cart_id";
+    let rows: Vec<(Uuid, i64)> = common::orders_db_rows(backend, dir, SQL).await;
+    rows.into_iter().collect()
+}
+
+/// The ledger: every cart the storefront saw accepted is exactly one order. With `all`,
+/// also no order for a cart it did not see accepted (nothing failed on its side).
+async fn assert_ledger(backend: &Backend, dir: &Path, accepted: &[String], all: bool) -> String {
+    let accepted: Vec<Uuid> = accepted
+        .iter()
+        .map(|cart| Uuid::parse_str(cart).expect("cart ids are UUIDs"))
+        .collect();
+    let orders = eventually("every accepted cart ordered", || async {
+        let orders = orders_per_cart(backend, dir).await;
+        accepted
+            .iter()
+            .all(|cart| orders.contains_key(cart))
+            .then_some(orders)
+    })
+    .await;
+    let twice: Vec<_> = orders.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "carts with more than one order: {twice:?}"
+    );
+    if all {
+        assert_eq!(orders.len(), accepted.len(), "an order nobody saw accepted");
+    }
+    format!(
+        "ledger: {} carts accepted, {} orders, none twice",
+        accepted.len(),
+        orders.len()
+    )
+}
+
+/// Orders on PostgreSQL and the queue on RabbitMQ where the machine has them (CI does),
+/// else SQLite and the embedded queue; the admin token on every instance.
+async fn topology(test: &str, dir: &Path) -> (Backend, Settings) {
+    let backend = broker::orders_backend(test).await;
+    let settings = match broker::url(test) {
+        Some(url) => broker::settings(dir, &backend, &url, &broker::fresh_queue()),
+        None => Settings::new(dir, &backend),
+    };
+    (backend, settings.set("CARTBUS_ADMIN_TOKEN", TOKEN))
+}
+
+fn servers(slots: &[&Slot]) -> Vec<(&'static str, String)> {
+    slots
+        .iter()
+        .map(|slot| {
+            let key = match slot.server {
+                "blue1" => "CARTBUS_BLUE1",
+                "blue2" => "CARTBUS_BLUE2",
+                "green1" => "CARTBUS_GREEN1",
+                _ => "CARTBUS_GREEN2",
+            };
+            (key, slot.address())
+        })
+        .collect()
+}
+
+/// `cartbus consumer ARGS` through HAProxy, as the runbook has operators do; asserts exit 0.
+async fn cli(lb: &Haproxy, args: &[&str]) -> String {
+    let (code, out, err) = consumer_cli(&lb.base, Some(TOKEN), args).await;
+    assert_eq!(code, 0, "cartbus consumer {args:?}: {out}{err}");
+    out
+}
+
+/// Waits until `/v1/admin/consumer`, asked through HAProxy, shows every one of
+/// `instances` in `state`.
+async fn wait_states(lb: &Haproxy, instances: &[&str], state: &str) {
+    eventually(&format!("{instances:?} {state}"), || async {
+        let status: Value = client()
+            .get(format!("{}/v1/admin/consumer", lb.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let all = status["instances"].as_array()?;
+        instances
+            .iter()
+            .all(|name| {
+                all.iter()
+                    .any(|i| i["instance"] == *name && i["state"] == state)
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+/// Moves traffic from `from` to `to` through the runtime API: `to` ready and seen UP by
+/// HAProxy's own health checks first, then `from` drained (no new requests).
+async fn move_traffic(lb: &Haproxy, from: &[&str], to: &[&str]) {
+    for server in to {
+        lb.set_state(server, "ready").await;
+    }
+    for server in to {
+        lb.wait_status(server, "UP").await;
+    }
+    for server in from {
+        lb.set_state(server, "drain").await;
+    }
+    let served: u64 = stot(lb, to).await;
+    eventually("the new slot serving", || async {
+        (stot(lb, to).await > served + 20).then_some(())
+    })
+    .await;
+}
+
+/// Requests HAProxy has sent to `servers` in all.
+async fn stot(lb: &Haproxy, servers: &[&str]) -> u64 {
+    let mut total = 0;
+    for server in servers {
+        total += lb.stat(server, "stot").await.parse::<u64>().unwrap_or(0);
+    }
+    total
+}
+
+/// Restarts `slot` as systemd would (SIGTERM, start) and waits until HAProxy sees it UP.
+async fn restart(lb: &Haproxy, slot: &mut Slot) {
+    slot.stop().await;
+    slot.start();
+    lb.wait_status(slot.server, "UP").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_rollback_and_rolling_restarts_through_haproxy_fail_no_request() {
+    const TEST: &str = "swap_rollback_and_rolling_restarts_through_haproxy_fail_no_request";
+    let Some(binary) = haproxy::binary(TEST) else {
+        return;
+    };
+    let restarts: usize = std::env::var("CARTBUS_DRILL_RESTARTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (backend, base) = topology(TEST, dir.path()).await;
+    let mut blue = BLUE.map(|server| Slot::new(server, &base, "1.0.0", 1));
+    let mut green = GREEN.map(|server| Slot::new(server, &base, "2.0.0", 1));
+    let all: Vec<&Slot> = blue.iter().chain(green.iter()).collect();
+    let lb = Haproxy::start(&binary, dir.path(), &servers(&all), 3).await;
+    for slot in &mut blue {
+        slot.start();
+        lb.wait_status(slot.server, "UP").await;
+    }
+    let load = Load::start(&lb.base, 4);
+    eventually("blue taking orders", || async {
+        (orders_per_cart(&backend, dir.path()).await.len() > 20).then_some(())
+    })
+    .await;
+
+    // Rollback rehearsal, before the resume: 2.0.0 (no migration) on green takes the
+    // traffic, then it all goes back to blue and 1.0.0 resumes.
+    let asked = Instant::now();
+    cli(
+        &lb,
+        &["pause", "--reason", "rehearse 2.0.0", "--wait", "60"],
+    )
+    .await;
+    let paused_in = asked.elapsed();
+    for slot in &mut green {
+        slot.start();
+    }
+    move_traffic(&lb, &BLUE, &GREEN).await;
+    move_traffic(&lb, &GREEN, &BLUE).await;
+    for server in GREEN {
+        lb.set_state(server, "maint").await;
+    }
+    cli(
+        &lb,
+        &["resume", "--version", "1.0.0", "--reason", "rolled back"],
+    )
+    .await;
+    for slot in &mut green {
+        slot.stop().await;
+    }
+    common::note(&format!(
+        "haproxy drill, rollback (pause→drained {} ms): {}",
+        paused_in.as_millis(),
+        load.figures()
+    ));
+
+    // The swap: pause, 2.0.0 with a migration on green (blue fenced), traffic to green,
+    // resume 2.0.0, blue stopped.
+    let asked = Instant::now();
+    cli(&lb, &["pause", "--reason", "deploy 2.0.0", "--wait", "60"]).await;
+    let paused_in = asked.elapsed();
+    for slot in &mut green {
+        slot.failpoints = "newer-schema=return";
+        slot.start();
+    }
+    wait_states(&lb, &BLUE, "fenced").await;
+    move_traffic(&lb, &BLUE, &GREEN).await;
+    cli(
+        &lb,
+        &["resume", "--version", "2.0.0", "--reason", "deploy 2.0.0"],
+    )
+    .await;
+    wait_states(&lb, &GREEN, "running").await;
+    for slot in &mut blue {
+        lb.set_state(slot.server, "maint").await;
+        slot.stop().await;
+    }
+    common::note(&format!(
+        "haproxy drill, swap (pause→drained {} ms): {}",
+        paused_in.as_millis(),
+        load.figures()
+    ));
+
+    // Rolling restarts of the live slot, one instance at a time.
+    let started = Instant::now();
+    for i in 0..restarts {
+        restart(&lb, &mut green[i % GREEN.len()]).await;
+    }
+    common::note(&format!(
+        "haproxy drill, {restarts} rolling restarts in {} ms",
+        started.elapsed().as_millis()
+    ));
+
+    let retried = lb.stat("BACKEND", "wretr").await;
+    let tally = load.finish().await;
+    common::note(&format!(
+        "haproxy drill, whole: {} (HAProxy retried {retried})",
+        tally.figures()
+    ));
+    assert!(
+        tally.non_2xx.is_empty() && tally.connection_errors.is_empty(),
+        "every request answered 2xx: {}; {:?} {:?}\n{}",
+        tally.figures(),
+        tally.non_2xx.iter().take(5).collect::<Vec<_>>(),
+        tally.connection_errors.iter().take(5).collect::<Vec<_>>(),
+        lb.log_tail(20)
+    );
+    assert!(
+        tally.slowest < Duration::from_secs(5),
+        "{}",
+        tally.figures()
+    );
+    let ledger = assert_ledger(&backend, dir.path(), &tally.accepted, true).await;
+    common::note(&format!("haproxy drill, {ledger}"));
+}
+
+/// The same restarts without what makes them safe — no shutdown delay, no retries — fail
+/// requests: the drill above can fail, and the two settings are what it proves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_shutdown_delay_or_retries_restarts_fail_requests() {
+    const TEST: &str = "without_shutdown_delay_or_retries_restarts_fail_requests";
+    let Some(binary) = haproxy::binary(TEST) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (backend, base) = topology(TEST, dir.path()).await;
+    let mut blue = BLUE.map(|server| Slot::new(server, &base, "1.0.0", 0));
+    let all: Vec<&Slot> = blue.iter().collect();
+    let lb = Haproxy::start(&binary, dir.path(), &servers(&all), 0).await;
+    for slot in &mut blue {
+        slot.start();
+        lb.wait_status(slot.server, "UP").await;
+    }
+    let load = Load::start(&lb.base, 4);
+    eventually("blue taking orders", || async {
+        (orders_per_cart(&backend, dir.path()).await.len() > 20).then_some(())
+    })
+    .await;
+    for i in 0..4 {
+        restart(&lb, &mut blue[i % BLUE.len()]).await;
+    }
+    let tally = load.finish().await;
+    common::note(&format!(
+        "haproxy negative control (delay 0, retries 0), 4 restarts: {}",
+        tally.figures()
+    ));
+    assert!(
+        !tally.non_2xx.is_empty() || !tally.connection_errors.is_empty(),
+        "without delay and retries some request should fail: {}",
+        tally.figures()
+    );
+    // Whatever failed, nothing accepted is lost or doubled.
+    assert_ledger(&backend, dir.path(), &tally.accepted, false).await;
+}
