@@ -35,7 +35,7 @@ use crate::domain::drain::Identity;
 use crate::metrics::Metrics;
 use crate::queue::embedded::EmbeddedOptions;
 use crate::queue::{
-    AmqpOptions, AmqpQueue, BrokerCounters, EmbeddedQueue, Queue, UnavailableQueue,
+    AmqpOptions, AmqpQueue, BrokerCounters, EmbeddedQueue, NodeRegistry, Queue, UnavailableQueue,
 };
 use crate::runtime::app::{App, AppState};
 use crate::service::drain::Control;
@@ -67,7 +67,7 @@ impl Application {
         let queue = open_queue(&config, &db, &metrics).await;
         let outbox_queue = match &config.queue.backend {
             QueueConfig::Amqp(_) if config.fulfilment.enabled() => {
-                open_queue(&config, &db, &metrics).await
+                open_queue_named(&config, &db, &metrics, "hand-off publisher").await
             }
             _ => queue.clone(),
         };
@@ -252,6 +252,17 @@ impl Application {
 
 /// The queue `CARTBUS_QUEUE_URL` names; an unusable one stands in as [`UnavailableQueue`].
 pub async fn open_queue(config: &Config, db: &Db, metrics: &Metrics) -> Arc<dyn Queue> {
+    open_queue_named(config, db, metrics, "publisher").await
+}
+
+/// [`open_queue`], its publishing connection called `publisher` in logs, metrics and the
+/// admin API.
+async fn open_queue_named(
+    config: &Config,
+    db: &Db,
+    metrics: &Metrics,
+    publisher: &'static str,
+) -> Arc<dyn Queue> {
     match &config.queue.backend {
         QueueConfig::Embedded { path } => {
             let options = EmbeddedOptions {
@@ -272,12 +283,14 @@ pub async fn open_queue(config: &Config, db: &Db, metrics: &Metrics) -> Arc<dyn 
             }
         }
         QueueConfig::Amqp(broker) => {
-            tracing::info!(endpoint = %broker.endpoint(), address = %config.queue.cart_address, "using an AMQP 1.0 broker");
+            tracing::info!(nodes = %broker.endpoints(), address = %config.queue.cart_address, %publisher, "using an AMQP 1.0 broker");
             Arc::new(AmqpQueue::start(
                 AmqpOptions {
                     broker: broker.clone(),
                     instance: config.instance.clone(),
                     cart_address: config.queue.cart_address.clone(),
+                    publisher,
+                    nodes: NodeRegistry::new(metrics.broker_connections.clone()),
                     send_timeout: config.queue.send_timeout,
                     counters: BrokerCounters {
                         connects: metrics.queue_connects.clone(),

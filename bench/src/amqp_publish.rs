@@ -86,6 +86,8 @@ async fn cartbus_publish(
             broker,
             instance: "bench".into(),
             cart_address: address.to_string(),
+            publisher: "publisher",
+            nodes: Default::default(),
             send_timeout: Duration::from_secs(5),
             counters: BrokerCounters::default(),
         },

@@ -32,7 +32,8 @@ use sources::{Defaults, Environment, File, Values, invalid, scalar_text};
 pub use http::{AdminSettings, AuthFailureLimits, HostileLimits, HttpSettings, ShutdownSettings};
 pub use payments::{PaymentSettings, PaymentUrl};
 pub use stores::{
-    AmqpConfig, ConsumerSettings, DatabaseKind, DatabaseSettings, QueueConfig, QueueSettings,
+    AmqpConfig, AmqpNode, ConsumerSettings, DatabaseKind, DatabaseSettings, QueueConfig,
+    QueueSettings,
 };
 
 #[derive(Clone, Debug)]

@@ -246,7 +246,8 @@ settings! {
 
     // The queue between intake and the consumer.
     /// `embedded` (file `$CARTBUS_DATA_DIR/queue.db`), `embedded:/path/to/queue.db`, or a
-    /// broker `amqp://user:pass@host:5672/vhost` / `amqps://…` (see [Brokers](brokers.md))
+    /// broker `amqp://user:pass@host:5672/vhost` / `amqps://…`; a cluster's nodes
+    /// comma-separated, after the first URL as `host:port` (see [Brokers](brokers.md#several-nodes-a-cluster))
     QUEUE_URL = url("CARTBUS_QUEUE_URL", "queue.url", Is("embedded"));
     /// queue address of cart messages
     CART_ADDRESS = text("CARTBUS_CART_ADDRESS", "queue.cart_address",

@@ -46,9 +46,25 @@ pub enum QueueConfig {
     Amqp(AmqpConfig),
 }
 
-/// A broker endpoint from `CARTBUS_QUEUE_URL=amqp[s]://user:pass@host:port/vhost`.
+/// A broker from `CARTBUS_QUEUE_URL=amqp[s]://user:pass@host:port/vhost`: one node, or
+/// several (a cluster), comma-separated.
 #[derive(Clone, Debug)]
 pub struct AmqpConfig {
+    /// The nodes, in the order given; every connection tries them in turn from its own
+    /// starting point and moves on to the next when its node is lost.
+    pub nodes: Vec<AmqpNode>,
+    pub connect_timeout: Duration,
+    /// Most unsettled sends in flight at once, shared by all requests.
+    pub window: usize,
+    /// Most deliveries the consumer holds (received, not yet settled).
+    pub prefetch: u32,
+    /// PEM certificates trusted for `amqps://` besides the public roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One broker node: where it is and how to log in.
+#[derive(Clone, Debug)]
+pub struct AmqpNode {
     pub tls: bool,
     pub host: String,
     pub port: u16,
@@ -57,13 +73,6 @@ pub struct AmqpConfig {
     pub password: Option<SecretString>,
     /// RabbitMQ virtual host, sent as the open frame's hostname `vhost:NAME`.
     pub vhost: Option<String>,
-    pub connect_timeout: Duration,
-    /// Most unsettled sends in flight at once, shared by all requests.
-    pub window: usize,
-    /// Most deliveries the consumer holds (received, not yet settled).
-    pub prefetch: u32,
-    /// PEM certificates trusted for `amqps://` besides the public roots (a private CA).
-    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -137,7 +146,8 @@ impl QueueSettings {
                 path: PathBuf::from(path),
             }
         } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
-            QueueConfig::Amqp(parse_amqp_url(url, limits)?)
+            // One node, or a cluster's nodes comma-separated.
+            QueueConfig::Amqp(parse_amqp_nodes(url, limits)?)
         } else {
             return Err(invalid(
                 &s::QUEUE_URL,
@@ -180,7 +190,15 @@ impl ConsumerSettings {
 }
 
 impl AmqpConfig {
-    /// `host:port`, for logs (never the credentials).
+    /// Every node's `scheme://host:port`, for logs (never the credentials).
+    pub fn endpoints(&self) -> String {
+        let all: Vec<String> = self.nodes.iter().map(AmqpNode::endpoint).collect();
+        all.join(", ")
+    }
+}
+
+impl AmqpNode {
+    /// `scheme://host:port`, for logs, metrics and the admin API (never the credentials).
     pub fn endpoint(&self) -> String {
         format!(
             "{}://{}:{}",
@@ -198,12 +216,74 @@ struct BrokerLimits {
     ca_file: Option<PathBuf>,
 }
 
-fn parse_amqp_url(raw: &str, limits: BrokerLimits) -> Result<AmqpConfig, ConfigError> {
+/// `amqp://u:p@a:5672/vh,amqp://u:p@b:5672/vh`, or after the first URL just `b:5672`: a
+/// bare `host[:port]` takes the first node's scheme, credentials and virtual host.
+fn parse_amqp_nodes(raw: &str, limits: BrokerLimits) -> Result<AmqpConfig, ConfigError> {
+    let mut nodes: Vec<AmqpNode> = Vec::new();
+    for (i, part) in raw.split(',').map(str::trim).enumerate() {
+        let node = match nodes.first() {
+            Some(first) if !part.contains("://") => bare_node(part, first, i)?,
+            _ if part.starts_with("amqp://") || part.starts_with("amqps://") => {
+                parse_amqp_url(part, i)?
+            }
+            _ => {
+                return Err(invalid(
+                    &s::QUEUE_URL,
+                    format!(
+                        "node {} is neither an amqp:// or amqps:// URL nor host:port (value not shown: it may contain a password)",
+                        i + 1
+                    ),
+                ));
+            }
+        };
+        if nodes
+            .iter()
+            .any(|n| (n.host.as_str(), n.port) == (node.host.as_str(), node.port))
+        {
+            return Err(invalid(
+                &s::QUEUE_URL,
+                format!("names {} twice", node.endpoint()),
+            ));
+        }
+        nodes.push(node);
+    }
+    Ok(AmqpConfig {
+        nodes,
+        connect_timeout: limits.connect_timeout,
+        window: limits.window,
+        prefetch: limits.prefetch,
+        ca_file: limits.ca_file,
+    })
+}
+
+/// A node given as `host[:port]`, like `first` in everything else.
+fn bare_node(part: &str, first: &AmqpNode, i: usize) -> Result<AmqpNode, ConfigError> {
+    let scheme = if first.tls { "amqps" } else { "amqp" };
+    let parsed = url::Url::parse(&format!("{scheme}://{part}"))
+        .ok()
+        .filter(|u| u.path() == "/" || u.path().is_empty())
+        .and_then(|u| Some((u.host_str()?.to_string(), u.port())))
+        .filter(|(host, _)| !host.is_empty());
+    let Some((host, port)) = parsed else {
+        return Err(invalid(
+            &s::QUEUE_URL,
+            format!("node {} is not host:port", i + 1),
+        ));
+    };
+    Ok(AmqpNode {
+        host,
+        port: port.unwrap_or(first.port),
+        ..first.clone()
+    })
+}
+
+fn parse_amqp_url(raw: &str, i: usize) -> Result<AmqpNode, ConfigError> {
     let setting = &s::QUEUE_URL;
+    let node = i + 1;
     let url = url::Url::parse(raw).map_err(|e| {
         invalid(
             setting,
-            format!("not a URL ({e}); value not shown: it may contain a password"),
+            format!("node {node} is not a URL ({e}); value not shown: it may contain a password"),
         )
     })?;
     let tls = match url.scheme() {
@@ -214,7 +294,7 @@ fn parse_amqp_url(raw: &str, limits: BrokerLimits) -> Result<AmqpConfig, ConfigE
     let host = url
         .host_str()
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| invalid(setting, "has no host"))?
+        .ok_or_else(|| invalid(setting, format!("node {node} has no host")))?
         .to_string();
     let username = (!url.username().is_empty()).then(|| percent_decode(url.username()));
     let password = url
@@ -224,24 +304,20 @@ fn parse_amqp_url(raw: &str, limits: BrokerLimits) -> Result<AmqpConfig, ConfigE
         // It would silently log in anonymously (RabbitMQ 3.x then maps that to guest).
         return Err(invalid(
             setting,
-            "has a password but no user name (value not shown)",
+            format!("node {node} has a password but no user name (value not shown)"),
         ));
     }
     let vhost = match url.path() {
         "" | "/" => None,
         path => Some(percent_decode(&path[1..])),
     };
-    Ok(AmqpConfig {
+    Ok(AmqpNode {
         tls,
         port: url.port().unwrap_or(if tls { 5671 } else { 5672 }),
         host,
         username,
         password,
         vhost,
-        connect_timeout: limits.connect_timeout,
-        window: limits.window,
-        prefetch: limits.prefetch,
-        ca_file: limits.ca_file,
     })
 }
 

@@ -100,14 +100,17 @@ fn an_amqp_url_gives_endpoint_credentials_and_vhost() {
     let QueueConfig::Amqp(amqp) = &config.queue.backend else {
         panic!("not amqp")
     };
-    assert!(amqp.tls);
-    assert_eq!(amqp.port, 5671);
-    assert_eq!(amqp.username.as_deref(), Some("RootManageSharedAccessKey"));
+    let [node] = amqp.nodes.as_slice() else {
+        panic!("one node: {:?}", amqp.nodes)
+    };
+    assert!(node.tls);
+    assert_eq!(node.port, 5671);
+    assert_eq!(node.username.as_deref(), Some("RootManageSharedAccessKey"));
     assert_eq!(
-        amqp.password.as_ref().map(|p| p.expose_secret()),
+        node.password.as_ref().map(|p| p.expose_secret()),
         Some("a/b+c=")
     );
-    assert_eq!(amqp.vhost.as_deref(), Some("prod"));
+    assert_eq!(node.vhost.as_deref(), Some("prod"));
     assert_eq!(config.queue.cart_address, "/queue/checkout-carts");
     assert!(!format!("{config:?}").contains("a/b+c="));
 
@@ -116,10 +119,56 @@ fn an_amqp_url_gives_endpoint_credentials_and_vhost() {
     let QueueConfig::Amqp(amqp) = &config.queue.backend else {
         panic!("not amqp")
     };
+    let node = &amqp.nodes[0];
     assert_eq!(
-        (amqp.tls, amqp.port, amqp.vhost.as_deref()),
+        (node.tls, node.port, node.vhost.as_deref()),
         (false, 5672, None)
     );
+}
+
+#[test]
+fn a_cluster_is_several_comma_separated_nodes() {
+    let config = Config::from_vars([(
+        "CARTBUS_QUEUE_URL",
+        "amqp://shop:s%40cret@rabbit-a:5681/prod, rabbit-b:5682 ,rabbit-c, amqps://other:pw@rabbit-d",
+    )])
+    .expect("valid");
+    let QueueConfig::Amqp(amqp) = &config.queue.backend else {
+        panic!("not amqp")
+    };
+    assert_eq!(
+        amqp.endpoints(),
+        "amqp://rabbit-a:5681, amqp://rabbit-b:5682, amqp://rabbit-c:5681, amqps://rabbit-d:5671"
+    );
+    // A bare host:port logs in like the first node, to the same virtual host.
+    for node in &amqp.nodes[..3] {
+        assert_eq!(node.username.as_deref(), Some("shop"));
+        assert_eq!(
+            node.password.as_ref().map(|p| p.expose_secret()),
+            Some("s@cret")
+        );
+        assert_eq!(node.vhost.as_deref(), Some("prod"));
+    }
+    assert_eq!(amqp.nodes[3].username.as_deref(), Some("other"));
+    assert_eq!(amqp.nodes[3].vhost, None);
+    assert!(!format!("{config:?}").contains("s@cret"));
+
+    for (url, says) in [
+        ("amqp://a:1,a:1", "names amqp://a:1 twice"),
+        ("amqp://a:1,b:2/vhost", "node 2 is not host:port"),
+        ("amqp://a:1,,b:2", "node 2 is not host:port"),
+        ("amqp://a:1,http://b", "node 2 is neither"),
+        (
+            "amqp://a:1,amqp://:pw@b",
+            "node 2 has a password but no user name",
+        ),
+    ] {
+        let error = Config::from_vars([("CARTBUS_QUEUE_URL", url)])
+            .expect_err(url)
+            .to_string();
+        assert!(error.contains(says), "{url}: {error}");
+        assert!(!error.contains("pw"), "{url}: {error}");
+    }
 }
 
 #[test]

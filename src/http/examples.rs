@@ -15,6 +15,7 @@ use super::payments::PaymentList;
 use super::problem::{ApiError, DATABASE_UNAVAILABLE};
 use crate::domain::FieldError;
 use crate::domain::payment::{PaymentState, PaymentView};
+use crate::queue::QueueConnection;
 use crate::service::drain::{Backlog, Status};
 use crate::store::dead_letters::{AuditEntry, DeadLetterView};
 use crate::store::outbox::DispatchRow;
@@ -81,6 +82,29 @@ fn paused_switch() -> Switch {
 }
 
 /// Paused with carts waiting: the backlog grows and has no catch-up estimate.
+/// A cluster of three nodes: the answering instance's connections spread over them.
+fn connections() -> Vec<QueueConnection> {
+    [
+        ("hand-off publisher", "amqp://rabbit-c:5672"),
+        ("publisher", "amqp://rabbit-a:5672"),
+        (
+            "receiver 0 (/amq/queue/checkout-carts)",
+            "amqp://rabbit-a:5672",
+        ),
+        (
+            "receiver 1 (/amq/queue/checkout-carts)",
+            "amqp://rabbit-b:5672",
+        ),
+    ]
+    .into_iter()
+    .map(|(connection, node)| QueueConnection {
+        connection: connection.into(),
+        node: node.into(),
+        since: at("2026-11-26T01:02:03Z"),
+    })
+    .collect()
+}
+
 fn paused_backlog() -> Backlog {
     Backlog {
         depth: Some(1_830),
@@ -114,6 +138,7 @@ pub fn status_running() -> Value {
             instance("cartbus-a", "1.9.0", "passive", 0, 8),
             instance("cartbus-b", "2.0.0", "running", 256, 8),
         ],
+        broker_connections: connections(),
     })
 }
 
@@ -126,6 +151,7 @@ pub fn status_drained() -> Value {
             instance("cartbus-a", "1.9.0", "paused", 0, 7),
             instance("cartbus-b", "2.0.0", "passive", 0, 7),
         ],
+        broker_connections: connections(),
     })
 }
 
@@ -138,6 +164,7 @@ pub fn status_pausing() -> Value {
             instance("cartbus-a", "1.9.0", "pausing", 12, 7),
             instance("cartbus-b", "2.0.0", "passive", 0, 7),
         ],
+        broker_connections: connections(),
     })
 }
 

@@ -82,6 +82,14 @@ pub struct StateLabel {
     pub state: String,
 }
 
+/// A broker connection (`publisher`, `receiver 0 (/queue/checkout-carts)`…) and the node
+/// it is on.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerConnectionLabels {
+    pub connection: String,
+    pub node: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
@@ -104,6 +112,8 @@ pub struct Metrics {
     /// Broker connections opened and lost; a climbing loss count is a flapping broker.
     pub queue_connects: Counter,
     pub queue_connection_losses: Counter,
+    /// 1 for each broker connection open now, labelled with the node it is on.
+    pub broker_connections: Family<BrokerConnectionLabels, Gauge>,
     /// HTTP connections open, and those closed at once for `CARTBUS_MAX_CONNECTIONS`.
     pub http_connections: Gauge,
     pub http_connections_refused: Counter,
@@ -211,6 +221,12 @@ impl Metrics {
             "queue_connection_losses",
             "Broker connections lost or dropped as hung",
             queue_connection_losses.clone(),
+        );
+        let broker_connections = Family::<BrokerConnectionLabels, Gauge>::default();
+        registry.register(
+            "broker_connection_info",
+            "1 for each broker connection open now, by connection and the node it is on",
+            broker_connections.clone(),
         );
         let http_connections = Gauge::default();
         registry.register(
@@ -384,6 +400,7 @@ impl Metrics {
             queue_up,
             queue_connects,
             queue_connection_losses,
+            broker_connections,
             http_connections,
             http_connections_refused,
             checkouts,

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::Reason;
 pub use crate::domain::message::{Message, Properties, Property};
-pub use amqp::{AmqpOptions, AmqpQueue, BrokerCounters};
+pub use amqp::{AmqpOptions, AmqpQueue, BrokerCounters, NodeRegistry};
 pub use embedded::EmbeddedQueue;
 
 /// A message handed out by a [`Receiver`], to be settled with its `tag`.
@@ -53,6 +53,17 @@ pub enum Lookup {
     Absent,
     /// The backend cannot look messages up by id (brokers).
     Unknown,
+}
+
+/// A broker connection of this instance and the node it is on (a cluster has several).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct QueueConnection {
+    /// What it serves: `publisher`, `hand-off publisher`, `receiver N (address)`.
+    pub connection: String,
+    /// The node, `amqp://host:port` (never credentials).
+    pub node: String,
+    /// When it connected to that node.
+    pub since: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -121,6 +132,11 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Whether the last use of the queue worked; feeds readiness.
     fn is_healthy(&self) -> bool;
+
+    /// The broker connections open now and their nodes; none for a queue without any.
+    fn connections(&self) -> Vec<QueueConnection> {
+        Vec::new()
+    }
 
     /// Closes connections cleanly at shutdown, once nothing sends any more.
     async fn shutdown(&self) {}

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::queue::Queue;
+use crate::queue::{Queue, QueueConnection};
 use crate::service::drain::{self, Control};
 use crate::service::intake::Intake;
 use crate::service::payment::Gateway;
@@ -50,13 +50,25 @@ impl App {
 
     /// The drain switch as `GET /v1/admin/consumer` shows it.
     pub async fn drain_status(&self) -> Result<drain::Status, StoreError> {
-        drain::status(
+        let mut status = drain::status(
             &self.db,
             &self.control,
             self.queue.as_ref(),
             &self.config.queue.cart_address,
         )
-        .await
+        .await?;
+        status.broker_connections = self.broker_connections();
+        Ok(status)
+    }
+
+    /// This instance's broker connections (intake and hand-off) and their nodes.
+    pub fn broker_connections(&self) -> Vec<QueueConnection> {
+        let mut all = self.queue.connections();
+        if !Arc::ptr_eq(&self.queue, &self.outbox_queue) {
+            all.extend(self.outbox_queue.connections());
+        }
+        all.sort_by(|a, b| a.connection.cmp(&b.connection));
+        all
     }
 
     pub async fn backlog(&self) -> drain::Backlog {

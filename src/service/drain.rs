@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 
 pub use crate::domain::drain::Mode;
 use crate::domain::drain::{Identity, SwitchReading};
-use crate::queue::Queue;
+use crate::queue::{Queue, QueueConnection};
 use crate::service::readiness::{Health, can_write_orders};
 use crate::store::switch::{self, Change, InstanceRow, Switch};
 use crate::store::{Db, StoreError};
@@ -483,6 +483,10 @@ pub struct Status {
     pub drained: bool,
     pub backlog: Backlog,
     pub instances: Vec<InstanceRow>,
+    /// The broker connections of the instance that answered and the node each is on
+    /// (several with a cluster); empty on the embedded queue. Every instance shows its
+    /// own here and in `cartbus_broker_connection_info`.
+    pub broker_connections: Vec<QueueConnection>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -530,6 +534,7 @@ pub async fn status(
         switch,
         drained,
         instances,
+        broker_connections: Vec::new(),
     })
 }
 

@@ -12,6 +12,7 @@
 //!   that owns its connection returns everything it holds by closing it.
 
 mod convert;
+mod nodes;
 mod publisher;
 mod receiver;
 
@@ -35,11 +36,12 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, AmqpNode};
 use crate::queue::AttemptLedger;
-use crate::queue::{Lookup, Message, Queue, QueueError, QueueStats, Receiver};
+use crate::queue::{Lookup, Message, Queue, QueueConnection, QueueError, QueueStats, Receiver};
 
 pub use convert::to_amqp;
+pub use nodes::NodeRegistry;
 use publisher::PublisherState;
 
 /// A target whose queue RabbitMQ 3.x declares durable on attach (`/queue/NAME`); with the
@@ -74,6 +76,12 @@ pub struct AmqpOptions {
     pub instance: String,
     /// The address whose sender link is attached as soon as the connection opens.
     pub cart_address: String,
+    /// The publishing connection's name in logs, metrics and the admin API
+    /// (`publisher`; the hand-off's own queue: `hand-off publisher`).
+    pub publisher: &'static str,
+    /// Where every connection of this instance says which node it is on (shared by the
+    /// intake and hand-off queues).
+    pub nodes: NodeRegistry,
     /// A send with no outcome after this long counts as failed (the request goes direct).
     pub send_timeout: Duration,
     pub counters: BrokerCounters,
@@ -176,6 +184,10 @@ impl Queue for AmqpQueue {
         self.state.is_connected()
     }
 
+    fn connections(&self) -> Vec<QueueConnection> {
+        self.options.nodes.connections()
+    }
+
     async fn shutdown(&self) {
         self.stop.cancel();
         // In-flight sends get `send_timeout` to finish, then detach, end and close.
@@ -188,7 +200,7 @@ impl Queue for AmqpQueue {
 /// `/queue/NAME` address then creates a durable queue), for `cartbus broker setup`.
 pub async fn declare(broker: &AmqpConfig, instance: &str, address: &str) -> Result<(), QueueError> {
     let container_id = format!("cartbus-{instance}-setup");
-    let mut connection = connect(broker, &container_id).await?;
+    let (mut connection, _) = connect(broker, &container_id, 0).await?;
     let declared = async {
         let mut session = Session::begin(&mut connection)
             .await
@@ -214,18 +226,37 @@ pub async fn declare(broker: &AmqpConfig, instance: &str, address: &str) -> Resu
     result
 }
 
-/// Opens a connection the way AMQP-NOTES.md says it must be done: our own TCP connect
-/// with a timeout and TCP_NODELAY (fe2o3's `open` has neither), then the AMQP open with
-/// a timeout too (a stopped broker process accepts TCP and never answers).
+/// Connects to the first of `broker`'s nodes that answers, trying them in turn from
+/// `start` (wrapping round); returns the connection and its node's index. Every node's
+/// failure is in the error.
 async fn connect(
     broker: &AmqpConfig,
     container_id: &str,
+    start: usize,
+) -> Result<(ConnectionHandle<()>, usize), QueueError> {
+    let mut failures = Vec::new();
+    for index in nodes::order(broker.nodes.len(), start) {
+        match connect_node(broker, &broker.nodes[index], container_id).await {
+            Ok(connection) => return Ok((connection, index)),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(QueueError::Unavailable(failures.join("; ")))
+}
+
+/// Opens a connection the way AMQP-NOTES.md says it must be done: our own TCP connect
+/// with a timeout and TCP_NODELAY (fe2o3's `open` has neither), then the AMQP open with
+/// a timeout too (a stopped broker process accepts TCP and never answers).
+async fn connect_node(
+    broker: &AmqpConfig,
+    node: &AmqpNode,
+    container_id: &str,
 ) -> Result<ConnectionHandle<()>, QueueError> {
-    let endpoint = broker.endpoint();
+    let endpoint = node.endpoint();
     let unavailable = |what: String| QueueError::Unavailable(format!("{endpoint}: {what}"));
     let stream = tokio::time::timeout(
         broker.connect_timeout,
-        TcpStream::connect((broker.host.as_str(), broker.port)),
+        TcpStream::connect((node.host.as_str(), node.port)),
     )
     .await
     .map_err(|_| {
@@ -239,9 +270,9 @@ async fn connect(
         .set_nodelay(true)
         .map_err(|e| unavailable(format!("cannot set TCP_NODELAY: {e}")))?;
 
-    let vhost = broker.vhost.as_ref().map(|v| format!("vhost:{v}"));
-    let hostname = vhost.as_deref().unwrap_or(&broker.host);
-    let profile = match (&broker.username, &broker.password) {
+    let vhost = node.vhost.as_ref().map(|v| format!("vhost:{v}"));
+    let hostname = vhost.as_deref().unwrap_or(&node.host);
+    let profile = match (&node.username, &node.password) {
         (Some(username), password) => SaslProfile::Plain {
             username: username.clone(),
             password: password
@@ -253,15 +284,15 @@ async fn connect(
     };
     let builder = Connection::builder()
         .container_id(container_id)
-        .scheme(if broker.tls { "amqps" } else { "amqp" })
-        .domain(broker.host.as_str())
+        .scheme(if node.tls { "amqps" } else { "amqp" })
+        .domain(node.host.as_str())
         .hostname(hostname)
         .idle_time_out(IDLE_TIMEOUT_MS)
         .sasl_profile(profile)
         // TLS first, as brokers' amqps ports (5671, Azure Service Bus) expect; fe2o3's
         // default sends an AMQP TLS header in the clear, which they drop.
         .alt_tls_establishment(true);
-    let opened = if broker.tls {
+    let opened = if node.tls {
         let connector = tls_connector(broker.ca_file.as_deref()).map_err(&unavailable)?;
         tokio::time::timeout(
             broker.connect_timeout,

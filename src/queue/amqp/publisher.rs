@@ -108,30 +108,39 @@ pub(super) async fn supervise(
     state: Arc<PublisherState>,
     stop: CancellationToken,
 ) {
-    let endpoint = options.broker.endpoint();
+    let connection = options.publisher;
     // Reconnects: doubling from 200 ms to 15 s, jittered so that many instances of one
     // broker do not all come back at once.
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+    // The node tried first: after a loss, the one after the node that was lost.
+    let mut start = 0;
     while !stop.is_cancelled() {
-        match Publisher::open(&options).await {
+        match Publisher::open(&options, start).await {
             Ok(mut publisher) => {
+                let index = publisher.node;
+                let node = options.broker.nodes[index].endpoint();
                 state.connects.inc();
                 state.set_connected(true);
+                options.nodes.connected(connection, &node);
                 backoff.reset();
-                tracing::info!(%endpoint, address = %options.cart_address, "broker connected");
+                tracing::info!(%connection, %node, address = %options.cart_address, "broker connected");
                 let end = publisher.serve(&mut requests, &stop, &options).await;
                 state.set_connected(false);
+                options.nodes.disconnected(connection);
                 publisher.close(matches!(end, End::Stopped)).await;
                 match end {
                     End::Stopped => break,
                     End::Lost(why) => {
                         state.losses.inc();
-                        tracing::warn!(%endpoint, reason = %why, "broker connection lost; checkouts go direct until it is back");
+                        // The next try starts at the next node (after the first backoff
+                        // step, 200 ms: a connection lost at once again must not spin).
+                        start = index + 1;
+                        tracing::warn!(%connection, %node, reason = %why, "broker connection lost; checkouts go direct until a node answers");
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "broker unreachable; checkouts go direct until it is back");
+                tracing::warn!(%connection, error = %e, "broker unreachable; checkouts go direct until it is back");
             }
         }
         // Wait before the next probe, answering every send at once meanwhile.
@@ -157,6 +166,8 @@ pub(super) async fn supervise(
 }
 
 struct Publisher {
+    /// Index of the node it is connected to in `options.broker.nodes`.
+    node: usize,
     connection: ConnectionHandle<()>,
     session: SessionHandle<()>,
     senders: HashMap<String, Sender>,
@@ -164,9 +175,13 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn open(options: &AmqpOptions) -> Result<Publisher, QueueError> {
-        let container_id = format!("cartbus-{}-publisher", options.instance);
-        let mut connection = connect(&options.broker, &container_id).await?;
+    async fn open(options: &AmqpOptions, start: usize) -> Result<Publisher, QueueError> {
+        let container_id = format!(
+            "cartbus-{}-{}",
+            options.instance,
+            options.publisher.replace(' ', "-")
+        );
+        let (mut connection, node) = connect(&options.broker, &container_id, start).await?;
         let session =
             match tokio::time::timeout(CONTROL_TIMEOUT, Session::begin(&mut connection)).await {
                 Ok(Ok(session)) => session,
@@ -182,6 +197,7 @@ impl Publisher {
                 }
             };
         let mut publisher = Publisher {
+            node,
             connection,
             session,
             senders: HashMap::new(),

@@ -22,7 +22,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{AmqpOptions, CONTROL_TIMEOUT, connect, convert, durable_source};
+use super::{AmqpOptions, CONTROL_TIMEOUT, NodeRegistry, connect, convert, durable_source};
 use crate::queue::AttemptLedger;
 use crate::queue::{Delivery, Message, QueueError, Receiver, Settlement};
 
@@ -33,7 +33,21 @@ struct Held {
     counted: bool,
 }
 
+/// A receiver's entry in the node registry, removed when the receiver goes.
+struct Registered {
+    name: String,
+    nodes: NodeRegistry,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.nodes.disconnected(&self.name);
+    }
+}
+
 pub(super) struct AmqpReceiver {
+    // Held for its `Drop`: the registry forgets this receiver when it goes.
+    _registered: Registered,
     connection: ConnectionHandle<()>,
     session: SessionHandle<()>,
     link: LinkReceiver,
@@ -56,7 +70,10 @@ impl AmqpReceiver {
         n: u64,
     ) -> Result<AmqpReceiver, QueueError> {
         let container_id = format!("cartbus-{}-consumer-{n}", options.instance);
-        let mut connection = connect(&options.broker, &container_id).await?;
+        // Receivers start on different nodes (spread over a cluster), and one reopened
+        // after a loss (a new `n`) starts on the next.
+        let start = usize::try_from(n).unwrap_or(0);
+        let (mut connection, node) = connect(&options.broker, &container_id, start).await?;
         let attach = async {
             let mut session = Session::begin(&mut connection)
                 .await
@@ -82,7 +99,15 @@ impl AmqpReceiver {
                 return Err(e);
             }
         };
+        let name = format!("receiver {n} ({address})");
+        let node = options.broker.nodes[node].endpoint();
+        tracing::info!(connection = %name, %node, "broker receiver attached");
+        options.nodes.connected(&name, &node);
         Ok(AmqpReceiver {
+            _registered: Registered {
+                name,
+                nodes: options.nodes.clone(),
+            },
             connection,
             session,
             link,
