@@ -82,6 +82,51 @@ async fn the_page_is_served_from_the_binary_with_strict_headers_and_no_data() {
     app.stop().await.expect("clean stop");
 }
 
+/// The chromium to drive (`CARTBUS_TEST_CHROMIUM`, else Debian's), or `None` when the
+/// browser test cannot run here: skipped, said loudly, or failed when services are required.
+fn browser(test: &str) -> Option<PathBuf> {
+    let chromium = std::env::var_os("CARTBUS_TEST_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    match browser_missing(&chromium) {
+        None => Some(chromium),
+        Some(why) => {
+            assert!(
+                !services_required(),
+                "CARTBUS_REQUIRE_SERVICES=1 but the browser test {why}"
+            );
+            skipped(test, &why);
+            None
+        }
+    }
+}
+
+/// Runs `tests/browser/<script>` with node, `env` and the browser; fails the test with
+/// the script's output if it fails. Returns the folder its screenshots went to.
+async fn run_browser(script: &str, chromium: &Path, env: &[(&str, String)]) -> PathBuf {
+    let artefacts = manifest_dir().join("target/artefacts");
+    std::fs::create_dir_all(&artefacts).expect("artefacts folder");
+    let run = tokio::process::Command::new("node")
+        .arg(manifest_dir().join("tests/browser").join(script))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("CARTBUS_CHROMIUM", chromium)
+        .env("CARTBUS_ARTEFACTS", &artefacts)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(BROWSER_RUN, run)
+        .await
+        .expect("the browser test finishes in time")
+        .expect("node starts");
+    assert!(
+        output.status.success(),
+        "browser test {script} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    artefacts
+}
+
 /// Why the browser test cannot run here, if it cannot.
 fn browser_missing(chromium: &Path) -> Option<String> {
     let node = std::process::Command::new("node")
@@ -109,17 +154,9 @@ fn browser_missing(chromium: &Path) -> Option<String> {
 #[tokio::test]
 async fn an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browser() {
     const TEST: &str = "an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browser";
-    let chromium = std::env::var_os("CARTBUS_TEST_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    if let Some(why) = browser_missing(&chromium) {
-        assert!(
-            !services_required(),
-            "CARTBUS_REQUIRE_SERVICES=1 but the browser test {why}"
-        );
-        skipped(TEST, &why);
+    let Some(chromium) = browser(TEST) else {
         return;
-    }
+    };
 
     let dir = tempfile::tempdir().expect("tempdir");
     let app = TestApp::spawn(
@@ -171,30 +208,18 @@ async fn an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browse
     .await;
     assert_eq!(common::count_orders_for(&app.state, &cart_id).await, 0);
 
-    let artefacts = manifest_dir().join("target/artefacts");
-    std::fs::create_dir_all(&artefacts).expect("artefacts folder");
-    let run = tokio::process::Command::new("node")
-        .arg(manifest_dir().join("tests/browser/admin_page.mjs"))
-        .env("CARTBUS_BASE_URL", &app.base)
-        .env("CARTBUS_ADMIN_TOKEN", TOKEN)
-        .env("CARTBUS_INSTANCE", &config.instance)
-        .env("CARTBUS_DEAD_LETTER_ID", dead_letter_id.to_string())
-        .env("CARTBUS_DEAD_LETTER_CART_ID", &cart_id)
-        .env("CARTBUS_CHROMIUM", &chromium)
-        .env("CARTBUS_ARTEFACTS", &artefacts)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(BROWSER_RUN, run)
-        .await
-        .expect("the browser test finishes in time")
-        .expect("node starts");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "browser test failed:\n{log}");
+    let artefacts = run_browser(
+        "admin_page.mjs",
+        &chromium,
+        &[
+            ("CARTBUS_BASE_URL", app.base.clone()),
+            ("CARTBUS_ADMIN_TOKEN", TOKEN.to_string()),
+            ("CARTBUS_INSTANCE", config.instance.clone()),
+            ("CARTBUS_DEAD_LETTER_ID", dead_letter_id.to_string()),
+            ("CARTBUS_DEAD_LETTER_CART_ID", cart_id.clone()),
+        ],
+    )
+    .await;
     common::note(&format!(
         "admin page screenshot: {}",
         artefacts.join("admin-page.png").display()
@@ -263,4 +288,62 @@ async fn admin_get(app: &TestApp, path: &str) -> Value {
         .expect(path);
     assert_eq!(response.status(), 200, "{path}");
     response.json().await.expect("JSON")
+}
+
+/// On RabbitMQ with its management API: the page shows the backlog the broker reports and
+/// its catch-up (issue 18); the screenshot is `target/artefacts/admin-page-rabbitmq.png`.
+#[tokio::test]
+async fn the_page_shows_a_rabbitmq_backlog_and_its_catch_up_in_a_real_browser() {
+    const TEST: &str = "the_page_shows_a_rabbitmq_backlog_and_its_catch_up_in_a_real_browser";
+    let Some(chromium) = browser(TEST) else {
+        return;
+    };
+    let (Some(url), Some(management)) = (
+        common::broker::url(TEST),
+        common::broker::management_url(TEST),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = common::broker::fresh_queue();
+    let app = TestApp::spawn(
+        &common::broker::settings(dir.path(), &Backend::Sqlite, &url, &queue)
+            .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+            .set("CARTBUS_BROKER_MANAGEMENT_URL", management),
+    )
+    .await;
+    common::broker::wait_connected(&app.state).await;
+    let (code, paused) = common::admin_call(
+        &app.client,
+        &app.base,
+        TOKEN,
+        reqwest::Method::POST,
+        "/v1/admin/consumer/pause",
+        Some(json!({ "reason": "backlog on RabbitMQ (browser test)", "wait_seconds": 30 })),
+    )
+    .await;
+    assert_eq!(code, 200, "{paused}");
+    const CARTS: usize = 40;
+    for _ in 0..CARTS {
+        assert_eq!(app.post_cart(&common::cart()).await.status(), 202);
+    }
+
+    let artefacts = run_browser(
+        "broker_backlog.mjs",
+        &chromium,
+        &[
+            ("CARTBUS_BASE_URL", app.base.clone()),
+            ("CARTBUS_ADMIN_TOKEN", TOKEN.to_string()),
+            ("CARTBUS_EXPECTED_DEPTH", CARTS.to_string()),
+        ],
+    )
+    .await;
+    common::note(&format!(
+        "admin page on RabbitMQ: {}",
+        artefacts.join("admin-page-rabbitmq.png").display()
+    ));
+    // The page's resume went through: every cart became an order.
+    assert_eq!(common::count_orders(&app.state).await, CARTS as i64);
+    app.stop().await.expect("clean stop");
+    common::broker::delete(&queue);
 }

@@ -64,6 +64,8 @@ CARTBUS_LEASE_SECONDS                30                          default      qu
 CARTBUS_AMQP_WINDOW                  256                         default      queue.amqp.window
 CARTBUS_AMQP_CONNECT_TIMEOUT_MS      2000                        default      queue.amqp.connect_timeout_ms
 CARTBUS_AMQP_CA_FILE                 (unset)                     default      queue.amqp.ca_file
+CARTBUS_AMQP_QUEUE_TYPE              classic                     default      queue.amqp.queue_type
+CARTBUS_BROKER_MANAGEMENT_URL        (unset)                     default      queue.amqp.management_url
 CARTBUS_CONSUMER                     on                          default      consumer.enabled
 CARTBUS_CONSUMERS                    2                           default      consumer.tasks
 CARTBUS_CONSUMER_BATCH               256                         default      consumer.batch

@@ -32,8 +32,8 @@ use sources::{Defaults, Environment, File, Values, invalid, scalar_text};
 pub use http::{AdminSettings, AuthFailureLimits, HostileLimits, HttpSettings, ShutdownSettings};
 pub use payments::{PaymentSettings, PaymentUrl};
 pub use stores::{
-    AmqpConfig, AmqpNode, ConsumerSettings, DatabaseKind, DatabaseSettings, QueueConfig,
-    QueueSettings,
+    AmqpConfig, AmqpNode, ConsumerSettings, DatabaseKind, DatabaseSettings, ManagementConfig,
+    ManagementNode, QueueConfig, QueueSettings, QueueType,
 };
 
 #[derive(Clone, Debug)]
@@ -277,11 +277,23 @@ impl Loaded {
 }
 
 /// A URL as `cartbus config` shows it: user, password and query replaced by
-/// `[redacted]`; the rest (scheme, host, port, path) is what an operator checks.
+/// `[redacted]`; the rest (scheme, host, port, path) is what an operator checks. A list
+/// of URLs (a cluster's nodes) is shown node by node.
 fn without_credentials(raw: &str) -> String {
+    let nodes: Vec<String> = raw
+        .split(',')
+        .map(|node| one_without_credentials(node.trim()))
+        .collect();
+    nodes.join(",")
+}
+
+fn one_without_credentials(raw: &str) -> String {
     let Ok(url) = url::Url::parse(raw) else {
-        // Not a URL (`embedded`): nothing in it is a credential.
-        return raw.to_string();
+        // Not a URL (`embedded`, `host:port`): a credential in it would come before an `@`.
+        return match raw.rsplit_once('@') {
+            Some((_, rest)) => format!("[redacted]@{rest}"),
+            None => raw.to_string(),
+        };
     };
     let has_user = !url.username().is_empty() || url.password().is_some();
     if !has_user && url.query().is_none() {

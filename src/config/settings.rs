@@ -251,7 +251,7 @@ settings! {
     QUEUE_URL = url("CARTBUS_QUEUE_URL", "queue.url", Is("embedded"));
     /// queue address of cart messages
     CART_ADDRESS = text("CARTBUS_CART_ADDRESS", "queue.cart_address",
-        derived("`checkout-carts`; `/queue/checkout-carts` on a broker", |c| {
+        derived("`checkout-carts`; on a broker `/queue/checkout-carts` (`/amq/queue/…` with quorum queues)", |c| {
             c.queue.cart_address.clone()
         }));
     /// longest wait for the queue's confirmation before writing the order directly (the
@@ -271,6 +271,15 @@ settings! {
     );
     /// broker: PEM CA bundle trusted for `amqps://` besides the public roots
     AMQP_CA_FILE = text("CARTBUS_AMQP_CA_FILE", "queue.amqp.ca_file", Unset);
+    /// broker: `classic` or `quorum` (a cluster needs quorum queues): with `quorum` the
+    /// default addresses are `/amq/queue/NAME`, which declare nothing, and `cartbus broker
+    /// setup` declares each queue as a quorum queue through the management API
+    AMQP_QUEUE_TYPE = text("CARTBUS_AMQP_QUEUE_TYPE", "queue.amqp.queue_type", Is("classic"));
+    /// broker: RabbitMQ's management API, `http://user:pass@host:15672` (a cluster's nodes
+    /// comma-separated, after the first as `host:port`): the cart queue's depth and oldest
+    /// message for the page, `/v1/admin/consumer` and `/metrics`, and what `cartbus broker
+    /// setup` declares; unset = depth not reported on a broker
+    BROKER_MANAGEMENT_URL = url("CARTBUS_BROKER_MANAGEMENT_URL", "queue.amqp.management_url", Unset);
 
     // The consumer: carts from the queue into orders.
     /// `off` keeps this instance from consuming

@@ -60,6 +60,31 @@ pub struct AmqpConfig {
     pub prefetch: u32,
     /// PEM certificates trusted for `amqps://` besides the public roots (a private CA).
     pub ca_file: Option<PathBuf>,
+    /// The queue type `cartbus broker setup` declares; quorum queues are addressed as
+    /// `/amq/queue/NAME` (a declaring `/queue/NAME` attach fails on them).
+    pub queue_type: QueueType,
+    /// RabbitMQ's management API, where configured.
+    pub management: Option<ManagementConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+/// RabbitMQ's management HTTP API: one base URL per node, tried in turn.
+#[derive(Clone, Debug)]
+pub struct ManagementConfig {
+    pub nodes: Vec<ManagementNode>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ManagementNode {
+    /// `http://host:15672`, without credentials (safe to log).
+    pub base: url::Url,
+    pub username: String,
+    pub password: SecretString,
 }
 
 /// One broker node: where it is and how to log in.
@@ -131,6 +156,15 @@ impl QueueSettings {
                 }
             },
         };
+        let queue_type = match v.text(&s::AMQP_QUEUE_TYPE)?.as_deref().map(str::trim) {
+            None | Some("classic") => QueueType::Classic,
+            Some("quorum") => QueueType::Quorum,
+            Some(_) => return Err(invalid(&s::AMQP_QUEUE_TYPE, "expected classic or quorum")),
+        };
+        let management = match v.text(&s::BROKER_MANAGEMENT_URL)? {
+            Some(raw) if !raw.trim().is_empty() => Some(parse_management(&raw)?),
+            _ => None,
+        };
         let url = v.text(&s::QUEUE_URL)?.unwrap_or_default();
         let url = url.trim();
         let backend = if url == "embedded" {
@@ -147,7 +181,11 @@ impl QueueSettings {
             }
         } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
             // One node, or a cluster's nodes comma-separated.
-            QueueConfig::Amqp(parse_amqp_nodes(url, limits)?)
+            QueueConfig::Amqp(AmqpConfig {
+                queue_type,
+                management,
+                ..parse_amqp_nodes(url, limits)?
+            })
         } else {
             return Err(invalid(
                 &s::QUEUE_URL,
@@ -157,8 +195,7 @@ impl QueueSettings {
         let cart_address = match (v.given(&s::CART_ADDRESS)?, &backend) {
             (Some(address), _) => address,
             // RabbitMQ 3.x's AMQP 1.0 plugin declares `/queue/NAME` on attach.
-            (None, QueueConfig::Amqp(_)) => "/queue/checkout-carts".to_string(),
-            (None, QueueConfig::Embedded { .. }) => "checkout-carts".to_string(),
+            (None, _) => format!("{}checkout-carts", address_prefix(&backend)),
         };
         Ok(QueueSettings {
             backend,
@@ -171,11 +208,67 @@ impl QueueSettings {
 
     /// Queue addresses look like `/queue/NAME` on RabbitMQ 3.x, `NAME` elsewhere.
     pub(super) fn address_prefix(&self) -> &'static str {
-        match self.backend {
-            QueueConfig::Amqp(_) => "/queue/",
-            QueueConfig::Embedded { .. } => "",
-        }
+        address_prefix(&self.backend)
     }
+}
+
+/// RabbitMQ 3.x's AMQP 1.0 plugin: `/queue/NAME` declares a classic queue on attach,
+/// `/amq/queue/NAME` declares nothing (quorum queues, declared by `cartbus broker setup`).
+fn address_prefix(backend: &QueueConfig) -> &'static str {
+    match backend {
+        QueueConfig::Amqp(AmqpConfig {
+            queue_type: QueueType::Quorum,
+            ..
+        }) => "/amq/queue/",
+        QueueConfig::Amqp(_) => "/queue/",
+        QueueConfig::Embedded { .. } => "",
+    }
+}
+
+/// `http://user:pass@host:15672` and, after it, more nodes as full URLs or `host:port`
+/// (with the first's scheme and credentials).
+fn parse_management(raw: &str) -> Result<ManagementConfig, ConfigError> {
+    let setting = &s::BROKER_MANAGEMENT_URL;
+    let mut nodes: Vec<ManagementNode> = Vec::new();
+    for (i, part) in raw.split(',').map(str::trim).enumerate() {
+        let node = i + 1;
+        let text = match nodes.first() {
+            Some(first) if !part.contains("://") => format!("{}://{part}", first.base.scheme()),
+            _ => part.to_string(),
+        };
+        let mut url = url::Url::parse(&text)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| {
+                invalid(
+                    setting,
+                    format!("node {node} is not an http(s) URL or host:port (value not shown: it may contain a password)"),
+                )
+            })?;
+        let (username, password) = match (url.username(), url.password(), nodes.first()) {
+            ("", None, Some(first)) => (first.username.clone(), first.password.clone()),
+            ("", _, _) | (_, None, _) => {
+                return Err(invalid(
+                    setting,
+                    format!("node {node} needs user:password@ (value not shown)"),
+                ));
+            }
+            (user, Some(password), _) => (
+                percent_decode(user),
+                SecretString::from(percent_decode(password)),
+            ),
+        };
+        // Only the address stays in the URL: it is logged; the credentials are not.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.set_query(None);
+        nodes.push(ManagementNode {
+            base: url,
+            username,
+            password,
+        });
+    }
+    Ok(ManagementConfig { nodes })
 }
 
 impl ConsumerSettings {
@@ -253,6 +346,8 @@ fn parse_amqp_nodes(raw: &str, limits: BrokerLimits) -> Result<AmqpConfig, Confi
         window: limits.window,
         prefetch: limits.prefetch,
         ca_file: limits.ca_file,
+        queue_type: QueueType::Classic,
+        management: None,
     })
 }
 

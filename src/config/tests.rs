@@ -191,6 +191,17 @@ fn an_all_digit_partner_secret_keeps_its_leading_zeros() {
 }
 
 #[test]
+fn a_list_of_urls_prints_without_any_of_its_credentials() {
+    let shown = super::without_credentials(
+        "amqp://u:p4ss@a:5681/vh,b:5682, amqp://v:s3cret@c:1,amqp://w:x@bad:port",
+    );
+    assert_eq!(
+        shown,
+        "amqp://[redacted]@a:5681/vh,b:5682,amqp://[redacted]@c:1,[redacted]@bad:port"
+    );
+}
+
+#[test]
 fn secrets_never_print() {
     let config = Config::from_vars([
         ("CARTBUS_ADMIN_TOKEN", "super-secret-admin-token"),

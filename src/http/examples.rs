@@ -108,6 +108,7 @@ fn connections() -> Vec<QueueConnection> {
 fn paused_backlog() -> Backlog {
     Backlog {
         depth: Some(1_830),
+        depth_stale: false,
         oldest_age_seconds: Some(31.4),
         intake_per_s: 58.2,
         drain_per_s: 0.0,
@@ -129,6 +130,7 @@ pub fn status_running() -> Value {
         drained: false,
         backlog: Backlog {
             depth: Some(1_204),
+            depth_stale: false,
             oldest_age_seconds: Some(38.9),
             intake_per_s: 57.5,
             drain_per_s: 412.0,

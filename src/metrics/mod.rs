@@ -13,14 +13,17 @@ use prometheus_client::registry::Registry;
 
 use crate::domain::Reason;
 
+mod known;
 pub mod outcomes;
+
+pub use known::KnownGauge;
 
 /// A figure read from the queue or the database when `/metrics` is scraped
 /// (`runtime::sample`); each has its own `cartbus_sample_stale{figure}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Figure {
-    /// `cartbus_queue_depth_messages` and `cartbus_queue_oldest_age_seconds` (never read on
-    /// a broker: AMQP 1.0 does not report depth).
+    /// `cartbus_queue_depth_messages` and `cartbus_queue_oldest_age_seconds` (on a broker
+    /// read from its management API; without one never read, and both absent).
     QueueDepth,
     /// `cartbus_drain_switch_paused`, `cartbus_drain_switch_drained`, `cartbus_instances`.
     DrainSwitch,
@@ -104,8 +107,10 @@ pub struct Metrics {
     /// Consumed messages by outcome ([`outcomes::CONSUMER`]).
     pub consumer: Family<Outcome, Counter>,
     pub http_requests: Family<HttpLabels, Histogram>,
-    pub queue_depth: Gauge,
-    pub queue_oldest_age: Gauge<f64, AtomicU64>,
+    /// Absent until the queue has reported them (a broker without its management API
+    /// never does).
+    pub queue_depth: KnownGauge<i64, std::sync::atomic::AtomicI64>,
+    pub queue_oldest_age: KnownGauge<f64, AtomicU64>,
     pub ready: Gauge,
     /// 1 while the queue takes carts (for a broker: while the publishing link is up).
     pub queue_up: Gauge,
@@ -186,13 +191,13 @@ impl Metrics {
             "HTTP request latency by route and status",
             http_requests.clone(),
         );
-        let queue_depth = Gauge::default();
+        let queue_depth = KnownGauge::<i64, std::sync::atomic::AtomicI64>::default();
         registry.register(
             "queue_depth_messages",
             "Cart messages waiting in the queue (sampled at scrape)",
             queue_depth.clone(),
         );
-        let queue_oldest_age = Gauge::<f64, AtomicU64>::default();
+        let queue_oldest_age = KnownGauge::<f64, AtomicU64>::default();
         registry.register(
             "queue_oldest_age_seconds",
             "Age of the oldest waiting cart message (sampled at scrape)",

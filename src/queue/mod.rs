@@ -70,6 +70,8 @@ pub struct QueueConnection {
 pub struct QueueStats {
     pub depth: u64,
     pub oldest_enqueued_at: Option<DateTime<Utc>>,
+    /// The last figures read, served because this read failed.
+    pub stale: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

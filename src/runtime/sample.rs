@@ -62,15 +62,21 @@ async fn within<T, E>(
 async fn backlog(app: &App) {
     let backlog = app.backlog().await;
     let metrics = &app.metrics;
-    // The depth is read with the same timeout; the rates are this instance's own.
-    metrics.sampled(Figure::QueueDepth, backlog.depth.is_some());
+    // The depth is read with the same timeout; the rates are this instance's own. A
+    // figure nobody reports is left out of /metrics, never shown as 0.
+    metrics.sampled(
+        Figure::QueueDepth,
+        backlog.depth.is_some() && !backlog.depth_stale,
+    );
     if let Some(depth) = backlog.depth {
         metrics
             .queue_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
-        metrics
-            .queue_oldest_age
-            .set(backlog.oldest_age_seconds.unwrap_or(0.0));
+        match (depth, backlog.oldest_age_seconds) {
+            (0, _) => metrics.queue_oldest_age.set(0.0),
+            (_, Some(age)) => metrics.queue_oldest_age.set(age),
+            (_, None) => metrics.queue_oldest_age.forget(),
+        }
     }
     metrics.intake_per_second.set(backlog.intake_per_s);
     metrics.drain_per_second.set(backlog.drain_per_s);

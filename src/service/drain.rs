@@ -491,9 +491,15 @@ pub struct Status {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Backlog {
-    /// Messages waiting (`null` on a broker: AMQP 1.0 does not report it).
+    /// Messages waiting, ready or delivered and not yet settled (`null` when the queue
+    /// does not report it: a broker without `CARTBUS_BROKER_MANAGEMENT_URL`).
     pub depth: Option<u64>,
+    /// Age of the first message waiting (`null` when unknown: nothing waits, or the broker
+    /// does not say).
     pub oldest_age_seconds: Option<f64>,
+    /// The last read of `depth` failed: it and `oldest_age_seconds` come from the last
+    /// read that worked.
+    pub depth_stale: bool,
     /// Carts queued per second, all instances, last 15 s.
     pub intake_per_s: f64,
     /// Cart messages taken off the queue for good (accepted or dead-lettered) per second,
@@ -554,6 +560,7 @@ pub async fn backlog(control: &Control, queue: &dyn Queue, cart_address: &str) -
     };
     Backlog {
         depth,
+        depth_stale: stats.as_ref().is_some_and(|s| s.stale),
         oldest_age_seconds: stats
             .and_then(|s| s.oldest_enqueued_at)
             .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0),

@@ -65,6 +65,24 @@ pub fn url(test: &str) -> Option<String> {
     }
 }
 
+/// The broker's management API (`http://user:pass@host:15672`), or `None` (skipped, said
+/// loudly) when `CARTBUS_TEST_AMQP_MANAGEMENT_URL` is not set.
+pub fn management_url(test: &str) -> Option<String> {
+    match std::env::var("CARTBUS_TEST_AMQP_MANAGEMENT_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if services_required() => {
+            panic!("CARTBUS_REQUIRE_SERVICES=1 but CARTBUS_TEST_AMQP_MANAGEMENT_URL is not set")
+        }
+        _ => {
+            skipped(
+                test,
+                "needs RabbitMQ's management API; rabbitmq-plugins enable rabbitmq_management and set CARTBUS_TEST_AMQP_MANAGEMENT_URL (e.g. http://guest:guest@127.0.0.1:15672)",
+            );
+            None
+        }
+    }
+}
+
 /// The python with python-qpid-proton, or `None` (skipped, said loudly).
 pub fn python(test: &str) -> Option<String> {
     match std::env::var("CARTBUS_TEST_PYTHON") {

@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod haproxy;
 pub mod partners;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -24,10 +24,11 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::proxy::Proxy;
 use common::{Backend, Process, Settings, broker};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -664,85 +665,6 @@ fn fill(filler: &std::path::Path) -> Result<(), String> {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(28) => return Ok(()), // ENOSPC
             Err(e) => return Err(format!("fill the disk: {e}")),
-        }
-    }
-}
-
-/// A TCP proxy between cartbus and the broker that can delay, reset and refuse.
-struct Proxy {
-    port: u16,
-    delay_ms: AtomicU64,
-    refuse: AtomicBool,
-    resets: tokio::sync::watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(upstream: std::net::SocketAddr) -> Arc<Proxy> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the proxy");
-        let port = listener.local_addr().expect("address").port();
-        let proxy = Arc::new(Proxy {
-            port,
-            delay_ms: AtomicU64::new(0),
-            refuse: AtomicBool::new(false),
-            resets: tokio::sync::watch::Sender::new(0),
-        });
-        let accepting = proxy.clone();
-        tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                if accepting.refuse.load(Ordering::Relaxed) {
-                    let _ = socket2::SockRef::from(&inbound).set_linger(Some(Duration::ZERO));
-                    continue;
-                }
-                tokio::spawn(accepting.clone().pipe(inbound, upstream));
-            }
-        });
-        proxy
-    }
-
-    /// Resets every connection open now (RST, as a dropped network path would).
-    fn reset(&self) {
-        self.resets.send_modify(|n| *n += 1);
-    }
-
-    async fn pipe(self: Arc<Self>, inbound: tokio::net::TcpStream, upstream: std::net::SocketAddr) {
-        let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
-            return;
-        };
-        for stream in [&inbound, &outbound] {
-            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
-            let _ = stream.set_nodelay(true);
-        }
-        let mut reset = self.resets.subscribe();
-        let (mut in_read, mut in_write) = inbound.into_split();
-        let (mut out_read, mut out_write) = outbound.into_split();
-        tokio::select! {
-            _ = self.copy(&mut in_read, &mut out_write) => {}
-            _ = self.copy(&mut out_read, &mut in_write) => {}
-            _ = reset.changed() => {}
-        }
-    }
-
-    async fn copy(
-        &self,
-        from: &mut tokio::net::tcp::OwnedReadHalf,
-        to: &mut tokio::net::tcp::OwnedWriteHalf,
-    ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let n = match from.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let delay = self.delay_ms.load(Ordering::Relaxed);
-            if delay > 0 {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-            }
-            if to.write_all(&buffer[..n]).await.is_err() {
-                return;
-            }
         }
     }
 }

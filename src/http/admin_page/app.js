@@ -327,8 +327,11 @@
   function renderBacklog(status) {
     const b = status.backlog;
     const paused = status.desired === "paused";
-    // AMQP 1.0 has no way to ask a broker how many messages wait.
-    const notReported = () => el("span", { class: "muted" }, "not reported by this broker");
+    // AMQP 1.0 has no way to ask a broker how many messages wait: cartbus asks RabbitMQ's
+    // management API when CARTBUS_BROKER_MANAGEMENT_URL is set.
+    const notReported = () => el("span", { class: "muted" }, "not reported (set CARTBUS_BROKER_MANAGEMENT_URL)");
+    // The broker's last answer, when its latest read failed.
+    const stale = (shown) => b.depth_stale ? el("span", {}, shown, " ", el("span", { class: "muted", id: "backlog-stale" }, "(stale: the broker did not answer)")) : shown;
     let oldest;
     if (b.depth === null || b.depth === undefined) oldest = notReported();
     else if (b.depth === 0) oldest = "nothing waiting";
@@ -340,7 +343,7 @@
     else if (b.depth === null || b.depth === undefined) eta = "unknown (depth not reported)";
     else eta = "not shrinking: intake ≥ drain";
     facts($("#backlog"), [
-      ["Waiting", b.depth === null || b.depth === undefined ? notReported() : b.depth.toLocaleString("en-GB"), "backlog-depth"],
+      ["Waiting", b.depth === null || b.depth === undefined ? notReported() : stale(b.depth.toLocaleString("en-GB")), "backlog-depth"],
       ["Oldest waiting", oldest, "backlog-oldest"],
       ["Intake", rate(b.intake_per_s), "backlog-intake"],
       ["Drain", rate(b.drain_per_s), "backlog-drain"],

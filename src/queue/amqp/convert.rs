@@ -5,15 +5,20 @@ use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Header, Message as AmqpMessage, MessageId,
     Properties as AmqpProperties,
 };
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Timestamp, Value};
 
 use crate::queue::{Message, Properties, Property};
 
 /// A durable message: without the durable header a broker restart loses it.
 pub fn to_amqp(message: Message) -> AmqpMessage<Data> {
+    // creation-time: RabbitMQ reports the first waiting message's as the queue's
+    // `head_message_timestamp`, the backlog's "oldest waiting" on a broker.
     let mut header = AmqpProperties::builder()
         .message_id(MessageId::String(message.message_id))
-        .content_type(message.content_type);
+        .content_type(message.content_type)
+        .creation_time(Timestamp::from_milliseconds(
+            chrono::Utc::now().timestamp_millis(),
+        ));
     if let Some(id) = message.correlation_id {
         header = header.correlation_id(MessageId::String(id));
     }

@@ -12,6 +12,7 @@
 //!   that owns its connection returns everything it holds by closing it.
 
 mod convert;
+pub mod management;
 mod nodes;
 mod publisher;
 mod receiver;
@@ -96,6 +97,8 @@ pub struct BrokerCounters {
 
 pub struct AmqpQueue {
     options: Arc<AmqpOptions>,
+    /// RabbitMQ's management API, for the backlog's figures, where configured.
+    management: Option<management::Management>,
     ledger: Arc<dyn AttemptLedger>,
     requests: mpsc::Sender<publisher::Publish>,
     state: Arc<PublisherState>,
@@ -107,6 +110,18 @@ impl AmqpQueue {
     /// Starts the publishing supervisor; never fails: while the broker is unreachable,
     /// sends fail at once (so checkouts go direct) and the supervisor keeps reconnecting.
     pub fn start(options: AmqpOptions, ledger: Arc<dyn AttemptLedger>) -> AmqpQueue {
+        let management = options.broker.management.clone().and_then(|config| {
+            let vhost = options
+                .broker
+                .nodes
+                .first()
+                .and_then(|n| n.vhost.as_deref());
+            management::Management::new(config, vhost)
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "the broker's depth will not be reported"),
+                )
+                .ok()
+        });
         let options = Arc::new(options);
         let state = Arc::new(PublisherState::new(&options.counters));
         let stop = CancellationToken::new();
@@ -119,6 +134,7 @@ impl AmqpQueue {
         ));
         AmqpQueue {
             options,
+            management,
             ledger,
             requests,
             state,
@@ -170,10 +186,18 @@ impl Queue for AmqpQueue {
         Ok(Box::new(receiver))
     }
 
-    async fn stats(&self, _address: &str) -> Result<QueueStats, QueueError> {
-        Err(QueueError::Unavailable(
-            "AMQP 1.0 does not report queue depth; read it from the broker".into(),
-        ))
+    /// From RabbitMQ's management API where `CARTBUS_BROKER_MANAGEMENT_URL` is set: AMQP
+    /// 1.0 itself has no way to ask how many messages wait.
+    async fn stats(&self, address: &str) -> Result<QueueStats, QueueError> {
+        match (&self.management, management::queue_name(address)) {
+            (Some(management), Some(queue)) => management.stats(queue).await,
+            (Some(_), None) => Err(QueueError::Unavailable(format!(
+                "{address} is not a queue; its depth is not reported"
+            ))),
+            (None, _) => Err(QueueError::Unavailable(
+                "AMQP 1.0 does not report queue depth; set CARTBUS_BROKER_MANAGEMENT_URL".into(),
+            )),
+        }
     }
 
     async fn lookup(&self, _address: &str, _message_id: &str) -> Result<Lookup, QueueError> {

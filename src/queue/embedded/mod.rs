@@ -218,6 +218,7 @@ impl Queue for EmbeddedQueue {
         Ok(QueueStats {
             depth: u64::try_from(depth).unwrap_or(0),
             oldest_enqueued_at: oldest.map(from_millis),
+            stale: false,
         })
     }
 
