@@ -43,8 +43,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BrokerCommand {
-    /// Declare the cart queue (durable) and its dead-letter queue, then print the
-    /// RabbitMQ policy that routes rejected carts to it.
+    /// Declare every queue cartbus uses (carts, their dead letters, and with the hand-off
+    /// on the status, audit and partner queues) and route rejected carts to the
+    /// dead-letter queue; quorum queues and the policy need CARTBUS_BROKER_MANAGEMENT_URL.
     Setup {
         /// Name of the dead-letter queue; default: the cart queue's name + ".dlq".
         #[arg(long)]
@@ -96,7 +97,7 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Broker {
                 command: BrokerCommand::Setup { dead_letter_queue },
-            }) => broker_setup(&config, dead_letter_queue).await,
+            }) => cartbus::cli::broker::setup(&config, dead_letter_queue).await,
             Some(Command::Migrate) => {
                 cartbus::store::migrate_url(&config.database.url, &config.database.kind).await?;
                 tracing::info!(database = ?config.database.kind, "migrations applied");
@@ -113,28 +114,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn broker_setup(config: &Config, dead_letter_queue: Option<String>) -> anyhow::Result<()> {
-    let cartbus::config::QueueConfig::Amqp(broker) = &config.queue.backend else {
-        anyhow::bail!("CARTBUS_QUEUE_URL names no broker (the embedded queue needs no set-up)");
-    };
-    let address = &config.queue.cart_address;
-    let queue = address.rsplit('/').next().unwrap_or(address);
-    let dlq = dead_letter_queue.unwrap_or_else(|| format!("{queue}.dlq"));
-    let prefix = &address[..address.len() - queue.len()];
-    let dlq_address = format!("{prefix}{dlq}");
-    for address in [address.as_str(), dlq_address.as_str()] {
-        cartbus::queue::amqp::declare(broker, &config.instance, address).await?;
-        println!("declared (durable): {address}");
-    }
-    println!(
-        "\nAMQP 1.0 cannot set policies. On RabbitMQ, route rejected carts to the dead-letter queue with:\n\n  \
-         rabbitmqctl set_policy {queue}-dlx '^{queue}$' \\\n    \
-         '{{\"dead-letter-exchange\":\"\",\"dead-letter-routing-key\":\"{dlq}\"}}' --apply-to queues\n\n\
-         (add -p VHOST for a virtual host). Without it a rejected cart is still kept in cartbus's own dead_letters table."
-    );
-    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -234,7 +234,7 @@ pub async fn declare(broker: &AmqpConfig, instance: &str, address: &str) -> Resu
             .target(durable_target(address))
             .attach(&mut session)
             .await
-            .map_err(|e| QueueError::Unavailable(format!("cannot attach to {address}: {e}")))?;
+            .map_err(|e| QueueError::Unavailable(attach_failed("to", address, &e)))?;
         let _ = sender.detach().await;
         let _ = session.end().await;
         Ok(())
@@ -336,6 +336,22 @@ async fn connect_node(
         // fe2o3's open errors name the failure (SASL outcome, TLS, protocol), never the
         // credentials themselves.
         .map_err(|e| unavailable(format!("AMQP open failed: {e}")))
+}
+
+/// Why an attach to `address` failed, with what to do about the one mistake an operator
+/// makes most: `/queue/NAME` declares a classic queue, so it cannot attach to a quorum
+/// queue of that name (RabbitMQ: "inequivalent arg 'x-queue-type'").
+pub(super) fn attach_failed(what: &str, address: &str, error: &dyn std::fmt::Display) -> String {
+    let error = error.to_string();
+    let hint = if error.contains("x-queue-type") && address.starts_with("/queue/") {
+        format!(
+            "; the queue exists with another type (quorum?): address it as /amq/queue/{} (CARTBUS_AMQP_QUEUE_TYPE=quorum makes that the default)",
+            &address["/queue/".len()..]
+        )
+    } else {
+        String::new()
+    };
+    format!("cannot attach {what} {address}: {error}{hint}")
 }
 
 /// Public roots plus, when configured, the operator's own CA bundle.

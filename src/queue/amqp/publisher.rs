@@ -27,7 +27,9 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::backoff::Backoff;
 
-use super::{AmqpOptions, BrokerCounters, CONTROL_TIMEOUT, connect, convert, durable_target};
+use super::{
+    AmqpOptions, BrokerCounters, CONTROL_TIMEOUT, attach_failed, connect, convert, durable_target,
+};
 use crate::queue::{Message, QueueError};
 
 /// This many sends in a row without an outcome in time means the broker hangs: drop the
@@ -222,9 +224,7 @@ impl Publisher {
             let sender = tokio::time::timeout(CONTROL_TIMEOUT, link)
                 .await
                 .map_err(|_| QueueError::Unavailable(format!("attaching {address} timed out")))?
-                .map_err(|e| {
-                    QueueError::Refused(format!("cannot attach a sender to {address}: {e}"))
-                })?;
+                .map_err(|e| QueueError::Refused(attach_failed("a sender to", address, &e)))?;
             self.senders.insert(address.to_string(), sender);
         }
         self.senders

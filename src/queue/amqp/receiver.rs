@@ -22,7 +22,9 @@ use futures::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{AmqpOptions, CONTROL_TIMEOUT, NodeRegistry, connect, convert, durable_source};
+use super::{
+    AmqpOptions, CONTROL_TIMEOUT, NodeRegistry, attach_failed, connect, convert, durable_source,
+};
 use crate::queue::AttemptLedger;
 use crate::queue::{Delivery, Message, QueueError, Receiver, Settlement};
 
@@ -85,7 +87,7 @@ impl AmqpReceiver {
                 .attach(&mut session)
                 .await
                 .map_err(|e| {
-                    QueueError::Unavailable(format!("cannot attach a receiver to {address}: {e}"))
+                    QueueError::Unavailable(attach_failed("a receiver to", address, &e))
                 })?;
             Ok::<_, QueueError>((session, link))
         };

@@ -1,7 +1,8 @@
-//! The backlog on a real broker (issue 18): with `CARTBUS_BROKER_MANAGEMENT_URL` the cart
-//! queue's depth and oldest message come from RabbitMQ's management API into
-//! `/v1/admin/consumer` and `/metrics`; a failed read serves the last figures marked
-//! stale; without the API the depth is absent, never a false 0.
+//! RabbitMQ's management API (issue 18). `cartbus broker setup` declares quorum queues
+//! and the dead-letter policy through it. And the backlog on a real broker: with
+//! `CARTBUS_BROKER_MANAGEMENT_URL` the cart queue's depth and oldest message come from
+//! it into `/v1/admin/consumer` and `/metrics`; a failed read serves the last figures
+//! marked stale; without the API the depth is absent, never a false 0.
 
 mod common;
 
@@ -184,4 +185,111 @@ async fn without_a_management_api_a_brokers_depth_is_absent_not_zero() {
     assert_eq!(backlog["depth"], Value::Null, "{backlog}");
     app.stop().await.expect("clean stop");
     broker::delete(&queue);
+}
+
+/// `cartbus broker setup` with quorum queues through the management API: every queue
+/// cartbus uses is a quorum queue, the dead-letter policy is set, a second run changes
+/// nothing, and an instance on the default (non-declaring) addresses turns a cart into
+/// an order whose hand-off reaches the partner's quorum queue.
+#[tokio::test]
+async fn broker_setup_declares_quorum_queues_and_the_policy_through_the_management_api() {
+    const TEST: &str =
+        "broker_setup_declares_quorum_queues_and_the_policy_through_the_management_api";
+    let (Some(url), Some(management)) = (broker::url(TEST), broker::management_url(TEST)) else {
+        return;
+    };
+    let tag = broker::fresh_queue();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = broker::settings(dir.path(), &Backend::Sqlite, &url, &format!("{tag}-carts"))
+        .set("CARTBUS_CART_ADDRESS", format!("/amq/queue/{tag}-carts"))
+        .set("CARTBUS_AMQP_QUEUE_TYPE", "quorum")
+        .set("CARTBUS_BROKER_MANAGEMENT_URL", &management)
+        .set("CARTBUS_ROUTES", "*=acme")
+        .set(
+            "CARTBUS_PARTNER_ACME_ADDRESS",
+            format!("/amq/queue/{tag}-acme"),
+        )
+        .set("CARTBUS_STATUS_ADDRESS", format!("/amq/queue/{tag}-status"))
+        .set("CARTBUS_AUDIT_ADDRESS", format!("/amq/queue/{tag}-audit"));
+    let setup = || async {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartbus"))
+            .args(["broker", "setup"])
+            .env_clear()
+            .envs(settings.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .await
+            .expect("run cartbus broker setup");
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        out
+    };
+    let first = setup().await;
+    common::note(&format!("cartbus broker setup (quorum):\n{first}"));
+    let queues = ["carts", "carts.dlq", "status", "audit", "acme"];
+    for queue in queues {
+        assert!(
+            first.contains(&format!("quorum queue {tag}-{queue} (")) && !first.contains("password"),
+            "{queue}: {first}"
+        );
+        let info = management_get(&management, &format!("queues/%2F/{tag}-{queue}")).await;
+        assert_eq!(info["type"], "quorum", "{queue}: {info}");
+    }
+    let policy = management_get(&management, &format!("policies/%2F/{tag}-carts-dlx")).await;
+    assert_eq!(
+        policy["definition"]["dead-letter-routing-key"],
+        format!("{tag}-carts.dlq"),
+        "{policy}"
+    );
+    let again = setup().await;
+    assert_eq!(
+        again.matches(": already there").count(),
+        queues.len(),
+        "{again}"
+    );
+
+    let app = TestApp::spawn(&settings.set("CARTBUS_ADMIN_TOKEN", TOKEN)).await;
+    broker::wait_connected(&app.state).await;
+    let cart = common::cart();
+    assert_eq!(
+        app.post_cart(&cart).await.status(),
+        202,
+        "queued on the quorum queue"
+    );
+    app.wait_for_order(cart["cart_id"].as_str().unwrap_or_default())
+        .await;
+    eventually("the order on the partner's quorum queue", || async {
+        let info = management_get(&management, &format!("queues/%2F/{tag}-acme")).await;
+        (info["messages"].as_u64() == Some(1)).then_some(())
+    })
+    .await;
+    app.stop().await.expect("clean stop");
+    // Also clears the `{tag}-carts-dlx` policy.
+    for queue in queues {
+        broker::delete(&format!("{tag}-{queue}"));
+    }
+}
+
+/// A GET on the management API (`path` under `/api/`), as JSON.
+async fn management_get(management: &str, path: &str) -> Value {
+    let base = url::Url::parse(management).expect("management URL");
+    let mut endpoint = base.join(&format!("api/{path}")).expect("a path");
+    let (user, password) = (
+        base.username().to_string(),
+        base.password().map(str::to_string),
+    );
+    let _ = endpoint.set_username("");
+    let _ = endpoint.set_password(None);
+    reqwest::Client::new()
+        .get(endpoint)
+        .basic_auth(user, password)
+        .send()
+        .await
+        .expect("management API")
+        .json()
+        .await
+        .expect("JSON")
 }

@@ -5,7 +5,10 @@
 //! for a version no live instance runs), 7 held off after too many wrong tokens, 1
 //! anything else (unreachable, server error).
 //!
-//! `cartbus config`: the settings this instance would run with.
+//! `cartbus config`: the settings this instance would run with. `cartbus broker setup`:
+//! [`broker`].
+
+pub mod broker;
 
 use std::path::Path;
 use std::process::ExitCode;
