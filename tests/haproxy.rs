@@ -10,16 +10,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::haproxy::{self, Haproxy, free_port};
+use common::load::{Load, assert_ledger, orders_per_cart};
 use common::{Backend, Process, Settings, broker, client, consumer_cli, eventually};
 use serde_json::Value;
-use uuid::Uuid;
 
 const TOKEN: &str = "haproxy-drill-admin-token-0123";
 const BLUE: [&str; 2] = ["blue1", "blue2"];
@@ -90,121 +87,6 @@ impl Slot {
             process.logs()
         );
     }
-}
-
-/// What the storefront saw, from its own side.
-#[derive(Default)]
-struct Tally {
-    requests: u64,
-    accepted: Vec<String>,
-    non_2xx: Vec<String>,
-    connection_errors: Vec<String>,
-    slowest: Duration,
-}
-
-impl Tally {
-    fn figures(&self) -> String {
-        format!(
-            "requests {}, 2xx {}, non-2xx {}, connection errors {}, slowest {} ms",
-            self.requests,
-            self.accepted.len(),
-            self.non_2xx.len(),
-            self.connection_errors.len(),
-            self.slowest.as_millis()
-        )
-    }
-}
-
-/// Storefront clients posting carts back to back through HAProxy.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tally: Arc<Mutex<Tally>>,
-    clients: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(base: &str, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tally = Arc::new(Mutex::new(Tally::default()));
-        let clients = (0..clients)
-            .map(|_| {
-                let (stop, tally, http) = (stop.clone(), tally.clone(), client());
-                let url = format!("{base}/v1/checkouts");
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let cart = common::cart();
-                        let sent = Instant::now();
-                        let outcome = http.post(&url).json(&cart).send().await;
-                        let took = sent.elapsed();
-                        let mut tally = tally.lock().expect("tally");
-                        tally.requests += 1;
-                        tally.slowest = tally.slowest.max(took);
-                        match outcome {
-                            Ok(r) if r.status().is_success() => tally
-                                .accepted
-                                .push(cart["cart_id"].as_str().unwrap_or("").to_string()),
-                            Ok(r) => tally.non_2xx.push(format!("HTTP {}", r.status())),
-                            Err(e) => tally.connection_errors.push(e.to_string()),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            tally,
-            clients,
-        }
-    }
-
-    fn figures(&self) -> String {
-        self.tally.lock().expect("tally").figures()
-    }
-
-    async fn finish(self) -> Tally {
-        self.stop.store(true, Ordering::Relaxed);
-        for client in self.clients {
-            client.await.expect("load client");
-        }
-        std::mem::take(&mut *self.tally.lock().expect("tally"))
-    }
-}
-
-/// Orders per cart id, straight from the orders database.
-async fn orders_per_cart(backend: &Backend, dir: &Path) -> HashMap<Uuid, i64> {
-    const SQL: &str = "SELECT cart_id, count(*) FROM orders GROUP BY cart_id";
-    let rows: Vec<(Uuid, i64)> = common::orders_db_rows(backend, dir, SQL).await;
-    rows.into_iter().collect()
-}
-
-/// The ledger: every cart the storefront saw accepted is exactly one order. With `all`,
-/// also no order for a cart it did not see accepted (nothing failed on its side).
-async fn assert_ledger(backend: &Backend, dir: &Path, accepted: &[String], all: bool) -> String {
-    let accepted: Vec<Uuid> = accepted
-        .iter()
-        .map(|cart| Uuid::parse_str(cart).expect("cart ids are UUIDs"))
-        .collect();
-    let orders = eventually("every accepted cart ordered", || async {
-        let orders = orders_per_cart(backend, dir).await;
-        accepted
-            .iter()
-            .all(|cart| orders.contains_key(cart))
-            .then_some(orders)
-    })
-    .await;
-    let twice: Vec<_> = orders.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(
-        twice.is_empty(),
-        "carts with more than one order: {twice:?}"
-    );
-    if all {
-        assert_eq!(orders.len(), accepted.len(), "an order nobody saw accepted");
-    }
-    format!(
-        "ledger: {} carts accepted, {} orders, none twice",
-        accepted.len(),
-        orders.len()
-    )
 }
 
 /// Orders on PostgreSQL and the queue on RabbitMQ where the machine has them (CI does),
@@ -320,7 +202,7 @@ async fn swap_rollback_and_rolling_restarts_through_haproxy_fail_no_request() {
         slot.start();
         lb.wait_status(slot.server, "UP").await;
     }
-    let load = Load::start(&lb.base, 4);
+    let load = Load::start(std::slice::from_ref(&lb.base), 4);
     eventually("blue taking orders", || async {
         (orders_per_cart(&backend, dir.path()).await.len() > 20).then_some(())
     })
@@ -401,11 +283,10 @@ async fn swap_rollback_and_rolling_restarts_through_haproxy_fail_no_request() {
         tally.figures()
     ));
     assert!(
-        tally.non_2xx.is_empty() && tally.connection_errors.is_empty(),
-        "every request answered 2xx: {}; {:?} {:?}\n{}",
+        tally.nothing_failed(),
+        "every request answered 2xx: {}; {}\n{}",
         tally.figures(),
-        tally.non_2xx.iter().take(5).collect::<Vec<_>>(),
-        tally.connection_errors.iter().take(5).collect::<Vec<_>>(),
+        tally.failures(),
         lb.log_tail(20)
     );
     assert!(
@@ -434,7 +315,7 @@ async fn without_shutdown_delay_or_retries_restarts_fail_requests() {
         slot.start();
         lb.wait_status(slot.server, "UP").await;
     }
-    let load = Load::start(&lb.base, 4);
+    let load = Load::start(std::slice::from_ref(&lb.base), 4);
     eventually("blue taking orders", || async {
         (orders_per_cart(&backend, dir.path()).await.len() > 20).then_some(())
     })
@@ -448,7 +329,7 @@ async fn without_shutdown_delay_or_retries_restarts_fail_requests() {
         tally.figures()
     ));
     assert!(
-        !tally.non_2xx.is_empty() || !tally.connection_errors.is_empty(),
+        !tally.nothing_failed(),
         "without delay and retries some request should fail: {}",
         tally.figures()
     );

@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod haproxy;
+pub mod load;
 pub mod partners;
 pub mod proxy;
 
