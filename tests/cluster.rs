@@ -12,127 +12,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::{self, Cluster, NODE_DEADLINE, all_members_online, node_of_port};
 use common::load::{Load, assert_ledger};
-use common::{Backend, Process, Settings, broker, client, eventually, services_required, skipped};
+use common::{Backend, Process, broker, client, eventually};
 use serde_json::Value;
 
 const TOKEN: &str = "cluster-drill-admin-token-0123";
-const NODES: [(&str, u16); 3] = [("ra", 5681), ("rb", 5682), ("rc", 5683)];
-/// Stopping or starting a node and its quorum members catching up take longer than the
-/// usual "soon".
-const NODE_DEADLINE: Duration = Duration::from_secs(90);
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/rabbitmq-cluster.sh")
-}
-
-/// The cluster, removed (nodes stopped, data deleted) when dropped.
-struct Cluster;
-
-impl Cluster {
-    /// Starts the cluster, or `None` (skipped, said loudly) where it cannot run: it needs
-    /// `rabbitmq-server` and root (the nodes run as the `rabbitmq` user).
-    fn start(test: &str) -> Option<Cluster> {
-        let can = Command::new("sh")
-            .args(["-c", "command -v rabbitmq-server && [ \"$(id -u)\" = 0 ]"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !can {
-            assert!(
-                !services_required(),
-                "CARTBUS_REQUIRE_SERVICES=1 but the cluster test cannot start RabbitMQ nodes (needs rabbitmq-server and root)"
-            );
-            skipped(
-                test,
-                "needs rabbitmq-server and root to run a three-node cluster",
-            );
-            return None;
-        }
-        run_script(&["start"]);
-        Some(Cluster)
-    }
-
-    fn kill(&self, node: &str) {
-        run_script(&["kill", node]);
-    }
-
-    fn stop(&self, node: &str) {
-        run_script(&["stop", node]);
-    }
-
-    fn up(&self, node: &str) {
-        run_script(&["up", node]);
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(script()).arg("remove").output();
-    }
-}
-
-fn run_script(args: &[&str]) {
-    let output = Command::new(script())
-        .args(args)
-        .output()
-        .expect("run rabbitmq-cluster.sh");
-    assert!(
-        output.status.success(),
-        "rabbitmq-cluster.sh {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn node_of_port(port: u16) -> &'static str {
-    NODES
-        .iter()
-        .find(|(_, p)| *p == port)
-        .map(|(n, _)| *n)
-        .unwrap_or("?")
-}
-
-/// The management API of every node, tried in turn.
-async fn management(path: &str) -> Option<Value> {
-    for (_, port) in NODES {
-        let answer = client()
-            .get(format!("http://127.0.0.1:{}/api/{path}", port + 10_000))
-            .basic_auth("guest", Some("guest"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if let Ok(response) = answer
-            && response.status().is_success()
-            && let Ok(value) = response.json().await
-        {
-            return Some(value);
-        }
-    }
-    None
-}
-
-/// Waits until every member of `queue` is online again (a kill before that could take
-/// the majority).
-async fn all_members_online(queue: &str) {
-    let started = Instant::now();
-    loop {
-        if let Some(info) = management(&format!("queues/%2F/{queue}")).await
-            && info["online"].as_array().map(Vec::len) == Some(3)
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < NODE_DEADLINE,
-            "{queue}'s members never all came back online"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// Every broker connection of the instance at `base`, `(name, port)`.
 async fn connections(base: &str) -> Vec<(String, u16)> {
     let Ok(response) = client()
@@ -195,38 +82,8 @@ async fn a_cluster_loses_nodes_under_load_and_the_storefront_never_notices() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tag = broker::fresh_queue();
     let carts = format!("{tag}-carts");
-    let settings = Settings::new(dir.path(), &backend)
-        .set(
-            "CARTBUS_QUEUE_URL",
-            "amqp://guest:guest@127.0.0.1:5681,127.0.0.1:5682,127.0.0.1:5683",
-        )
-        .set(
-            "CARTBUS_BROKER_MANAGEMENT_URL",
-            "http://guest:guest@127.0.0.1:15681,127.0.0.1:15682,127.0.0.1:15683",
-        )
-        .set("CARTBUS_AMQP_QUEUE_TYPE", "quorum")
-        .set("CARTBUS_CART_ADDRESS", format!("/amq/queue/{carts}"))
-        .set("CARTBUS_ROUTES", "*=acme")
-        .set(
-            "CARTBUS_PARTNER_ACME_ADDRESS",
-            format!("/amq/queue/{tag}-acme"),
-        )
-        .set("CARTBUS_STATUS_ADDRESS", format!("/amq/queue/{tag}-status"))
-        .set("CARTBUS_AUDIT_ADDRESS", format!("/amq/queue/{tag}-audit"))
-        .set("CARTBUS_ADMIN_TOKEN", TOKEN);
-    let setup = Command::new(env!("CARGO_BIN_EXE_cartbus"))
-        .args(["broker", "setup"])
-        .env_clear()
-        .envs(settings.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .expect("run cartbus broker setup");
-    assert!(
-        setup.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&setup.stdout),
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    all_members_online(&carts).await;
+    let settings = cluster::settings(dir.path(), &backend, &tag).set("CARTBUS_ADMIN_TOKEN", TOKEN);
+    cluster::declare_queues(&settings, &tag).await;
 
     let instances: Vec<Process> = ["a", "b"]
         .iter()

@@ -6,9 +6,10 @@
 //! - no order exists for a cart that was never accepted, unless a client saw an error
 //!   for it (the request may have landed), which is counted apart.
 //!
-//! Stacks: the embedded defaults (SQLite, embedded queue), and PostgreSQL + RabbitMQ
-//! when `CARTBUS_TEST_DATABASE_URL` and `CARTBUS_TEST_AMQP_URL` are set (required with
-//! `CARTBUS_REQUIRE_SERVICES=1`).
+//! Stacks: the embedded defaults (SQLite, embedded queue), PostgreSQL + RabbitMQ when
+//! `CARTBUS_TEST_DATABASE_URL` and `CARTBUS_TEST_AMQP_URL` are set (required with
+//! `CARTBUS_REQUIRE_SERVICES=1`), and PostgreSQL + a three-node RabbitMQ cluster with
+//! quorum queues (`tests/common/cluster.rs`; needs root and rabbitmq-server).
 //!
 //! ```sh
 //! cargo test --test faults                           # CI: 3 cycles per fault
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use common::proxy::Proxy;
 use common::{Backend, Process, Settings, broker};
 use tokio_util::sync::CancellationToken;
@@ -261,6 +263,10 @@ struct Rig {
     base: String,
     /// Between cartbus and the broker, on the broker stack.
     proxy: Option<Arc<Proxy>>,
+    /// The three-node cluster, on the cluster stack (removed with the rig), its queues
+    /// named by `tag`, and how many node faults it has had (the next hits the next node).
+    cluster: Option<(Cluster, String)>,
+    node_faults: AtomicUsize,
     _dir: Dir,
 }
 
@@ -319,8 +325,39 @@ async fn rig(name: &'static str, broker_url: Option<&str>, dir: Dir, binary: &Pa
         backend,
         base: format!("http://127.0.0.1:{port}"),
         proxy,
+        cluster: None,
+        node_faults: AtomicUsize::new(0),
         _dir: dir,
     }
+}
+
+/// The cluster stack: PostgreSQL and a three-node RabbitMQ cluster with quorum queues;
+/// `None` (skipped, or failed when services are required) where no cluster can run.
+async fn cluster_rig(dir: Dir, binary: &Path) -> Option<Rig> {
+    let cluster = Cluster::start(TEST)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let tag = format!("cartbus-t-{}", Uuid::new_v4().simple());
+    let backend = broker::orders_backend(TEST).await;
+    let mut settings = common::cluster::settings(dir.path(), &backend, &tag)
+        .set("CARTBUS_DATABASE_MAX_CONNECTIONS", "4")
+        .set("CARTBUS_LISTEN", format!("127.0.0.1:{port}"))
+        .set("CARTBUS_INSTANCE", "faults-1")
+        .set("CARTBUS_RELAY_LEASE_SECONDS", "2");
+    settings.binary = binary.to_path_buf();
+    common::cluster::declare_queues(&settings, &tag).await;
+    Some(Rig {
+        name: "cluster",
+        settings,
+        backend,
+        base: format!("http://127.0.0.1:{port}"),
+        proxy: None,
+        cluster: Some((cluster, tag)),
+        node_faults: AtomicUsize::new(0),
+        _dir: dir,
+    })
 }
 
 /// One line of the table.
@@ -383,6 +420,12 @@ enum Fault {
     ProxyDelay,
     /// The proxy refuses connections and drops the ones it has: the broker is unreachable.
     ProxyUnreachable,
+    /// Cluster: SIGKILL one node (each in turn), then start it again.
+    NodeKill,
+    /// Cluster: stop one node cleanly (each in turn), then start it again.
+    NodeStopStart,
+    /// Cluster: stop two of the three nodes (no majority), then start them again.
+    MajorityLoss,
 }
 
 impl Fault {
@@ -398,6 +441,9 @@ impl Fault {
             Fault::ProxyReset => "network: connections reset".into(),
             Fault::ProxyDelay => "network: 300 ms delay".into(),
             Fault::ProxyUnreachable => "network: broker unreachable".into(),
+            Fault::NodeKill => "cluster: a node killed (SIGKILL) and restarted".into(),
+            Fault::NodeStopStart => "cluster: a node stopped and started".into(),
+            Fault::MajorityLoss => "cluster: two of three nodes stopped".into(),
         }
     }
 
@@ -413,6 +459,9 @@ impl Fault {
             Fault::ProxyReset => "net-reset",
             Fault::ProxyDelay => "net-delay",
             Fault::ProxyUnreachable => "net-unreachable",
+            Fault::NodeKill => "node-kill",
+            Fault::NodeStopStart => "node-restart",
+            Fault::MajorityLoss => "majority-loss",
         }
     }
 }
@@ -506,6 +555,31 @@ async fn inject(rig: &Rig, fault: Fault, cycles: usize, load: &Load) -> Result<(
     injected
 }
 
+/// One node fault on the cluster stack: the node (or two) after the last one hit, down
+/// while the load goes on, then back with every quorum member online.
+async fn node_fault(rig: &Rig, fault: Fault, load: &Load) -> Result<(), String> {
+    let (cluster, tag) = rig.cluster.as_ref().ok_or("not the cluster stack")?;
+    let nodes = common::cluster::NODES;
+    let first = rig.node_faults.fetch_add(1, Ordering::Relaxed);
+    let hit: Vec<&str> = match fault {
+        Fault::MajorityLoss => vec![nodes[first % 3].0, nodes[(first + 1) % 3].0],
+        _ => vec![nodes[first % 3].0],
+    };
+    for node in &hit {
+        match fault {
+            Fault::NodeKill => cluster.kill(node),
+            _ => cluster.stop(node),
+        }
+    }
+    // With one node down checkouts keep queuing; with two, they are written directly.
+    let seen = load.progress(CLIENTS, "while nodes are down").await;
+    for node in &hit {
+        cluster.up(node);
+    }
+    common::cluster::all_members_online(&format!("{tag}-carts")).await;
+    seen
+}
+
 /// What the instance was saying when the phase went wrong.
 fn print_last_logs(instance: &Process) {
     for line in instance.logs().iter().rev().take(15).rev() {
@@ -550,6 +624,9 @@ async fn once(rig: &Rig, fault: Fault, load: &Load) -> Result<(), String> {
                 &["--skip-systemctl-redirect", &cluster, "main", "restart"],
             )?;
             run("pg_isready", &["-q", "-t", "60", "-h", "127.0.0.1"])
+        }
+        Fault::NodeKill | Fault::NodeStopStart | Fault::MajorityLoss => {
+            node_fault(rig, fault, load).await
         }
         Fault::HoldDatabase => hold_database(rig, load).await,
         Fault::DiskFull => {
@@ -1019,6 +1096,33 @@ async fn campaign(args: &Args) -> Vec<Row> {
                 continue;
             }
             let row = run_phase(&rig, fault, args.cycles, &mut earlier).await;
+            eprintln!("FAULTS: {row:?}");
+            rows.push(row);
+        }
+    }
+    // The cluster stack last: its nodes are removed when its rig goes, and the broker
+    // stack's SIGKILL of the system node (`pkill beam.smp`) would hit them too.
+    if broker::url(TEST).is_some()
+        && args.stack.as_deref().is_none_or(|s| s == "cluster")
+        && [Fault::NodeKill, Fault::NodeStopStart, Fault::MajorityLoss]
+            .iter()
+            .any(|f| args.wants(f.key(), "cluster"))
+        && let Some(rig) =
+            cluster_rig(Dir::Temp(tempfile::tempdir().expect("tempdir")), &binary).await
+    {
+        let mut earlier = HashSet::new();
+        // A node's restart and its quorum members catching up take ~10 s a cycle, so CI
+        // sets fewer cycles here (CARTBUS_CLUSTER_FAULT_CYCLES) than for the other stacks.
+        let cycles = std::env::var("CARTBUS_CLUSTER_FAULT_CYCLES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(args.cycles);
+        for fault in [Fault::NodeKill, Fault::NodeStopStart, Fault::MajorityLoss] {
+            if !args.wants(fault.key(), "cluster") {
+                continue;
+            }
+            let row = run_phase(&rig, fault, cycles, &mut earlier).await;
             eprintln!("FAULTS: {row:?}");
             rows.push(row);
         }
