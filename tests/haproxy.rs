@@ -122,6 +122,13 @@ async fn cli(lb: &Haproxy, args: &[&str]) -> String {
     out
 }
 
+/// `cartbus consumer pause --wait 60` through HAProxy; how long until it answered drained.
+async fn pause(lb: &Haproxy, reason: &str) -> Duration {
+    let asked = Instant::now();
+    cli(lb, &["pause", "--reason", reason, "--wait", "60"]).await;
+    asked.elapsed()
+}
+
 /// Waits until `/v1/admin/consumer`, asked through HAProxy, shows every one of
 /// `instances` in `state`.
 async fn wait_states(lb: &Haproxy, instances: &[&str], state: &str) {
@@ -210,13 +217,7 @@ async fn swap_rollback_and_rolling_restarts_through_haproxy_fail_no_request() {
 
     // Rollback rehearsal, before the resume: 2.0.0 (no migration) on green takes the
     // traffic, then it all goes back to blue and 1.0.0 resumes.
-    let asked = Instant::now();
-    cli(
-        &lb,
-        &["pause", "--reason", "rehearse 2.0.0", "--wait", "60"],
-    )
-    .await;
-    let paused_in = asked.elapsed();
+    let paused_in = pause(&lb, "rehearse 2.0.0").await;
     for slot in &mut green {
         slot.start();
     }
@@ -241,9 +242,7 @@ async fn swap_rollback_and_rolling_restarts_through_haproxy_fail_no_request() {
 
     // The swap: pause, 2.0.0 with a migration on green (blue fenced), traffic to green,
     // resume 2.0.0, blue stopped.
-    let asked = Instant::now();
-    cli(&lb, &["pause", "--reason", "deploy 2.0.0", "--wait", "60"]).await;
-    let paused_in = asked.elapsed();
+    let paused_in = pause(&lb, "deploy 2.0.0").await;
     for slot in &mut green {
         slot.failpoints = "newer-schema=return";
         slot.start();

@@ -43,10 +43,6 @@ impl<N, A: Atomic<N>> KnownGauge<N, A> {
     pub fn forget(&self) {
         self.known.store(false, Ordering::Release);
     }
-
-    pub fn get(&self) -> Option<N> {
-        self.known.load(Ordering::Acquire).then(|| self.gauge.get())
-    }
 }
 
 impl<N, A> TypedMetric for KnownGauge<N, A> {
