@@ -35,6 +35,8 @@ use crate::queue::{Message, QueueError};
 /// This many sends in a row without an outcome in time means the broker hangs: drop the
 /// connection and reconnect rather than let every request wait out its timeout.
 const HUNG_AFTER_TIMEOUTS: u32 = 3;
+/// A connection that lasted this long before it was lost moves to the next node at once.
+const LASTED: Duration = Duration::from_secs(1);
 /// How long closing a lost connection may take before it is simply dropped.
 const LOST_CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -126,6 +128,7 @@ pub(super) async fn supervise(
                 options.nodes.connected(connection, &node);
                 backoff.reset();
                 tracing::info!(%connection, %node, address = %options.cart_address, "broker connected");
+                let opened = std::time::Instant::now();
                 let end = publisher.serve(&mut requests, &stop, &options).await;
                 state.set_connected(false);
                 options.nodes.disconnected(connection);
@@ -134,10 +137,20 @@ pub(super) async fn supervise(
                     End::Stopped => break,
                     End::Lost(why) => {
                         state.losses.inc();
-                        // The next try starts at the next node (after the first backoff
-                        // step, 200 ms: a connection lost at once again must not spin).
+                        // The next try starts at the next node: at once when there is
+                        // another and this connection had lasted (its node went), else after
+                        // the backoff (a connection lost as soon as made must not spin).
                         start = index + 1;
                         tracing::warn!(%connection, %node, reason = %why, "broker connection lost; checkouts go direct until a node answers");
+                        if options.broker.nodes.len() > 1 && opened.elapsed() >= LASTED {
+                            // What was queued for the lost connection goes direct now.
+                            while let Ok(request) = requests.try_recv() {
+                                let _ = request.reply.send(Err(QueueError::Unavailable(
+                                    "broker connection lost".into(),
+                                )));
+                            }
+                            continue;
+                        }
                     }
                 }
             }
