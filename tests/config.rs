@@ -76,6 +76,7 @@ CARTBUS_RESUBMIT_LIMIT               5                           default      ad
 CARTBUS_ADMIN_AUTH_FAILURES          10                          default      admin.auth_failures.per_client
 CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES   0                           default      admin.auth_failures.global
 CARTBUS_ADMIN_AUTH_WINDOW_SECONDS    300                         default      admin.auth_failures.window_seconds
+CARTBUS_TRUSTED_PROXIES              (unset)                     default      admin.trusted_proxies
 CARTBUS_ROUTES                       (unset)                     default      fulfilment.routes
 CARTBUS_AUDIT_ADDRESS                audit                       default      fulfilment.audit_address
 CARTBUS_AUDIT_THRESHOLD              1000000                     default      fulfilment.audit_threshold

@@ -397,6 +397,67 @@ async fn consumer_status(http: &reqwest::Client, base: &str, token: &str) -> req
         .expect("GET /v1/admin/consumer")
 }
 
+/// Behind a load balancer every call comes from its address. With it in
+/// `CARTBUS_TRUSTED_PROXIES`, each client it forwards for is held off on its own; a client
+/// calling directly cannot pick its address with the header.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_is_held_off_on_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(dir.path(), &Backend::Sqlite)
+        .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+        .set("CARTBUS_ADMIN_AUTH_FAILURES", "3")
+        .set("CARTBUS_TRUSTED_PROXIES", "127.0.0.1, ::1");
+    let process = Process::start(&settings, &[]);
+    let proxy = client_from(Ipv4Addr::LOCALHOST);
+    let call = |forwarded_for: &'static str, token: &'static str| {
+        let request = proxy
+            .get(format!("{}/v1/admin/consumer", process.base))
+            .bearer_auth(token)
+            .header("x-forwarded-for", forwarded_for);
+        async move { request.send().await.expect("GET").status().as_u16() }
+    };
+    // The guesser writes a fake address first; the proxy appends the real one.
+    for _ in 0..3 {
+        assert_eq!(
+            call("192.0.2.1, 203.0.113.7", "wrong-token-guess-0123456").await,
+            401
+        );
+    }
+    assert_eq!(
+        call("203.0.113.7", TOKEN).await,
+        429,
+        "the guesser is held off"
+    );
+    assert_eq!(
+        call("203.0.113.8", TOKEN).await,
+        200,
+        "an operator behind the same proxy is not"
+    );
+    assert_eq!(
+        call("192.0.2.1", TOKEN).await,
+        200,
+        "nor the address the guesser faked"
+    );
+
+    // A client that is not a trusted proxy cannot choose its address with the header.
+    let direct = client_from(Ipv4Addr::new(127, 0, 0, 2));
+    for forwarded_for in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        let status = direct
+            .get(format!("{}/v1/admin/consumer", process.base))
+            .bearer_auth("wrong-token-guess-0123456")
+            .header("x-forwarded-for", forwarded_for)
+            .send()
+            .await
+            .expect("GET")
+            .status();
+        assert_eq!(status, 401);
+    }
+    let held = consumer_status(&direct, &process.base, TOKEN)
+        .await
+        .status();
+    assert_eq!(held, 429, "its guesses all counted against 127.0.0.2");
+}
+
 #[tokio::test]
 async fn admin_token_guessing_is_held_off_per_client_with_429_and_logged_without_tokens() {
     let dir = tempfile::tempdir().expect("tempdir");

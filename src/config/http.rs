@@ -55,6 +55,8 @@ pub struct AdminSettings {
     /// forever.
     pub resubmit_limit: u32,
     pub auth_failures: AuthFailureLimits,
+    /// Proxies whose `X-Forwarded-For` names the client (`CARTBUS_TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Wrong admin credentials allowed per client address, and from all clients, in one
@@ -110,6 +112,22 @@ impl AdminSettings {
                 per_client: v.number(&s::ADMIN_AUTH_FAILURES)? as u32,
                 global: v.number(&s::ADMIN_AUTH_GLOBAL_FAILURES)? as u32,
                 window: v.duration(&s::ADMIN_AUTH_WINDOW)?,
+            },
+            trusted_proxies: match v.text(&s::TRUSTED_PROXIES)? {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| {
+                        a.parse().map_err(|_| {
+                            invalid(
+                                &s::TRUSTED_PROXIES,
+                                format!("`{a}` is not an IP address (comma-separated IPs)"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
             },
         })
     }

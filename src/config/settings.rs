@@ -317,6 +317,10 @@ settings! {
     ADMIN_AUTH_WINDOW = seconds(
         "CARTBUS_ADMIN_AUTH_WINDOW_SECONDS", "admin.auth_failures.window_seconds", 300, 1, 86_400,
     );
+    /// addresses of load balancers or proxies in front (comma-separated IPs): a call from
+    /// one counts against the client its `X-Forwarded-For` names (the rightmost address not
+    /// itself a proxy) for the wrong-token limits; unset = the TCP peer is the client
+    TRUSTED_PROXIES = text("CARTBUS_TRUSTED_PROXIES", "admin.trusted_proxies", Unset);
 
     // The hand-off to transport partners (DESIGN §7).
     /// fulfilment routing, first match wins: `GB:LND=contoso,GB=contoso,*=fabrikam`

@@ -43,11 +43,11 @@ impl FromRequestParts<AppState> for AdminAuth {
                 "the admin API is off: CARTBUS_ADMIN_TOKEN is not set".into(),
             ));
         };
-        // Not trusting X-Forwarded-For: behind a proxy every client shares its address.
-        let client = parts
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let client = client_address(peer, &parts.headers, &app.config.admin.trusted_proxies);
         // Checked before the token, so a held-off client learns nothing from trying more.
         if let Err(held) = app.admin_failures.check(client) {
             tracing::debug!(%client, global = held.global, "admin call held off after too many wrong credentials");
@@ -72,6 +72,32 @@ impl FromRequestParts<AppState> for AdminAuth {
             actor: format!("{actor} via {}", app.config.instance),
         })
     }
+}
+
+/// The client a call counts against: the TCP peer; or, when the peer is a trusted proxy,
+/// the rightmost `X-Forwarded-For` address that is not one — what the proxies themselves
+/// appended (a client can write anything to the left). Behind a proxy not trusted, every
+/// client would share the proxy's address and one guesser would hold every operator off.
+fn client_address(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in forwarded.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return ip,
+            // Garbage where a proxy should have written an address: trust none of it.
+            Err(_) => return peer,
+        }
+    }
+    peer
 }
 
 /// Counts a wrong credential from `client` and says so, never with what was presented.
@@ -407,4 +433,53 @@ pub const SWITCH_UNAVAILABLE: &str = "the database holding the drain switch is u
 /// on these calls (the same database as the orders').
 fn unavailable(e: impl Into<anyhow::Error>) -> ApiError {
     ApiError::unavailable_because(SWITCH_UNAVAILABLE, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use axum::http::{HeaderMap, HeaderValue};
+
+    use super::client_address;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an IP")
+    }
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(
+                "x-forwarded-for",
+                HeaderValue::from_str(value).expect("ascii"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_may_name_the_client() {
+        let proxy = ip("10.0.0.5");
+        let trusted = [proxy, ip("10.0.0.6")];
+        let headers = forwarded(&["198.51.100.1, 203.0.113.7"]);
+        // Straight from a client: its own address, whatever it claims.
+        assert_eq!(
+            client_address(ip("203.0.113.9"), &headers, &trusted),
+            ip("203.0.113.9")
+        );
+        // Through the proxy: the rightmost address it appended, not the client's own claim.
+        assert_eq!(client_address(proxy, &headers, &trusted), ip("203.0.113.7"));
+        // Through two proxies (each appends), in two header lines.
+        let two = forwarded(&["203.0.113.7", "10.0.0.6"]);
+        assert_eq!(client_address(proxy, &two, &trusted), ip("203.0.113.7"));
+        // Nothing usable: the proxy itself.
+        assert_eq!(client_address(proxy, &HeaderMap::new(), &trusted), proxy);
+        assert_eq!(
+            client_address(proxy, &forwarded(&["junk"]), &trusted),
+            proxy
+        );
+        // No proxy trusted: the peer, always.
+        assert_eq!(client_address(proxy, &headers, &[]), proxy);
+    }
 }
