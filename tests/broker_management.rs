@@ -7,7 +7,7 @@
 mod common;
 
 use common::proxy::Proxy;
-use common::{Backend, TestApp, broker, eventually, metrics_text};
+use common::{Backend, TestApp, broker, eventually, metrics_text, sample};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "broker-backlog-admin-token-0123";
@@ -37,13 +37,6 @@ async fn admin_post(app: &TestApp, path: &str, body: Value) -> Value {
     .await;
     assert_eq!(code, 200, "{path}: {answer}");
     answer
-}
-
-/// `sample`'s value in the metrics text, `None` when the series is absent.
-fn sample(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[tokio::test]

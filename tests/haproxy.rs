@@ -122,6 +122,21 @@ async fn cli(lb: &Haproxy, args: &[&str]) -> String {
     out
 }
 
+/// Starts the blue slot behind `lb`, waits until HAProxy sees it UP, and puts four
+/// storefront clients on it; returns once orders are being made.
+async fn serve_blue(lb: &Haproxy, blue: &mut [Slot], backend: &Backend, dir: &Path) -> Load {
+    for slot in blue.iter_mut() {
+        slot.start();
+        lb.wait_status(slot.server, "UP").await;
+    }
+    let load = Load::start(std::slice::from_ref(&lb.base), 4);
+    eventually("blue taking orders", || async {
+        (orders_per_cart(backend, dir).await.len() > 20).then_some(())
+    })
+    .await;
+    load
+}
+
 /// `cartbus consumer pause --wait 60` through HAProxy; how long until it answered drained.
 async fn pause(lb: &Haproxy, reason: &str) -> Duration {
     let asked = Instant::now();
@@ -205,15 +220,7 @@ async fn swap_rollback_and_rolling_restarts_through_haproxy_fail_no_request() {
     let mut green = GREEN.map(|server| Slot::new(server, &base, "2.0.0", 1));
     let all: Vec<&Slot> = blue.iter().chain(green.iter()).collect();
     let lb = Haproxy::start(&binary, dir.path(), &servers(&all), 3).await;
-    for slot in &mut blue {
-        slot.start();
-        lb.wait_status(slot.server, "UP").await;
-    }
-    let load = Load::start(std::slice::from_ref(&lb.base), 4);
-    eventually("blue taking orders", || async {
-        (orders_per_cart(&backend, dir.path()).await.len() > 20).then_some(())
-    })
-    .await;
+    let load = serve_blue(&lb, &mut blue, &backend, dir.path()).await;
 
     // Rollback rehearsal, before the resume: 2.0.0 (no migration) on green takes the
     // traffic, then it all goes back to blue and 1.0.0 resumes.
@@ -310,15 +317,7 @@ async fn without_shutdown_delay_or_retries_restarts_fail_requests() {
     let mut blue = BLUE.map(|server| Slot::new(server, &base, "1.0.0", 0));
     let all: Vec<&Slot> = blue.iter().collect();
     let lb = Haproxy::start(&binary, dir.path(), &servers(&all), 0).await;
-    for slot in &mut blue {
-        slot.start();
-        lb.wait_status(slot.server, "UP").await;
-    }
-    let load = Load::start(std::slice::from_ref(&lb.base), 4);
-    eventually("blue taking orders", || async {
-        (orders_per_cart(&backend, dir.path()).await.len() > 20).then_some(())
-    })
-    .await;
+    let load = serve_blue(&lb, &mut blue, &backend, dir.path()).await;
     for i in 0..4 {
         restart(&lb, &mut blue[i % BLUE.len()]).await;
     }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Backend, Settings, TestApp, eventually, metrics_text};
+use common::{Backend, Settings, TestApp, eventually, metrics_text, sample};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "metrics-test-admin-token-0001";
@@ -45,14 +45,6 @@ const FAMILIES: [(&str, &str); 28] = [
     ("cartbus_payment_calls", "counter"),
     ("cartbus_sample_stale", "gauge"),
 ];
-
-/// The value of one sample (`name{labels}` exactly), `None` when it is absent.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        (series == name).then(|| value.parse().ok())?
-    })
-}
 
 fn value(text: &str, name: &str) -> f64 {
     sample(text, name).unwrap_or_else(|| panic!("no sample {name} in\n{text}"))

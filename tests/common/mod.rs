@@ -340,6 +340,15 @@ pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
         .expect("metrics text")
 }
 
+/// The value of one sample (`name{labels}` exactly) of Prometheus text, `None` when the
+/// series is absent.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        (series == name).then(|| value.parse().ok())?
+    })
+}
+
 /// The value of one sample line (`name{labels}`) of Prometheus text, 0 when absent.
 pub fn metric(text: &str, sample: &str) -> f64 {
     text.lines()
