@@ -78,6 +78,8 @@ CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES   0                           default      ad
 CARTBUS_ADMIN_AUTH_WINDOW_SECONDS    300                         default      admin.auth_failures.window_seconds
 CARTBUS_TRUSTED_PROXIES              (unset)                     default      admin.trusted_proxies
 CARTBUS_ROUTES                       (unset)                     default      fulfilment.routes
+CARTBUS_DATACENTER                   (unset)                     default      fulfilment.datacenter
+CARTBUS_REPLY_BROKER                 (unset)                     default      fulfilment.reply_broker
 CARTBUS_AUDIT_ADDRESS                audit                       default      fulfilment.audit_address
 CARTBUS_AUDIT_THRESHOLD              1000000                     default      fulfilment.audit_threshold
 CARTBUS_STATUS_ADDRESS               order-status                default      fulfilment.status_address

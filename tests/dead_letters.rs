@@ -289,6 +289,7 @@ async fn seed_one_of_each(app: &TestApp) -> Seeded {
             partner: "acme".into(),
         },
         b"not-the-acme-secret",
+        None,
     );
     app.state
         .queue

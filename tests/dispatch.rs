@@ -104,7 +104,7 @@ async fn orders_handed_on_at_commit_are_sent_once_and_never_again_by_the_relay()
                 assert!(seen.insert(order_id), "{stack:?}: {order_id} sent twice");
                 let order = &stored[&order_id];
                 assert_eq!(order.transport_partner.as_deref(), Some(partner));
-                let rebuilt = message::new_order(order, partner, &status_address);
+                let rebuilt = message::new_order(order, partner, &status_address, None);
                 let sent_body: Value = serde_json::from_slice(&sent.body).expect("JSON");
                 let rebuilt_body: Value = serde_json::from_slice(&rebuilt.body).expect("JSON");
                 assert_eq!(

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use cartbus::domain::partner::{self as message, StatusReply};
 use cartbus::queue::Property;
-use cartbus::service::partner_simulator::{self as simulator, SimulatorOptions, SimulatorStats};
+use cartbus::service::partner_simulator::{
+    self as simulator, SimulatorOptions, SimulatorSite, SimulatorStats,
+};
 use common::broker;
 use common::partners::*;
 use common::{Backend, Process, TestApp, eventually, get_json, metric, metrics_text};
@@ -494,7 +496,7 @@ async fn reply(app: &TestApp, order_id: Uuid, status: &str, partner: &str, key: 
         .queue
         .send(
             &app.state.config.fulfilment.status_address,
-            message::reply(&reply, key.as_bytes()),
+            message::reply(&reply, key.as_bytes(), None),
         )
         .await
         .expect("reply sent");
@@ -609,6 +611,7 @@ async fn partner_replies_fill_the_history_once_in_order_and_only_when_signed() {
                 partner: "contoso".into(),
             },
             key.as_bytes(),
+            None,
         );
         unsigned.properties.clear();
         app.state
@@ -660,10 +663,14 @@ async fn the_partner_simulator_plays_the_whole_loop() {
         let stop = CancellationToken::new();
         let stats = Arc::new(SimulatorStats::default());
         let simulator = tokio::spawn(simulator::run(
-            app.state.queue.clone(),
+            vec![SimulatorSite {
+                name: "default".into(),
+                queue: app.state.queue.clone(),
+                brokers: Vec::new(),
+                secret: secret("acme").as_bytes().to_vec(),
+            }],
             SimulatorOptions {
                 partner: "acme".into(),
-                secret: secret("acme").as_bytes().to_vec(),
                 inbox: address_of(&app, "acme"),
                 reply_to: app.state.config.fulfilment.status_address.clone(),
                 receive_after: Duration::ZERO,
@@ -671,6 +678,7 @@ async fn the_partner_simulator_plays_the_whole_loop() {
                 deliver_after: Some(Duration::from_millis(100)),
                 duplicates: true,
                 bad_signature_every: 0,
+                journal: None,
             },
             stats.clone(),
             stop.clone(),

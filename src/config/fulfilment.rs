@@ -13,6 +13,7 @@ use secrecy::SecretString;
 use super::ConfigError;
 use super::settings::{self as s, Setting};
 use super::sources::{Values, scalar_text};
+use crate::domain::partner::Site;
 
 /// `country[:region]=partner` rules, first match wins; `*` is the default partner.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +152,8 @@ pub struct FulfilmentSettings {
     pub audit_threshold: i64,
     /// Where partners reply.
     pub status_address: String,
+    /// This site, when the shop runs in several datacenters (`CARTBUS_DATACENTER`).
+    pub site: Option<Site>,
     pub relay: RelaySettings,
 }
 
@@ -168,6 +171,11 @@ impl FulfilmentSettings {
     pub fn partner(&self, name: &str) -> Option<&Partner> {
         self.partners.get(name)
     }
+
+    /// This site's datacenter name, if several are configured.
+    pub fn datacenter(&self) -> Option<&str> {
+        self.site.as_ref().map(|site| site.datacenter.as_str())
+    }
 }
 
 fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -178,8 +186,12 @@ fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigErro
 }
 
 /// `address_prefix`: queue addresses look like `/queue/NAME` on RabbitMQ 3.x, `NAME`
-/// elsewhere.
-pub(super) fn read(v: &Values, address_prefix: &str) -> Result<FulfilmentSettings, ConfigError> {
+/// elsewhere; `broker`: the queue's public identifier, the default `reply_broker`.
+pub(super) fn read(
+    v: &Values,
+    address_prefix: &str,
+    broker: Option<String>,
+) -> Result<FulfilmentSettings, ConfigError> {
     let routes = match v.given(&s::ROUTES)? {
         None => None,
         Some(text) => Some(Routes::parse(&text).map_err(|e| invalid(s::ROUTES.env, e))?),
@@ -256,8 +268,63 @@ pub(super) fn read(v: &Values, address_prefix: &str) -> Result<FulfilmentSetting
         audit_address: address(&s::AUDIT_ADDRESS, "audit")?,
         audit_threshold: v.amount(&s::AUDIT_THRESHOLD)?,
         status_address: address(&s::STATUS_ADDRESS, "order-status")?,
+        site: site(v, broker)?,
         relay,
     })
+}
+
+/// `CARTBUS_DATACENTER` and `CARTBUS_REPLY_BROKER`: both go to partners in every
+/// new-order, so the name must be a plain word and the broker must carry no credentials.
+fn site(v: &Values, broker: Option<String>) -> Result<Option<Site>, ConfigError> {
+    let reply_broker = match v.given(&s::REPLY_BROKER)? {
+        None => None,
+        Some(given) => {
+            Some(public_broker(given.trim()).map_err(|why| invalid(s::REPLY_BROKER.env, why))?)
+        }
+    };
+    let Some(datacenter) = v.given(&s::DATACENTER)? else {
+        if reply_broker.is_some() {
+            return Err(invalid(
+                s::REPLY_BROKER.env,
+                "is sent only with a datacenter: set CARTBUS_DATACENTER too",
+            ));
+        }
+        return Ok(None);
+    };
+    let datacenter = datacenter.trim().to_string();
+    if datacenter.is_empty()
+        || datacenter.len() > 32
+        || !datacenter
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(invalid(
+            s::DATACENTER.env,
+            format!(
+                "{datacenter:?} must be 1 to 32 lowercase letters, digits or `-` (it names the site to partners, in metrics and on the page)"
+            ),
+        ));
+    }
+    Ok(Some(Site {
+        datacenter,
+        reply_broker: reply_broker.or(broker),
+    }))
+}
+
+/// A broker identifier fit to send to partners: up to 200 bytes, no `user:password@`.
+fn public_broker(given: &str) -> Result<String, String> {
+    if given.is_empty() || given.len() > 200 {
+        return Err("must be 1 to 200 bytes".into());
+    }
+    let authority = given.split_once("://").map_or(given, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(
+            "must not carry credentials: it is sent to partners in every new-order (give scheme://host:port/vhost)"
+                .into(),
+        );
+    }
+    Ok(given.to_string())
 }
 
 /// Every `fulfilment.partners.<name>.<kind>` value as (name, kind, text); an entry that

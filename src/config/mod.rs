@@ -104,7 +104,7 @@ impl Config {
             database: DatabaseSettings::read(v, &data_dir)?,
             consumer: ConsumerSettings::read(v)?,
             admin: AdminSettings::read(v)?,
-            fulfilment: fulfilment::read(v, queue.address_prefix())?,
+            fulfilment: fulfilment::read(v, queue.address_prefix(), queue.public_broker())?,
             payments: PaymentSettings::read(v, &http)?,
             data_dir,
             http,

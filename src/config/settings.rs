@@ -334,6 +334,21 @@ settings! {
     /// HMAC-SHA256 key of the partner's status replies; replies from a partner without one
     /// are dead-lettered
     PARTNER_SECRET = secret("CARTBUS_PARTNER_<NAME>_SECRET", "fulfilment.partners.<name>.secret");
+    /// this site's name when the shop runs in several datacenters (lowercase letters,
+    /// digits, `-`; up to 32): sent as `datacenter` on every new-order so the partner
+    /// answers on this site's broker. Unset = one site (see
+    /// [Several datacenters](fulfilment-and-payments.md#several-datacenters))
+    DATACENTER = text("CARTBUS_DATACENTER", "fulfilment.datacenter", Unset);
+    /// the broker partners must reply on, sent as `reply_broker` beside `datacenter`: a
+    /// public identifier such as `amqps://bus-eu.shop.example:5671/shop`, never credentials
+    REPLY_BROKER = text("CARTBUS_REPLY_BROKER", "fulfilment.reply_broker",
+        derived("the broker's first node, `amqp://host:port/vhost`, when `CARTBUS_DATACENTER` is set; none on the embedded queue", |c| {
+            c.fulfilment
+                .site
+                .as_ref()
+                .and_then(|site| site.reply_broker.clone())
+                .unwrap_or_else(|| "(unset)".into())
+        }));
     /// where copies of large orders go
     AUDIT_ADDRESS = text("CARTBUS_AUDIT_ADDRESS", "fulfilment.audit_address",
         derived("`audit`; `/queue/audit` on a broker", |c| c.fulfilment.audit_address.clone()));

@@ -210,6 +210,15 @@ impl QueueSettings {
     pub(super) fn address_prefix(&self) -> &'static str {
         address_prefix(&self.backend)
     }
+
+    /// The broker as partners may be told of it: the first node's
+    /// `scheme://host:port/vhost`, no credentials; `None` for the embedded queue.
+    pub(super) fn public_broker(&self) -> Option<String> {
+        match &self.backend {
+            QueueConfig::Amqp(broker) => broker.nodes.first().map(AmqpNode::public_id),
+            QueueConfig::Embedded { .. } => None,
+        }
+    }
 }
 
 /// RabbitMQ 3.x's AMQP 1.0 plugin: `/queue/NAME` declares a classic queue on attach,
@@ -299,6 +308,19 @@ impl AmqpNode {
             self.host,
             self.port
         )
+    }
+
+    /// `scheme://host:port/vhost` (vhost percent-encoded, omitted when default): which
+    /// broker this is, safe to hand to partners (never the credentials).
+    pub fn public_id(&self) -> String {
+        match &self.vhost {
+            Some(vhost) => format!(
+                "{}/{}",
+                self.endpoint(),
+                percent_encoding::utf8_percent_encode(vhost, percent_encoding::NON_ALPHANUMERIC)
+            ),
+            None => self.endpoint(),
+        }
     }
 }
 

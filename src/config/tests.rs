@@ -56,6 +56,12 @@ fn bad_values_name_their_setting() {
         ("CARTBUS_ADMIN_AUTH_FAILURES", "0"),
         ("CARTBUS_ADMIN_AUTH_GLOBAL_FAILURES", "-1"),
         ("CARTBUS_ADMIN_AUTH_WINDOW_SECONDS", "0"),
+        ("CARTBUS_DATACENTER", "EU West"),
+        (
+            "CARTBUS_DATACENTER",
+            "a-datacenter-name-longer-than-32-chars",
+        ),
+        ("CARTBUS_REPLY_BROKER", "amqp://bus.example:5672"),
     ] {
         let err = Config::from_vars([(key, value)])
             .expect_err(key)
@@ -169,6 +175,59 @@ fn a_cluster_is_several_comma_separated_nodes() {
         assert!(error.contains(says), "{url}: {error}");
         assert!(!error.contains("pw"), "{url}: {error}");
     }
+}
+
+#[test]
+fn a_site_tells_partners_its_broker_and_never_its_credentials() {
+    let one =
+        Config::from_vars([("CARTBUS_QUEUE_URL", "amqp://u:p@bus-eu:5672/shop")]).expect("valid");
+    assert_eq!(one.fulfilment.site, None, "unset: one site, as before");
+    let site = Config::from_vars([
+        (
+            "CARTBUS_QUEUE_URL",
+            "amqp://u:p@bus-eu:5672/shop,bus-eu-2:5672",
+        ),
+        ("CARTBUS_DATACENTER", "eu-west"),
+    ])
+    .expect("valid")
+    .fulfilment
+    .site
+    .expect("a site");
+    assert_eq!(site.datacenter, "eu-west");
+    assert_eq!(
+        site.reply_broker.as_deref(),
+        Some("amqp://bus-eu:5672/shop")
+    );
+    let given = Config::from_vars([
+        ("CARTBUS_DATACENTER", "eu"),
+        (
+            "CARTBUS_REPLY_BROKER",
+            "amqps://bus-eu.shop.example:5671/shop",
+        ),
+    ])
+    .expect("valid");
+    assert_eq!(
+        given
+            .fulfilment
+            .site
+            .and_then(|s| s.reply_broker)
+            .as_deref(),
+        Some("amqps://bus-eu.shop.example:5671/shop")
+    );
+    let err = Config::from_vars([
+        ("CARTBUS_DATACENTER", "eu"),
+        (
+            "CARTBUS_REPLY_BROKER",
+            "amqps://user:hunter2-password@bus-eu:5671",
+        ),
+    ])
+    .expect_err("credentials")
+    .to_string();
+    assert!(
+        err.contains("CARTBUS_REPLY_BROKER") && err.contains("credentials"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 #[test]

@@ -32,9 +32,29 @@ pub struct NewOrder {
     pub created_at: DateTime<Utc>,
 }
 
+/// The application property naming the datacenter an order belongs to: on every
+/// `new-order` (and its audit copy) when `CARTBUS_DATACENTER` is set, and copied by the
+/// partner onto each reply, so that a reply posted to the wrong site is told apart.
+pub const DATACENTER_PROPERTY: &str = "datacenter";
+/// The application property naming the broker a partner must reply on (a public
+/// identifier, `amqp://host:port/vhost`, never credentials).
+pub const REPLY_BROKER_PROPERTY: &str = "reply_broker";
+
+/// Which site this deployment is, as its new-order messages tell partners (DESIGN §7,
+/// several datacenters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// `CARTBUS_DATACENTER`.
+    pub datacenter: String,
+    /// `CARTBUS_REPLY_BROKER`, or the broker's own `amqp://host:port/vhost`; `None` on the
+    /// embedded queue unless configured.
+    pub reply_broker: Option<String>,
+}
+
 /// The `new-order` message for `partner`: message-id and correlation-id are the order id
-/// (partners dedupe on it), reply-to is the status address.
-pub fn new_order(order: &OrderView, partner: &str, reply_to: &str) -> Message {
+/// (partners dedupe on it), reply-to is the status address; with several sites, `site`
+/// adds where the reply must go (`datacenter`, `reply_broker`).
+pub fn new_order(order: &OrderView, partner: &str, reply_to: &str, site: Option<&Site>) -> Message {
     let body = NewOrder {
         schema: NEW_ORDER_SCHEMA,
         order_id: order.order_id,
@@ -49,22 +69,35 @@ pub fn new_order(order: &OrderView, partner: &str, reply_to: &str) -> Message {
     };
     let body = serde_json::to_vec(&body).expect("a new-order always serialises");
     let order_id = order.order_id.to_string();
+    let mut properties: super::message::Properties = [
+        ("schema".to_string(), Property::Int(NEW_ORDER_SCHEMA)),
+        ("partner".to_string(), Property::String(partner.to_string())),
+        ("order_amount".to_string(), Property::Long(order.total)),
+        (
+            "currency".to_string(),
+            Property::String(order.currency.clone()),
+        ),
+    ]
+    .into();
+    if let Some(site) = site {
+        properties.insert(
+            DATACENTER_PROPERTY.to_string(),
+            Property::String(site.datacenter.clone()),
+        );
+        if let Some(broker) = &site.reply_broker {
+            properties.insert(
+                REPLY_BROKER_PROPERTY.to_string(),
+                Property::String(broker.clone()),
+            );
+        }
+    }
     Message {
         message_id: order_id.clone(),
         content_type: CONTENT_TYPE.to_string(),
         correlation_id: Some(order_id),
         reply_to: Some(reply_to.to_string()),
         subject: Some(NEW_ORDER_SUBJECT.to_string()),
-        properties: [
-            ("schema".to_string(), Property::Int(NEW_ORDER_SCHEMA)),
-            ("partner".to_string(), Property::String(partner.to_string())),
-            ("order_amount".to_string(), Property::Long(order.total)),
-            (
-                "currency".to_string(),
-                Property::String(order.currency.clone()),
-            ),
-        ]
-        .into(),
+        properties,
         body: Bytes::from(body),
     }
 }
@@ -104,15 +137,24 @@ pub fn verify(secret: &[u8], body: &[u8], signature: &str) -> bool {
     mac.verify_slice(&presented).is_ok()
 }
 
-/// A signed reply message, as a partner (or the simulator) sends it.
-pub fn reply(reply: &StatusReply, secret: &[u8]) -> Message {
+/// A signed reply message, as a partner (or the simulator) sends it; `datacenter` is the
+/// one its new-order named, copied back.
+pub fn reply(reply: &StatusReply, secret: &[u8], datacenter: Option<&str>) -> Message {
     let body = serde_json::to_vec(reply).expect("a reply always serialises");
     let signature = sign(secret, &body);
+    let mut properties: super::message::Properties =
+        [(SIGNATURE_PROPERTY.to_string(), Property::String(signature))].into();
+    if let Some(datacenter) = datacenter {
+        properties.insert(
+            DATACENTER_PROPERTY.to_string(),
+            Property::String(datacenter.to_string()),
+        );
+    }
     Message {
         message_id: format!("{}:{}", reply.order_id, reply.status),
         content_type: CONTENT_TYPE.to_string(),
         correlation_id: Some(reply.order_id.to_string()),
-        properties: [(SIGNATURE_PROPERTY.to_string(), Property::String(signature))].into(),
+        properties,
         body: Bytes::from(body),
         ..Default::default()
     }
@@ -178,7 +220,27 @@ mod tests {
             status: Some("placed".into()),
             status_history: Vec::new(),
         };
-        let message = new_order(&order, "contoso", "order-status");
+        let message = new_order(&order, "contoso", "order-status", None);
+        assert!(!message.properties.contains_key(DATACENTER_PROPERTY));
+        let site = Site {
+            datacenter: "eu".into(),
+            reply_broker: Some("amqp://rabbit-eu.example:5672/shop".into()),
+        };
+        let sited = new_order(&order, "contoso", "order-status", Some(&site));
+        assert_eq!(
+            sited.properties.get(DATACENTER_PROPERTY),
+            Some(&Property::String("eu".into()))
+        );
+        assert_eq!(
+            sited.properties.get(REPLY_BROKER_PROPERTY),
+            Some(&Property::String(
+                "amqp://rabbit-eu.example:5672/shop".into()
+            ))
+        );
+        assert_eq!(
+            sited.body, message.body,
+            "the site is a header, not the schema-1 body"
+        );
         let body: serde_json::Value = serde_json::from_slice(&message.body).expect("JSON");
         let nil = Uuid::nil().to_string();
         assert_eq!(

@@ -19,6 +19,9 @@ pub enum Reason {
     UnknownOrder,
     /// A partner reply about an order assigned to another partner.
     WrongPartner,
+    /// A partner reply about an order this site does not hold, naming another datacenter:
+    /// the partner answered on the wrong site's broker.
+    WrongDatacenter,
     /// The payment endpoint was called and whether it captured is not known: never
     /// called again; a person checks with the payment service and resolves it.
     PaymentUnknown,
@@ -30,7 +33,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for metrics that show each one at 0 before it first happens.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Conflict,
         Reason::UnknownSchema,
         Reason::Invalid,
@@ -38,6 +41,7 @@ impl Reason {
         Reason::BadSignature,
         Reason::UnknownOrder,
         Reason::WrongPartner,
+        Reason::WrongDatacenter,
         Reason::PaymentUnknown,
         Reason::PaymentDeclined,
         Reason::PaymentFailed,
@@ -59,6 +63,7 @@ impl Reason {
             Reason::BadSignature => "bad-signature",
             Reason::UnknownOrder => "unknown-order",
             Reason::WrongPartner => "wrong-partner",
+            Reason::WrongDatacenter => "wrong-datacenter",
             Reason::PaymentUnknown => "payment-unknown",
             Reason::PaymentDeclined => "payment-declined",
             Reason::PaymentFailed => "payment-failed",
@@ -75,6 +80,7 @@ impl Reason {
             Reason::BadSignature => "bad_signature",
             Reason::UnknownOrder => "unknown_order",
             Reason::WrongPartner => "wrong_partner",
+            Reason::WrongDatacenter => "wrong_datacenter",
             Reason::PaymentUnknown => "payment_unknown",
             Reason::PaymentDeclined => "payment_declined",
             Reason::PaymentFailed => "payment_failed",

@@ -32,12 +32,13 @@ pub enum Outcome {
     BadSignature,
     UnknownOrder,
     WrongPartner,
+    WrongDatacenter,
 }
 
 impl Outcome {
     /// Every outcome, for `cartbus_dead_letter_resubmits_total`, which shows each one at 0
     /// before it first happens.
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::WouldCreateOrder,
         Outcome::CreatedOrder,
         Outcome::Duplicate,
@@ -51,6 +52,7 @@ impl Outcome {
         Outcome::BadSignature,
         Outcome::UnknownOrder,
         Outcome::WrongPartner,
+        Outcome::WrongDatacenter,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +70,7 @@ impl Outcome {
             Outcome::BadSignature => "bad-signature",
             Outcome::UnknownOrder => "unknown-order",
             Outcome::WrongPartner => "wrong-partner",
+            Outcome::WrongDatacenter => Reason::WrongDatacenter.as_str(),
         }
     }
 
@@ -92,6 +95,7 @@ impl Outcome {
             Reason::BadSignature => Outcome::BadSignature,
             Reason::UnknownOrder => Outcome::UnknownOrder,
             Reason::WrongPartner => Outcome::WrongPartner,
+            Reason::WrongDatacenter => Outcome::WrongDatacenter,
             _ => Outcome::Invalid,
         }
     }

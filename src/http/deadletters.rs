@@ -33,7 +33,7 @@ pub struct ListQuery {
     /// `open` (default: neither resolved nor deleted), `resolved`, `deleted` or `all`.
     status: Option<String>,
     /// Only this reason: `conflict`, `unknown-schema`, `invalid`, `max-attempts`,
-    /// `bad-signature`, `unknown-order`, `wrong-partner`, `payment-unknown`.
+    /// `bad-signature`, `unknown-order`, `wrong-partner`, `wrong-datacenter`, `payment-unknown`.
     reason: Option<String>,
     /// Only from this queue address (e.g. the cart queue, or the partner status queue).
     source: Option<String>,

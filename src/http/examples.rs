@@ -141,6 +141,7 @@ pub fn status_running() -> Value {
             instance("cartbus-b", "2.0.0", "running", 256, 8),
         ],
         broker_connections: connections(),
+        datacenter: Some("eu".into()),
     })
 }
 
@@ -154,6 +155,7 @@ pub fn status_drained() -> Value {
             instance("cartbus-b", "2.0.0", "passive", 0, 7),
         ],
         broker_connections: connections(),
+        datacenter: Some("eu".into()),
     })
 }
 
@@ -167,6 +169,7 @@ pub fn status_pausing() -> Value {
             instance("cartbus-b", "2.0.0", "passive", 0, 7),
         ],
         broker_connections: connections(),
+        datacenter: Some("eu".into()),
     })
 }
 

@@ -58,6 +58,7 @@ impl App {
         )
         .await?;
         status.broker_connections = self.broker_connections();
+        status.datacenter = self.config.fulfilment.datacenter().map(str::to_string);
         Ok(status)
     }
 

@@ -487,6 +487,9 @@ pub struct Status {
     /// (several with a cluster); empty on the embedded queue. Every instance shows its
     /// own here and in `cartbus_broker_connection_info`.
     pub broker_connections: Vec<QueueConnection>,
+    /// This site (`CARTBUS_DATACENTER`) when the shop runs in several datacenters: each
+    /// site has its own switch, and this one governs only this site's instances.
+    pub datacenter: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -541,6 +544,7 @@ pub async fn status(
         drained,
         instances,
         broker_connections: Vec::new(),
+        datacenter: None,
     })
 }
 

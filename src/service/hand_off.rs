@@ -197,7 +197,12 @@ impl HandOff<'_> {
         if crate::fault::hit("relay-send") {
             return Err(SendFailure::Order("fail point relay-send".into()));
         }
-        let message = message::new_order(order, partner, &settings.status_address);
+        let message = message::new_order(
+            order,
+            partner,
+            &settings.status_address,
+            settings.site.as_ref(),
+        );
         let audit = (order.total > audit_threshold(settings.audit_threshold, &order.currency))
             .then(|| message.clone());
         self.queue

@@ -3,7 +3,9 @@
 //!
 //! - bad or missing signature, unknown partner, unknown order, an order assigned to
 //!   another partner, or an unreadable reply → recorded in `dead_letters`, rejected,
-//!   nothing else changed;
+//!   nothing else changed; an unknown order whose reply names another datacenter is
+//!   `wrong-datacenter` (the partner answered on the wrong site's broker), not
+//!   `unknown-order`;
 //! - the same (order, status) again → accepted, nothing changed;
 //! - otherwise → `order_status` gets the status, the order its tracking id.
 
@@ -16,7 +18,9 @@ use uuid::Uuid;
 
 use crate::config::fulfilment::FulfilmentSettings;
 use crate::domain::Reason;
-use crate::domain::partner::{self as message, PARTNER_STATUSES, SIGNATURE_PROPERTY, StatusReply};
+use crate::domain::partner::{
+    self as message, DATACENTER_PROPERTY, PARTNER_STATUSES, SIGNATURE_PROPERTY, StatusReply,
+};
 use crate::metrics::Metrics;
 use crate::on_tx;
 use crate::queue::{Delivery, Message, Property, Queue, Settlement};
@@ -175,7 +179,10 @@ impl ReplyStep<'_> {
         let mut tx = self.db.begin().await?;
         let outcome = match checked {
             Err(refusal) => Err(refusal),
-            Ok(reply) => record(&mut tx, &reply).await?,
+            Ok(reply) => {
+                let elsewhere = elsewhere(self.settings, &delivery.message);
+                record(&mut tx, &reply, elsewhere.as_deref()).await?
+            }
         };
         let settlement = match outcome {
             Ok(Recorded::Applied) => {
@@ -206,15 +213,28 @@ impl ReplyStep<'_> {
     }
 }
 
+/// The datacenter a reply names, when it is not this site's: where its order would be if
+/// it is not here. A reply that names none (one site, or a partner that does not copy the
+/// property) is never sent elsewhere.
+pub(crate) fn elsewhere(settings: &FulfilmentSettings, message: &Message) -> Option<String> {
+    let Some(Property::String(named)) = message.properties.get(DATACENTER_PROPERTY) else {
+        return None;
+    };
+    (settings.datacenter() != Some(named.as_str())).then(|| named.clone())
+}
+
 pub(crate) enum Recorded {
     Applied,
     Duplicate,
 }
 
-/// Records a checked reply against its order, in the caller's transaction.
+/// Records a checked reply against its order, in the caller's transaction. `elsewhere`:
+/// the other datacenter the reply names ([`elsewhere`]), which makes an unknown order
+/// `wrong-datacenter`.
 pub(crate) async fn record(
     tx: &mut Tx,
     reply: &StatusReply,
+    elsewhere: Option<&str>,
 ) -> Result<Result<Recorded, Refusal>, sqlx::Error> {
     let partner: Option<Option<String>> = on_tx!(tx, |c| sqlx::query_scalar(
         "SELECT transport_partner FROM orders WHERE id = $1"
@@ -222,14 +242,23 @@ pub(crate) async fn record(
     .bind(reply.order_id)
     .fetch_optional(&mut *c)
     .await)?;
-    let assigned = match partner {
-        None => {
+    let assigned = match (partner, elsewhere) {
+        (None, Some(datacenter)) => {
+            return Ok(Err(refuse(
+                Reason::WrongDatacenter,
+                format!(
+                    "no order {} here: the reply names datacenter {datacenter:?}; the partner should answer on that site's broker (its new-order's reply_broker)",
+                    reply.order_id,
+                ),
+            )));
+        }
+        (None, None) => {
             return Ok(Err(refuse(
                 Reason::UnknownOrder,
                 format!("no order {}", reply.order_id),
             )));
         }
-        Some(assigned) => assigned,
+        (Some(assigned), _) => assigned,
     };
     if assigned.as_deref() != Some(reply.partner.as_str()) {
         return Ok(Err(refuse(

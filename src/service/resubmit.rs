@@ -122,7 +122,8 @@ enum Plan {
     },
     /// Not processable as it is: nothing is written but the audit.
     Unprocessable(Outcome, String),
-    Reply(Result<StatusReply, Refusal>),
+    /// A partner reply, checked, and the other datacenter it names, if any.
+    Reply(Result<StatusReply, Refusal>, Option<String>),
 }
 
 /// What resubmitting dead letters needs; cheap to clone into a bulk job's task.
@@ -156,7 +157,11 @@ impl Resubmitter {
             if options.corrected.is_some() {
                 return Err(Error::CannotCorrectReply);
             }
-            Plan::Reply(replies::check(&self.fulfilment, &letter.message()))
+            let message = letter.message();
+            Plan::Reply(
+                replies::check(&self.fulfilment, &message),
+                replies::elsewhere(&self.fulfilment, &message),
+            )
         } else {
             self.plan_cart(&letter, options).await?
         };
@@ -358,34 +363,38 @@ async fn carry_out(tx: &mut Tx, plan: Plan, dry_run: bool) -> Result<Done, Store
                 }
             }
         }
-        Plan::Reply(Err(Refusal { reason, detail })) => {
+        Plan::Reply(Err(Refusal { reason, detail }), _) => {
             done(Outcome::refused(reason), detail, None, None)
         }
-        Plan::Reply(Ok(reply)) => match replies::record(tx, &reply).await? {
-            Err(Refusal { reason, detail }) => done(Outcome::refused(reason), detail, None, None),
-            Ok(Recorded::Applied) => done(
-                if dry_run {
-                    Outcome::WouldApplyReply
-                } else {
-                    Outcome::ReplyApplied
-                },
-                format!(
-                    "{} from {} for order {}",
-                    reply.status, reply.partner, reply.order_id
+        Plan::Reply(Ok(reply), elsewhere) => {
+            match replies::record(tx, &reply, elsewhere.as_deref()).await? {
+                Err(Refusal { reason, detail }) => {
+                    done(Outcome::refused(reason), detail, None, None)
+                }
+                Ok(Recorded::Applied) => done(
+                    if dry_run {
+                        Outcome::WouldApplyReply
+                    } else {
+                        Outcome::ReplyApplied
+                    },
+                    format!(
+                        "{} from {} for order {}",
+                        reply.status, reply.partner, reply.order_id
+                    ),
+                    Some(reply.order_id),
+                    None,
                 ),
-                Some(reply.order_id),
-                None,
-            ),
-            Ok(Recorded::Duplicate) => done(
-                Outcome::Duplicate,
-                format!(
-                    "order {} has {} already: nothing changes",
-                    reply.order_id, reply.status
+                Ok(Recorded::Duplicate) => done(
+                    Outcome::Duplicate,
+                    format!(
+                        "order {} has {} already: nothing changes",
+                        reply.order_id, reply.status
+                    ),
+                    Some(reply.order_id),
+                    None,
                 ),
-                Some(reply.order_id),
-                None,
-            ),
-        },
+            }
+        }
     })
 }
 

@@ -3,19 +3,26 @@
 # node: nodes ra, rb, rc on AMQP ports 5681-5683, management 15681-15683, each with its
 # own data under $CARTBUS_CLUSTER_DIR (default /tmp/cartbus-cluster). The recipe is the
 # one in AMQP-NOTES.md, run with Debian's RabbitMQ 3.10. Used by tests/cluster.rs.
+# Two standalone nodes, never clustered, are there for tests/datacenters.rs (one broker
+# per site): eu on 5691 and us on 5692 (management 15691-15692), started with `up`.
 #
 #   rabbitmq-cluster.sh start           start the nodes that are down, cluster them
-#   rabbitmq-cluster.sh kill NODE       kill -9 one node (ra, rb or rc)
+#   rabbitmq-cluster.sh kill NODE       kill -9 one node (ra, rb, rc, eu or us)
 #   rabbitmq-cluster.sh stop NODE       stop one node cleanly
-#   rabbitmq-cluster.sh up NODE         start one node again (it rejoins by itself)
-#   rabbitmq-cluster.sh remove          stop every node and delete their data
+#   rabbitmq-cluster.sh up NODE         start one node (again; a cluster node rejoins)
+#   rabbitmq-cluster.sh remove          stop every node under the directory, delete it
 set -euo pipefail
 
 BASE=${CARTBUS_CLUSTER_DIR:-/tmp/cartbus-cluster}
 HOST=$(hostname -s)
 NODES=(ra rb rc)
 
-port() { case $1 in ra) echo 5681 ;; rb) echo 5682 ;; rc) echo 5683 ;; *) echo "no node $1" >&2; exit 2 ;; esac; }
+port() {
+  case $1 in
+  ra) echo 5681 ;; rb) echo 5682 ;; rc) echo 5683 ;; eu) echo 5691 ;; us) echo 5692 ;;
+  *) echo "no node $1" >&2; exit 2 ;;
+  esac
+}
 
 ctl() { local node=$1; shift; rabbitmqctl -q -n "$node@$HOST" "$@"; }
 
@@ -68,14 +75,16 @@ up)
   up "$2"
   ;;
 remove)
-  for node in "${NODES[@]}"; do
+  for dir in "$BASE"/*/; do
+    [ -d "$dir" ] || continue
+    node=$(basename "$dir")
     ctl "$node" stop >/dev/null 2>&1 || true
     if [ -f "$BASE/$node/pid" ]; then kill -9 "$(cat "$BASE/$node/pid")" 2>/dev/null || true; fi
   done
   rm -rf "$BASE"
   ;;
 *)
-  sed -n '2,12p' "$0" >&2
+  sed -n '2,14p' "$0" >&2
   exit 2
   ;;
 esac

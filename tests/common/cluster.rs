@@ -1,6 +1,7 @@
 //! A three-node RabbitMQ cluster beside the system node, run by
 //! `tests/cluster/rabbitmq-cluster.sh` (nodes ra, rb, rc on AMQP 5681-5683, management
-//! 15681-15683), for tests/cluster.rs and the fault campaign's cluster stack.
+//! 15681-15683), for tests/cluster.rs and the fault campaign's cluster stack; and
+//! standalone nodes (eu on 5691, us on 5692), one broker per site for tests/datacenters.rs.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,39 +28,47 @@ fn script() -> PathBuf {
 /// The cluster, removed (nodes stopped, data deleted) when dropped.
 pub struct Cluster;
 
+/// Whether this machine can start RabbitMQ nodes of its own; if not, says so (skipped)
+/// or, where services are required, fails.
+fn can_start_nodes(test: &str) -> bool {
+    let can = Command::new("sh")
+        .args(["-c", "command -v rabbitmq-server && [ \"$(id -u)\" = 0 ]"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !can {
+        assert!(
+            !services_required(),
+            "CARTBUS_REQUIRE_SERVICES=1 but {test} cannot start RabbitMQ nodes (needs rabbitmq-server and root)"
+        );
+        skipped(
+            test,
+            "needs rabbitmq-server and root to run RabbitMQ nodes of its own",
+        );
+    }
+    can
+}
+
 impl Cluster {
     /// Starts the cluster, or `None` (skipped, said loudly) where it cannot run: it needs
     /// `rabbitmq-server` and root (the nodes run as the `rabbitmq` user).
     pub fn start(test: &str) -> Option<Cluster> {
-        let can = Command::new("sh")
-            .args(["-c", "command -v rabbitmq-server && [ \"$(id -u)\" = 0 ]"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !can {
-            assert!(
-                !services_required(),
-                "CARTBUS_REQUIRE_SERVICES=1 but the cluster test cannot start RabbitMQ nodes (needs rabbitmq-server and root)"
-            );
-            skipped(
-                test,
-                "needs rabbitmq-server and root to run a three-node cluster",
-            );
+        if !can_start_nodes(test) {
             return None;
         }
-        run_script(&["start"]);
+        run_script(None, &["start"]);
         Some(Cluster)
     }
 
     pub fn kill(&self, node: &str) {
-        run_script(&["kill", node]);
+        run_script(None, &["kill", node]);
     }
 
     pub fn stop(&self, node: &str) {
-        run_script(&["stop", node]);
+        run_script(None, &["stop", node]);
     }
 
     pub fn up(&self, node: &str) {
-        run_script(&["up", node]);
+        run_script(None, &["up", node]);
     }
 }
 
@@ -69,8 +78,57 @@ impl Drop for Cluster {
     }
 }
 
-fn run_script(args: &[&str]) {
-    let output = Command::new(script())
+/// Separate RabbitMQ nodes, never clustered, each with its data under a directory of
+/// their own; stopped and deleted when dropped.
+pub struct Standalone {
+    dir: tempfile::TempDir,
+}
+
+impl Standalone {
+    /// Starts `nodes` (`eu`, `us`), or `None` (skipped, said loudly) as [`Cluster::start`].
+    pub fn start(test: &str, nodes: &[&str]) -> Option<Standalone> {
+        if !can_start_nodes(test) {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The nodes run as the `rabbitmq` user: it must reach its data under this.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("open the nodes' directory to rabbitmq");
+        let standalone = Standalone { dir };
+        for node in nodes {
+            standalone.up(node);
+        }
+        Some(standalone)
+    }
+
+    pub fn stop(&self, node: &str) {
+        run_script(Some(self.dir.path()), &["stop", node]);
+    }
+
+    pub fn up(&self, node: &str) {
+        run_script(Some(self.dir.path()), &["up", node]);
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .arg("remove")
+            .env("CARTBUS_CLUSTER_DIR", self.dir.path())
+            .output();
+    }
+}
+
+/// Runs the script, on the nodes under `dir` (default: the cluster's).
+fn run_script(dir: Option<&std::path::Path>, args: &[&str]) {
+    let mut command = Command::new(script());
+    if let Some(dir) = dir {
+        command.env("CARTBUS_CLUSTER_DIR", dir);
+    }
+    let output = command
         .args(args)
         .output()
         .expect("run rabbitmq-cluster.sh");

@@ -259,6 +259,9 @@
       throw e;
     }
     lastStatus = status;
+    const site = $("#datacenter");
+    site.hidden = !status.datacenter;
+    site.textContent = status.datacenter ? `datacenter ${status.datacenter}` : "";
     record(status.backlog);
     renderSwitch(status);
     renderBacklog(status);
