@@ -42,28 +42,51 @@ pub struct ReplyStep<'a> {
 }
 
 impl Step for ReplyStep<'_> {
+    /// The whole batch in one transaction (a reply costs a few statements, a commit costs
+    /// more: one per reply held the reader to a few hundred a second). Should the database
+    /// refuse the batch for a reason other than being down, each reply is tried alone, so
+    /// that one bad reply fails by itself.
     async fn step(&self, deliveries: &[Delivery]) -> Report {
         let mut report = Report::default();
-        for delivery in deliveries {
-            let settlement = match self.apply(delivery).await {
-                Ok(settlement) => settlement,
-                Err(e) if e.is_transient() => {
-                    report.database_down = true;
-                    self.metrics.partner_reply("released");
-                    Settlement::Release { delay: RETRY_DELAY }
-                }
-                Err(e) => {
-                    tracing::error!(message_id = %delivery.message.message_id, error = %e, "partner reply failed");
-                    self.metrics.partner_reply("failed");
-                    Settlement::Fail {
-                        delay: RETRY_DELAY,
-                        detail: format!("database refused the reply: {e}"),
+        let batch: Vec<&Delivery> = deliveries.iter().collect();
+        match self.apply(&batch).await {
+            Ok(settlements) => report.settlements = settlements,
+            Err(e) if batch.len() > 1 && !e.is_transient() => {
+                tracing::warn!(replies = batch.len(), error = %e, "a batch of partner replies was refused; applying each alone");
+                for delivery in batch {
+                    match self.apply(&[delivery]).await {
+                        Ok(settlements) => report.settlements.extend(settlements),
+                        Err(e) => self.not_applied(&mut report, delivery, &e),
                     }
                 }
-            };
-            report.settlements.push((delivery.tag, settlement));
+            }
+            Err(e) => {
+                for delivery in batch {
+                    self.not_applied(&mut report, delivery, &e);
+                }
+            }
         }
         report
+    }
+}
+
+impl ReplyStep<'_> {
+    /// A reply the database did not take: back to the queue when it is down, else failed
+    /// (retried, up to the attempt limit).
+    fn not_applied(&self, report: &mut Report, delivery: &Delivery, e: &StoreError) {
+        let settlement = if e.is_transient() {
+            report.database_down = true;
+            self.metrics.partner_reply("released");
+            Settlement::Release { delay: RETRY_DELAY }
+        } else {
+            tracing::error!(message_id = %delivery.message.message_id, error = %e, "partner reply failed");
+            self.metrics.partner_reply("failed");
+            Settlement::Fail {
+                delay: RETRY_DELAY,
+                detail: format!("database refused the reply: {e}"),
+            }
+        };
+        report.settlements.push((delivery.tag, settlement));
     }
 }
 
@@ -173,43 +196,60 @@ pub fn check(settings: &FulfilmentSettings, message: &Message) -> Result<StatusR
 }
 
 impl ReplyStep<'_> {
-    /// Applies one reply in one transaction and says how to settle it.
-    async fn apply(&self, delivery: &Delivery) -> Result<Settlement, StoreError> {
-        let checked = check(self.settings, &delivery.message);
+    /// Applies `deliveries` in one transaction, in order-id order (two instances' batches
+    /// then lock the same orders in the same order, never waiting on each other in a
+    /// cycle), and says how to settle each. Counted and logged only once committed.
+    async fn apply(&self, deliveries: &[&Delivery]) -> Result<Vec<(u64, Settlement)>, StoreError> {
+        let mut checked: Vec<(&Delivery, Result<StatusReply, Refusal>)> = deliveries
+            .iter()
+            .map(|delivery| (*delivery, check(self.settings, &delivery.message)))
+            .collect();
+        checked.sort_by_key(|(_, reply)| reply.as_ref().ok().map(|reply| reply.order_id));
         let mut tx = self.db.begin().await?;
-        let outcome = match checked {
-            Err(refusal) => Err(refusal),
-            Ok(reply) => {
-                let elsewhere = elsewhere(self.settings, &delivery.message);
-                record(&mut tx, &reply, elsewhere.as_deref()).await?
-            }
-        };
-        let settlement = match outcome {
-            Ok(Recorded::Applied) => {
-                self.metrics.partner_reply("applied");
-                Settlement::Accept
-            }
-            Ok(Recorded::Duplicate) => {
-                self.metrics.partner_reply("duplicate");
-                Settlement::Accept
-            }
-            Err(Refusal { reason, detail }) => {
+        let mut outcomes = Vec::with_capacity(checked.len());
+        for (delivery, reply) in checked {
+            let outcome = match reply {
+                Err(refusal) => Err(refusal),
+                Ok(reply) => {
+                    let elsewhere = elsewhere(self.settings, &delivery.message);
+                    record(&mut tx, &reply, elsewhere.as_deref()).await?
+                }
+            };
+            if let Err(Refusal { reason, detail }) = &outcome {
                 dead_letters::record(
                     &mut tx,
                     &self.settings.status_address,
                     &delivery.message,
-                    reason,
-                    &detail,
+                    *reason,
+                    detail,
                     delivery.attempts,
                 )
                 .await?;
-                tracing::warn!(message_id = %delivery.message.message_id, %reason, detail, "partner reply dead-lettered");
-                self.metrics.partner_reply(reason.as_str());
-                Settlement::Reject { reason, detail }
             }
-        };
+            outcomes.push((delivery, outcome));
+        }
         tx.commit().await?;
-        Ok(settlement)
+        Ok(outcomes
+            .into_iter()
+            .map(|(delivery, outcome)| {
+                let settlement = match outcome {
+                    Ok(Recorded::Applied) => {
+                        self.metrics.partner_reply("applied");
+                        Settlement::Accept
+                    }
+                    Ok(Recorded::Duplicate) => {
+                        self.metrics.partner_reply("duplicate");
+                        Settlement::Accept
+                    }
+                    Err(Refusal { reason, detail }) => {
+                        tracing::warn!(message_id = %delivery.message.message_id, %reason, detail, "partner reply dead-lettered");
+                        self.metrics.partner_reply(reason.as_str());
+                        Settlement::Reject { reason, detail }
+                    }
+                };
+                (delivery.tag, settlement)
+            })
+            .collect())
     }
 }
 

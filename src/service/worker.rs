@@ -21,7 +21,7 @@ use crate::queue::{Delivery, Queue, QueueError, Receiver, Settlement};
 /// Waits between failed sessions, and while a step finds the database down. Capped low
 /// enough that a worker is back within seconds of its broker or database.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A worker that runs in sessions.
 pub trait Worker: Send {

@@ -113,9 +113,11 @@ pub(super) async fn supervise(
     stop: CancellationToken,
 ) {
     let connection = options.publisher;
-    // Reconnects: doubling from 200 ms to 15 s, jittered so that many instances of one
-    // broker do not all come back at once.
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+    // Reconnects: doubling from 200 ms to 5 s, jittered so that many instances of one
+    // broker do not all come back at once. The cap is what a broker back from an outage
+    // waits at most to be used again (15 s before the two-site drill measured it); a
+    // refused connection every few seconds per instance costs the broker nothing.
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     // The node tried first: after a loss, the one after the node that was lost.
     let mut start = 0;
     while !stop.is_cancelled() {
