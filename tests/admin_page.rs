@@ -11,11 +11,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cartbus::domain::Reason;
+use cartbus::domain::partner::{self, StatusReply};
 use cartbus::domain::{Cart, cart_message as message};
 use common::{Backend, Settings, TestApp, eventually, services_required, skipped};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "admin-page-test-token-0001";
+/// The partner key of the RabbitMQ page test, whose site holds a reply meant for another.
+const PARTNER_SECRET: &str = "admin-page-partner-key-0001";
 /// The browser script's own deadlines are 30 s a step; this bounds the whole run.
 const BROWSER_RUN: Duration = Duration::from_secs(180);
 
@@ -306,13 +309,40 @@ async fn the_page_shows_a_rabbitmq_backlog_and_its_catch_up_in_a_real_browser() 
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let queue = common::broker::fresh_queue();
+    let status_queue = format!("{queue}-status");
+    // One site of several, with a partner reply on it that belongs to the other.
     let app = TestApp::spawn(
         &common::broker::settings(dir.path(), &Backend::Sqlite, &url, &queue)
             .set("CARTBUS_ADMIN_TOKEN", TOKEN)
-            .set("CARTBUS_BROKER_MANAGEMENT_URL", management),
+            .set("CARTBUS_BROKER_MANAGEMENT_URL", management)
+            .set("CARTBUS_DATACENTER", "eu")
+            .set("CARTBUS_STATUS_ADDRESS", format!("/queue/{status_queue}"))
+            .set("CARTBUS_PARTNER_ACME_SECRET", PARTNER_SECRET),
     )
     .await;
     common::broker::wait_connected(&app.state).await;
+    let reply = StatusReply {
+        order_id: uuid::Uuid::new_v4(),
+        status: "shipped".into(),
+        tracking_id: None,
+        partner: "acme".into(),
+    };
+    app.state
+        .queue
+        .send(
+            &app.state.config.fulfilment.status_address,
+            partner::reply(&reply, PARTNER_SECRET.as_bytes(), Some("us")),
+        )
+        .await
+        .expect("reply sent");
+    eventually("the reply dead-lettered wrong-datacenter", || async {
+        let letters = common::broker::recorded_dead_letters(&app.state).await;
+        letters
+            .iter()
+            .any(|(_, reason)| reason == "wrong-datacenter")
+            .then_some(())
+    })
+    .await;
     let (code, paused) = common::admin_call(
         &app.client,
         &app.base,
@@ -335,6 +365,7 @@ async fn the_page_shows_a_rabbitmq_backlog_and_its_catch_up_in_a_real_browser() 
             ("CARTBUS_BASE_URL", app.base.clone()),
             ("CARTBUS_ADMIN_TOKEN", TOKEN.to_string()),
             ("CARTBUS_EXPECTED_DEPTH", CARTS.to_string()),
+            ("CARTBUS_EXPECTED_DATACENTER", "eu".to_string()),
         ],
     )
     .await;
@@ -346,4 +377,5 @@ async fn the_page_shows_a_rabbitmq_backlog_and_its_catch_up_in_a_real_browser() 
     assert_eq!(common::count_orders(&app.state).await, CARTS as i64);
     app.stop().await.expect("clean stop");
     common::broker::delete(&queue);
+    common::broker::delete(&status_queue);
 }

@@ -1,9 +1,12 @@
 // The deploy-window page's backlog on RabbitMQ, in a real browser: the depth and the age
 // of the oldest cart read from the broker's management API, then the catch-up once the
 // consumer resumes. Run by tests/admin_page.rs against a cartbus on RabbitMQ whose
-// consumer it paused and whose queue holds CARTBUS_EXPECTED_DEPTH carts.
+// consumer it paused and whose queue holds CARTBUS_EXPECTED_DEPTH carts. The instance is
+// one site of several (CARTBUS_EXPECTED_DATACENTER) and holds a partner reply dead-lettered
+// `wrong-datacenter`: the heading names the site, the dead letters show that reason.
 //
 // Environment: CARTBUS_BASE_URL, CARTBUS_ADMIN_TOKEN, CARTBUS_EXPECTED_DEPTH,
+// CARTBUS_EXPECTED_DATACENTER,
 // CARTBUS_CHROMIUM (default /usr/bin/chromium), CARTBUS_ARTEFACTS (default
 // target/artefacts; the screenshot is admin-page-rabbitmq.png).
 
@@ -23,6 +26,7 @@ function setting(name, fallback) {
 const base = setting("CARTBUS_BASE_URL");
 const token = setting("CARTBUS_ADMIN_TOKEN");
 const expected = setting("CARTBUS_EXPECTED_DEPTH");
+const datacenter = setting("CARTBUS_EXPECTED_DATACENTER");
 const executablePath = setting("CARTBUS_CHROMIUM", "/usr/bin/chromium");
 const artefacts = setting("CARTBUS_ARTEFACTS", "target/artefacts");
 
@@ -50,6 +54,10 @@ async function main() {
     const oldest = ((await page.locator("#backlog-oldest").textContent()) || "").trim();
     check(/\d/.test(oldest) && !/not reported/.test(oldest), `an age for the oldest cart, got ${oldest}`);
     await page.locator("#backlog-eta", { hasText: "paused" }).waitFor({ timeout: STEP_MS });
+
+    console.log(`- the site in the heading, and a reply for another site among the dead letters`);
+    await page.locator("#datacenter", { hasText: `datacenter ${datacenter}` }).waitFor({ timeout: STEP_MS });
+    await page.locator('#dead-counts [data-reason="wrong-datacenter"]', { hasText: "1" }).waitFor({ timeout: STEP_MS });
     await page.screenshot({ path: path.join(artefacts, "admin-page-rabbitmq.png"), fullPage: true });
 
     console.log("- resumed: RabbitMQ's depth falls to 0 and the page says caught up");
