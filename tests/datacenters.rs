@@ -459,6 +459,17 @@ async fn two_sites_each_reply_comes_home() {
     )
     .await;
     assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = consumer_cli(&us.bases()[0], Some(TOKEN), &["status"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("datacenter: us"),
+        "the operator sees which site: {out}"
+    );
+    let (code, out, _) = consumer_cli(&eu.bases()[0], Some(TOKEN), &["status"]).await;
+    assert!(
+        code == 0 && out.contains("switch: running"),
+        "eu untouched: {out}"
+    );
     let (eu_orders_before, us_orders_paused) = (eu.orders().await, us.orders().await);
     let (eu_load, us_load) = (Load::start(&eu.bases(), 2), Load::start(&us.bases(), 2));
     tokio::time::sleep(Duration::from_secs(3)).await;

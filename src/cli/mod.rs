@@ -287,6 +287,9 @@ impl Admin<'_> {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
+        if let Some(site) = status["datacenter"].as_str() {
+            println!("datacenter: {site} (this switch governs this site only)");
+        }
         println!(
             "switch: {}  active version: {}  drained: {}",
             text(&status["desired"]),
