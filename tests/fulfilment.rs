@@ -6,20 +6,15 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cartbus::domain::partner::{self as message, StatusReply};
 use cartbus::queue::Property;
-use cartbus::service::partner_simulator::{
-    self as simulator, SimulatorOptions, SimulatorSite, SimulatorStats,
-};
 use common::broker;
 use common::partners::*;
 use common::{Backend, Process, TestApp, eventually, get_json, metric, metrics_text};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[tokio::test]
@@ -660,29 +655,11 @@ async fn the_partner_simulator_plays_the_whole_loop() {
         let backend = orders_backend(&stack, TEST).await;
         let app = TestApp::spawn(&settings(dir.path(), &backend, &stack, &tag())).await;
         wait_ready(&app, &stack).await;
-        let stop = CancellationToken::new();
-        let stats = Arc::new(SimulatorStats::default());
-        let simulator = tokio::spawn(simulator::run(
-            vec![SimulatorSite {
-                name: "default".into(),
-                queue: app.state.queue.clone(),
-                brokers: Vec::new(),
-                secret: secret("acme").as_bytes().to_vec(),
-            }],
-            SimulatorOptions {
-                partner: "acme".into(),
-                inbox: address_of(&app, "acme"),
-                reply_to: app.state.config.fulfilment.status_address.clone(),
-                receive_after: Duration::ZERO,
-                ship_after: Duration::from_millis(100),
-                deliver_after: Some(Duration::from_millis(100)),
-                duplicates: true,
-                bad_signature_every: 0,
-                journal: None,
-            },
-            stats.clone(),
-            stop.clone(),
-        ));
+        let simulator = Simulated::start(
+            &app,
+            Duration::from_millis(100),
+            Some(Duration::from_millis(100)),
+        );
         let cart = cart_to("GB", Some("MAN"), 4_200);
         assert!(app.post_cart(&cart).await.status().is_success());
         let order = app.wait_for_order(&cart_id(&cart).to_string()).await;
@@ -713,8 +690,7 @@ async fn the_partner_simulator_plays_the_whole_loop() {
             (replies_metric(&app, "duplicate").await == 3.0).then_some(())
         })
         .await;
-        stop.cancel();
-        simulator.await.expect("joined").expect("simulator ran");
+        let stats = simulator.stop().await;
         assert_eq!(stats.orders.load(std::sync::atomic::Ordering::Relaxed), 1);
         app.stop().await.expect("stops");
     }

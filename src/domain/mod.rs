@@ -6,6 +6,7 @@
 mod cart;
 pub mod cart_message;
 pub mod drain;
+pub mod event;
 pub mod message;
 pub mod order;
 mod parse;

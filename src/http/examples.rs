@@ -9,6 +9,7 @@ use uuid::{Uuid, uuid};
 
 use super::admin::SWITCH_UNAVAILABLE;
 use super::deadletters::{DeadLetterDetail, DeadLetterPage};
+use super::events::{EventView, EventsPage};
 use super::outbox::OutboxPage;
 use super::payments::CANNOT_WRITE_ORDERS;
 use super::payments::PaymentList;
@@ -255,6 +256,46 @@ pub fn outbox_invalid() -> Value {
         "/status",
         "must be one of critical_error, error, pending, processed",
     ))
+}
+
+/// A cart's events: ordered, then shipped; ids and payloads as the domain makes them.
+pub fn events_page() -> Value {
+    use crate::domain::event::{CheckoutOrdered, NewEvent, OrderStatusChanged};
+    let ordered = NewEvent::ordered(
+        &CheckoutOrdered {
+            order_id: ORDER,
+            cart_id: CART,
+            total: 3998,
+            currency: "GBP".into(),
+            source: crate::domain::order::Source::Queue,
+        },
+        at("2026-11-26T01:40:03Z"),
+    );
+    let shipped = NewEvent::status_changed(
+        &OrderStatusChanged {
+            order_id: ORDER,
+            cart_id: CART,
+            status: "shipped".into(),
+            partner: Some("contoso".into()),
+            tracking_id: Some("TRK-01a2b3c4d5e6".into()),
+        },
+        at("2026-11-26T01:52:40Z"),
+    );
+    let view = |event: NewEvent, seq| EventView {
+        id: event.id,
+        kind: event.kind.as_str().into(),
+        timestamp: event.at,
+        seq,
+        data: serde_json::from_str(&event.data).unwrap_or_default(),
+    };
+    value(EventsPage {
+        items: vec![view(ordered, 1041), view(shipped, 1187)],
+        next: None,
+    })
+}
+
+pub fn events_invalid() -> Value {
+    problem(field("/cart_id", crate::domain::UUID_FORM))
 }
 
 pub fn order_id_invalid() -> Value {

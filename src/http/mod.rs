@@ -4,6 +4,7 @@ mod admin;
 mod admin_page;
 mod checkouts;
 mod deadletters;
+mod events;
 mod examples;
 pub mod extract;
 mod ops;
@@ -47,6 +48,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         license(name = "MIT OR Apache-2.0")
     ),
     modifiers(&SecuritySchemes),
+    components(schemas(
+        crate::domain::event::CheckoutOrdered,
+        crate::domain::event::CheckoutRejected,
+        crate::domain::event::CheckoutPaymentUnknown,
+        crate::domain::event::OrderStatusChanged,
+    )),
     tags(
         (name = "checkouts", description = "Taking carts in"),
         (name = "orders", description = "Purchase orders"),
@@ -225,6 +232,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(deadletters::resubmit))
         .routes(routes!(deadletters::resubmit_many))
         .routes(routes!(deadletters::resubmit_job))
+        .routes(routes!(events::list))
         .routes(routes!(outbox::list))
         .routes(routes!(outbox::retry))
         .routes(routes!(payments::list))

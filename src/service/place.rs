@@ -19,12 +19,13 @@ use uuid::Uuid;
 
 use super::dispatch::Reserved;
 use super::payment::{self, Gateway, Verdict};
+use crate::domain::event::{CheckoutOrdered, NewEvent};
 pub use crate::domain::order::timestamp_now;
 use crate::domain::order::{Placement, Source};
 use crate::domain::{Cart, Reason};
 use crate::metrics::Metrics;
 use crate::queue::Message;
-use crate::store::{Db, StoreError, Tx, orders, payments};
+use crate::store::{Db, StoreError, Tx, events, orders, payments};
 
 /// What became of one cart.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,16 +94,20 @@ pub fn verdict_for(verdicts: &HashMap<Uuid, Verdict>, cart: &Cart) -> Verdict {
         .unwrap_or(Verdict::Proceed)
 }
 
-/// Turns a checkout away, so that its status says why: what [`place`] records for a cart
-/// without an order, for a caller with only the cart_id in hand (an operator who found
-/// that a payment did not go through).
+/// Turns a checkout away, so that its status says why, and tells the storefront
+/// (`checkout.rejected`): what [`place`] records for a cart without an order, for a caller
+/// with only the cart_id in hand (an operator who found that a payment did not go
+/// through). `order_id`: the order in the way of a conflicting cart.
 pub async fn reject(
     tx: &mut Tx,
     cart_id: Uuid,
     reason: Reason,
     detail: &str,
+    order_id: Option<Uuid>,
 ) -> Result<(), StoreError> {
-    orders::record_rejection(tx, cart_id, reason, detail).await
+    orders::record_rejection(tx, cart_id, reason, detail).await?;
+    let event = NewEvent::rejected(cart_id, reason, detail, order_id, Utc::now());
+    Ok(events::append(tx, &[event]).await?)
 }
 
 /// Each cart's fate, in the caller's transaction and in the order of `carts`: carts whose
@@ -113,6 +118,10 @@ pub async fn reject(
 /// With `hand_off` (the consumer's place in the dispatcher's line), each new order with a
 /// partner is written already leased to this instance, to be handed on right after the
 /// commit ([`Reserved::leased`]).
+///
+/// Each outcome's event for the storefront goes in the same transaction: `checkout.ordered`
+/// for a new order, `checkout.rejected`, `checkout.payment_unknown`; none for a duplicate,
+/// whose event was written with its order.
 pub async fn place(
     tx: &mut Tx,
     carts: &[(&Cart, &Verdict)],
@@ -140,6 +149,7 @@ pub async fn place(
         .await?
         .into_iter();
     let mut outcomes = Vec::with_capacity(carts.len());
+    let mut news = Vec::new();
     for (cart, verdict) in carts {
         let cart_id = cart.cart_id.as_uuid();
         let outcome = match verdict {
@@ -168,13 +178,29 @@ pub async fn place(
             }
         };
         match &outcome {
-            Outcome::Rejected { reason, detail, .. } => {
-                reject(tx, cart_id, *reason, detail).await?
+            Outcome::Rejected {
+                reason,
+                detail,
+                order_id,
+            } => reject(tx, cart_id, *reason, detail, *order_id).await?,
+            Outcome::PaymentUnknown(detail) => {
+                payments::mark_unknown(tx, cart_id, detail).await?;
+                news.push(NewEvent::payment_unknown(cart_id, detail, at));
             }
-            Outcome::PaymentUnknown(detail) => payments::mark_unknown(tx, cart_id, detail).await?,
-            Outcome::Created(_) | Outcome::Duplicate(_) => {}
+            Outcome::Created(order_id) => {
+                let ordered = CheckoutOrdered {
+                    order_id: *order_id,
+                    cart_id,
+                    total: cart.total.minor_units(),
+                    currency: cart.currency.as_str().to_string(),
+                    source,
+                };
+                news.push(NewEvent::ordered(&ordered, at));
+            }
+            Outcome::Duplicate(_) => {}
         }
         outcomes.push(outcome);
     }
+    events::append(tx, &news).await?;
     Ok(outcomes)
 }

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::config::fulfilment::FulfilmentSettings;
 use crate::domain::Reason;
+use crate::domain::event::{NewEvent, OrderStatusChanged};
 use crate::domain::partner::{
     self as message, DATACENTER_PROPERTY, PARTNER_STATUSES, SIGNATURE_PROPERTY, StatusReply,
 };
@@ -25,13 +26,14 @@ use crate::metrics::Metrics;
 use crate::on_tx;
 use crate::queue::{Delivery, Message, Property, Queue, Settlement};
 use crate::service::worker::{self, Gate, Receiving, Report, Step};
-use crate::store::dead_letters;
 use crate::store::{Db, StoreError, Tx};
+use crate::store::{dead_letters, events};
 
 const BATCH: usize = 64;
 /// How long a reply stays back when the database could not take it.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 const MAX_TRACKING_ID: usize = 100;
+const SENT_TO_PARTNER: &str = "sent_to_partner";
 
 /// What applying partner replies needs.
 pub struct ReplyStep<'a> {
@@ -276,12 +278,13 @@ pub(crate) async fn record(
     reply: &StatusReply,
     elsewhere: Option<&str>,
 ) -> Result<Result<Recorded, Refusal>, sqlx::Error> {
-    let partner: Option<Option<String>> = on_tx!(tx, |c| sqlx::query_scalar(
-        "SELECT transport_partner FROM orders WHERE id = $1"
+    let order: Option<(Option<String>, Uuid)> = on_tx!(tx, |c| sqlx::query_as(
+        "SELECT transport_partner, cart_id FROM orders WHERE id = $1"
     )
     .bind(reply.order_id)
     .fetch_optional(&mut *c)
     .await)?;
+    let (partner, cart_id) = order.unzip();
     let assigned = match (partner, elsewhere) {
         (None, Some(datacenter)) => {
             return Ok(Err(refuse(
@@ -311,19 +314,14 @@ pub(crate) async fn record(
             ),
         )));
     }
-    let inserted: u64 = on_tx!(tx, |c| sqlx::query(
-        "INSERT INTO order_status (order_id, status, at) VALUES ($1, $2, $3)
-         ON CONFLICT (order_id, status) DO NOTHING"
-    )
-    .bind(reply.order_id)
-    .bind(&reply.status)
-    .bind(Utc::now())
-    .execute(&mut *c)
-    .await
-    .map(|done| done.rows_affected()))?;
-    if inserted == 0 {
+    let now = Utc::now();
+    if !add_status(tx, reply.order_id, &reply.status, now).await? {
         return Ok(Ok(Recorded::Duplicate));
     }
+    // A partner may answer before the relay has marked its order sent (the mark follows
+    // the broker's confirmation): the reply proves it was, so `sent_to_partner` is recorded
+    // now, and its event goes first. The relay's mark then finds both there.
+    let sent_now = add_status(tx, reply.order_id, SENT_TO_PARTNER, now).await?;
     if let Some(tracking) = &reply.tracking_id {
         // A late reply (received_by_partner after shipped) keeps the newer tracking id.
         let recorded: Vec<String> = on_tx!(tx, |c| sqlx::query_scalar(
@@ -345,7 +343,46 @@ pub(crate) async fn record(
             .map(drop))?;
         }
     }
+    if let Some(cart_id) = cart_id {
+        let changed = |status: &str, tracking_id: Option<String>| {
+            let changed = OrderStatusChanged {
+                order_id: reply.order_id,
+                cart_id,
+                status: status.to_string(),
+                partner: Some(reply.partner.clone()),
+                tracking_id,
+            };
+            NewEvent::status_changed(&changed, now)
+        };
+        let mut news = Vec::with_capacity(2);
+        if sent_now {
+            news.push(changed(SENT_TO_PARTNER, None));
+        }
+        let tracking = reply.tracking_id.as_deref().map(|t| t.trim().to_string());
+        news.push(changed(&reply.status, tracking));
+        events::append(tx, &news).await?;
+    }
     Ok(Ok(Recorded::Applied))
+}
+
+/// Adds `status` to the order's history unless it is there; whether it was added.
+async fn add_status(
+    tx: &mut Tx,
+    order_id: Uuid,
+    status: &str,
+    at: chrono::DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let inserted: u64 = on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO order_status (order_id, status, at) VALUES ($1, $2, $3)
+         ON CONFLICT (order_id, status) DO NOTHING"
+    )
+    .bind(order_id)
+    .bind(status)
+    .bind(at)
+    .execute(&mut *c)
+    .await
+    .map(|done| done.rows_affected()))?;
+    Ok(inserted > 0)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::config::{Config, DatabaseKind};
 
 pub mod attempts;
 pub mod dead_letters;
+pub mod events;
 pub mod order_reads;
 pub mod orders;
 pub mod outbox;

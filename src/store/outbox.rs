@@ -7,8 +7,9 @@ use serde::Serialize;
 use sqlx::FromRow;
 use uuid::Uuid;
 
+use crate::domain::event::{NewEvent, OrderStatusChanged};
 use crate::on_db;
-use crate::store::{Db, StoreError};
+use crate::store::{Db, StoreError, events};
 
 /// One row a relay holds.
 #[derive(Clone, Debug, FromRow)]
@@ -320,6 +321,13 @@ pub async fn mark_sent(
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            let sent: Vec<(Uuid, Uuid, Option<String>)> = sqlx::query_as(
+                "SELECT id, cart_id, transport_partner FROM orders WHERE id = ANY($1)",
+            )
+            .bind(&marked)
+            .fetch_all(&mut *tx)
+            .await?;
+            events::append_postgres(&mut tx, &sent_events(sent, now)).await?;
             tx.commit().await?;
             Ok(marked)
         }
@@ -347,6 +355,17 @@ pub async fn mark_sent(
                     });
                     insert.push(" ON CONFLICT (order_id, status) DO NOTHING");
                     insert.build().execute(&mut *tx).await?;
+                    let mut select = sqlx::QueryBuilder::new(
+                        "SELECT id, cart_id, transport_partner FROM orders WHERE id IN (",
+                    );
+                    let mut ids = select.separated(", ");
+                    for id in &done {
+                        ids.push_bind(*id);
+                    }
+                    select.push(")");
+                    let sent: Vec<(Uuid, Uuid, Option<String>)> =
+                        select.build_query_as().fetch_all(&mut *tx).await?;
+                    events::append_sqlite(&mut tx, &sent_events(sent, now)).await?;
                 }
                 marked.extend(done);
             }
@@ -354,6 +373,23 @@ pub async fn mark_sent(
             Ok(marked)
         }
     }
+}
+
+/// `order.status_changed` to `sent_to_partner` for each order sent, `(id, cart_id,
+/// partner)`. An order sent again (at least once) finds its event there already.
+fn sent_events(sent: Vec<(Uuid, Uuid, Option<String>)>, now: DateTime<Utc>) -> Vec<NewEvent> {
+    sent.into_iter()
+        .map(|(order_id, cart_id, partner)| {
+            let changed = OrderStatusChanged {
+                order_id,
+                cart_id,
+                status: "sent_to_partner".into(),
+                partner,
+                tracking_id: None,
+            };
+            NewEvent::status_changed(&changed, now)
+        })
+        .collect()
 }
 
 /// What a failed send leads to.

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cartbus::queue::{Message, Queue, Settlement};
+use cartbus::service::partner_simulator::{
+    self as simulator, SimulatorOptions, SimulatorSite, SimulatorStats,
+};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -219,4 +222,53 @@ pub async fn admin_post(app: &TestApp, path: &str, body: Value) -> Value {
         response.status()
     );
     response.json().await.expect("JSON")
+}
+
+/// The partner simulator playing `acme` against `app`, sending every reply twice:
+/// `received_by_partner` at once, `shipped` after `ship_after`, `delivered` after
+/// `deliver_after` when given.
+pub struct Simulated {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), cartbus::queue::QueueError>>,
+    pub stats: Arc<SimulatorStats>,
+}
+
+impl Simulated {
+    pub fn start(
+        app: &TestApp,
+        ship_after: Duration,
+        deliver_after: Option<Duration>,
+    ) -> Simulated {
+        let stop = CancellationToken::new();
+        let stats = Arc::new(SimulatorStats::default());
+        let task = tokio::spawn(simulator::run(
+            vec![SimulatorSite {
+                name: "default".into(),
+                queue: app.state.queue.clone(),
+                brokers: Vec::new(),
+                secret: secret("acme").as_bytes().to_vec(),
+            }],
+            SimulatorOptions {
+                partner: "acme".into(),
+                inbox: address_of(app, "acme"),
+                reply_to: app.state.config.fulfilment.status_address.clone(),
+                receive_after: Duration::ZERO,
+                ship_after,
+                deliver_after,
+                duplicates: true,
+                bad_signature_every: 0,
+                journal: None,
+            },
+            stats.clone(),
+            stop.clone(),
+        ));
+        Simulated { stop, task, stats }
+    }
+
+    /// Stops it once the replies it has scheduled are sent.
+    pub async fn stop(self) -> Arc<SimulatorStats> {
+        self.stop.cancel();
+        self.task.await.expect("joined").expect("simulator ran");
+        self.stats
+    }
 }

@@ -116,7 +116,14 @@ pub async fn resolve(
         }
         Finding::Failed => {
             // The shopper sees this detail; the operator's reason stays in the audit record.
-            place::reject(&mut tx, cart_id, Reason::PaymentFailed, PAYMENT_FAILED).await?;
+            place::reject(
+                &mut tx,
+                cart_id,
+                Reason::PaymentFailed,
+                PAYMENT_FAILED,
+                None,
+            )
+            .await?;
         }
     }
     let view = payments::find(&mut tx, cart_id, cutoff)
