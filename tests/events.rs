@@ -2,7 +2,8 @@
 //! through `GET /v1/admin/events`: on the embedded queue with SQLite and on a broker with
 //! PostgreSQL, carts go through the consumer to a partner (simulated, sending every reply
 //! twice) and back; each cart's events are one `checkout.ordered`, then its fulfilment
-//! steps in order, none twice. A conflicting cart is `checkout.rejected`.
+//! steps in order, none twice. A conflicting cart is `checkout.rejected`, and so is one
+//! dead-lettered before it could be converted.
 
 mod common;
 
@@ -99,6 +100,25 @@ async fn each_change_is_one_event_in_the_order_it_happened() {
         assert_eq!(rejected["data"]["reason"], "conflict", "{rejected}");
         assert!(rejected["data"]["order_id"].is_string(), "{rejected}");
 
+        // A queued cart dead-lettered before conversion (a schema this version cannot
+        // read) is rejected too, with that reason.
+        let unreadable = cart_to("GB", Some("MAN"), 4_200);
+        app.state
+            .queue
+            .send(
+                &app.state.config.queue.cart_address,
+                common::unknown_schema_message(&unreadable),
+            )
+            .await
+            .expect("sent");
+        let id = cart_id(&unreadable).to_string();
+        let seen = eventually("checkout.rejected for the unreadable cart", || async {
+            let seen = steps(&app, &id).await;
+            (!seen.is_empty()).then_some(seen)
+        })
+        .await;
+        assert_eq!(seen, [("checkout.rejected".to_string(), String::new())]);
+
         // Every event once, in pages, in the order they happened; the duplicate replies
         // added none.
         let (mut ids, mut last_seq, mut after) = (HashSet::new(), 0, String::new());
@@ -116,7 +136,7 @@ async fn each_change_is_one_event_in_the_order_it_happened() {
                 None => break,
             }
         }
-        assert_eq!(ids.len(), CARTS * expected.len() + 1, "{stack:?}");
+        assert_eq!(ids.len(), CARTS * expected.len() + 2, "{stack:?}");
 
         let (status, problem) = events(&app, "?cart_id=nope").await;
         assert_eq!(status, 422, "{problem}");

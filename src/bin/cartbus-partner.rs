@@ -87,6 +87,16 @@ fn site_configs(args: &Args, base: Config, secret: &[u8]) -> Result<Vec<SiteConf
             ));
         };
         let name = name.trim().to_ascii_lowercase();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(format!(
+                "--site takes NAME=URL, NAME being the site's CARTBUS_DATACENTER; {:?} does not start with one",
+                redact(given)
+            ));
+        }
         if sites.iter().any(|site| site.name == name) {
             return Err(format!("--site {name} is given twice"));
         }
@@ -126,10 +136,11 @@ fn site_configs(args: &Args, base: Config, secret: &[u8]) -> Result<Vec<SiteConf
     Ok(sites)
 }
 
-/// `NAME=URL` with any `user:pass@` cut out, for an error message.
+/// `NAME=URL` with any `user:pass@` cut out (up to the last `@`, which may follow one in
+/// the password), for an error message.
 fn redact(given: &str) -> String {
-    match given.split_once('@') {
-        Some((before, after)) => match before.rsplit_once("//") {
+    match given.rsplit_once('@') {
+        Some((before, after)) => match before.split_once("//") {
             Some((scheme, _)) => format!("{scheme}//…@{after}"),
             None => format!("…@{after}"),
         },

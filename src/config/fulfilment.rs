@@ -311,14 +311,15 @@ fn site(v: &Values, broker: Option<String>) -> Result<Option<Site>, ConfigError>
     }))
 }
 
-/// A broker identifier fit to send to partners: up to 200 bytes, no `user:password@`.
+/// A broker identifier fit to send to partners: up to 200 bytes, no `user:password@` and
+/// no query (where a password could hide).
 fn public_broker(given: &str) -> Result<String, String> {
     if given.is_empty() || given.len() > 200 {
         return Err("must be 1 to 200 bytes".into());
     }
     let authority = given.split_once("://").map_or(given, |(_, rest)| rest);
     let authority = authority.split('/').next().unwrap_or_default();
-    if authority.contains('@') {
+    if authority.contains('@') || given.contains('?') {
         return Err(
             "must not carry credentials: it is sent to partners in every new-order (give scheme://host:port/vhost)"
                 .into(),

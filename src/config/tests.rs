@@ -228,6 +228,16 @@ fn a_site_tells_partners_its_broker_and_never_its_credentials() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+    let err = Config::from_vars([
+        ("CARTBUS_DATACENTER", "eu"),
+        (
+            "CARTBUS_REPLY_BROKER",
+            "amqps://bus-eu:5671/shop?password=hunter2",
+        ),
+    ])
+    .expect_err("a query")
+    .to_string();
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 #[test]

@@ -256,13 +256,14 @@ impl ReplyStep<'_> {
 }
 
 /// The datacenter a reply names, when it is not this site's: where its order would be if
-/// it is not here. A reply that names none (one site, or a partner that does not copy the
-/// property) is never sent elsewhere.
+/// it is not here. With one site (`CARTBUS_DATACENTER` unset) there is no elsewhere, as
+/// before; nor for a reply that names none (a partner that does not copy the property).
 pub(crate) fn elsewhere(settings: &FulfilmentSettings, message: &Message) -> Option<String> {
+    let here = settings.datacenter()?;
     let Some(Property::String(named)) = message.properties.get(DATACENTER_PROPERTY) else {
         return None;
     };
-    (settings.datacenter() != Some(named.as_str())).then(|| named.clone())
+    (here != named.as_str()).then(|| named.clone())
 }
 
 pub(crate) enum Recorded {

@@ -299,7 +299,7 @@ pub async fn mark_sent(
         Db::Postgres(pool) => {
             let (ids, batches): (Vec<Uuid>, Vec<Uuid>) = rows.iter().copied().unzip();
             let mut tx = pool.begin().await?;
-            let marked: Vec<Uuid> = sqlx::query_scalar(
+            let mut marked: Vec<Uuid> = sqlx::query_scalar(
                 "UPDATE order_dispatch d
                  SET process_status = 'processed', processed_at = $3, locked_until = NULL,
                      last_error = NULL, version = d.version + 1
@@ -312,6 +312,9 @@ pub async fn mark_sent(
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
+            // In order-id order, as the reply reader writes the same keys: two
+            // transactions never wait on each other in a cycle.
+            marked.sort_unstable();
             sqlx::query(
                 "INSERT INTO order_status (order_id, status, at)
                  SELECT id, 'sent_to_partner', $2 FROM UNNEST($1::uuid[]) AS t(id)
@@ -377,7 +380,8 @@ pub async fn mark_sent(
 
 /// `order.status_changed` to `sent_to_partner` for each order sent, `(id, cart_id,
 /// partner)`. An order sent again (at least once) finds its event there already.
-fn sent_events(sent: Vec<(Uuid, Uuid, Option<String>)>, now: DateTime<Utc>) -> Vec<NewEvent> {
+fn sent_events(mut sent: Vec<(Uuid, Uuid, Option<String>)>, now: DateTime<Utc>) -> Vec<NewEvent> {
+    sent.sort_unstable_by_key(|(order_id, _, _)| *order_id);
     sent.into_iter()
         .map(|(order_id, cart_id, partner)| {
             let changed = OrderStatusChanged {

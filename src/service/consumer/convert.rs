@@ -14,13 +14,14 @@ use uuid::Uuid;
 
 use super::CartStep;
 use crate::domain::cart_message::{self, Decoded};
+use crate::domain::event::NewEvent;
 use crate::domain::order::Source;
 use crate::domain::{Cart, Reason};
 use crate::queue::{Delivery, Settlement};
 use crate::service::payment::Verdict;
 use crate::service::place::{self, Outcome as Placed};
 use crate::service::worker::Report;
-use crate::store::{StoreError, Tx, dead_letters, orders};
+use crate::store::{StoreError, Tx, dead_letters, events, orders};
 
 /// How long a message stays back when the database could not take it.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -382,6 +383,8 @@ async fn record_dead_letter(
         && let Ok(cart_id) = crate::domain::parse_uuid(item.message_id())
     {
         orders::record_rejection(tx, cart_id, reason, detail).await?;
+        let event = NewEvent::rejected(cart_id, reason, detail, None, chrono::Utc::now());
+        events::append(tx, &[event]).await?;
     }
     Ok(())
 }
