@@ -51,6 +51,9 @@ async function main() {
 
     console.log(`- the backlog as RabbitMQ reports it: ${expected} waiting, an age, no ETA while paused`);
     await page.locator("#backlog-depth", { hasText: new RegExp(`^${expected}$`) }).waitFor({ timeout: STEP_MS });
+    // RabbitMQ may report the depth one stats refresh (5 s) before the head message's
+    // timestamp: wait for the age as for the depth.
+    await page.locator("#backlog-oldest", { hasText: /\d/ }).waitFor({ timeout: STEP_MS });
     const oldest = ((await page.locator("#backlog-oldest").textContent()) || "").trim();
     check(/\d/.test(oldest) && !/not reported/.test(oldest), `an age for the oldest cart, got ${oldest}`);
     await page.locator("#backlog-eta", { hasText: "paused" }).waitFor({ timeout: STEP_MS });
