@@ -195,6 +195,7 @@ impl Application {
         drop(line);
         tasks.spawn(runtime::tasks::relay(app.clone(), workers_stop.clone()));
         tasks.spawn(runtime::tasks::replies(app.clone(), workers_stop.clone()));
+        tasks.spawn(runtime::tasks::webhooks(app.clone(), workers_stop.clone()));
         tasks.spawn(runtime::health::monitor(app.clone(), workers_stop.clone()));
         tasks.spawn(runtime::tasks::drain_watch(
             app.clone(),

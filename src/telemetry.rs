@@ -15,3 +15,15 @@ pub fn init(filter: &str, json: bool) {
         builder.try_init()
     };
 }
+
+/// An error and its causes, joined by ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 const TOKEN: &str = "admin-auth-test-token-0123456789";
 
 /// Admin operations that must exist, so the test cannot pass on an empty list.
-const KNOWN: [(&str, &str); 11] = [
+const KNOWN: [(&str, &str); 16] = [
     ("get", "/v1/admin/consumer"),
     ("post", "/v1/admin/consumer/pause"),
     ("post", "/v1/admin/consumer/resume"),
@@ -24,6 +24,11 @@ const KNOWN: [(&str, &str); 11] = [
     ("post", "/v1/admin/outbox/{order_id}/retry"),
     ("get", "/v1/admin/payments"),
     ("post", "/v1/admin/payments/{cart_id}/resolve"),
+    ("post", "/v1/admin/webhooks"),
+    ("patch", "/v1/admin/webhooks/{id}"),
+    ("post", "/v1/admin/webhooks/{id}/disable"),
+    ("post", "/v1/admin/webhooks/{id}/rotate-secret"),
+    ("post", "/v1/admin/webhooks/{id}/replay"),
 ];
 
 /// One documented admin operation, ready to call.

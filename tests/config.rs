@@ -92,7 +92,20 @@ CARTBUS_RELAY_POLL_MS                500                         default      fu
 CARTBUS_PAYMENT_URL                  (unset)                     default      payments.url
 CARTBUS_PAYMENT_TIMEOUT_MS           5000                        default      payments.timeout_ms
 CARTBUS_PAYMENT_TOKEN                (unset)                     default      payments.token
+CARTBUS_WEBHOOK_URL                  (unset)                     default      webhooks.url
+CARTBUS_WEBHOOK_SECRET               (unset)                     default      webhooks.secret
+CARTBUS_WEBHOOK_EVENTS               (unset)                     default      webhooks.events
+CARTBUS_WEBHOOK_TIMEOUT_MS           10000                       default      webhooks.timeout_ms
+CARTBUS_WEBHOOK_RETRY_BASE_MS        5000                        default      webhooks.retry_base_ms
+CARTBUS_WEBHOOK_RETRY_CAP_SECONDS    3600                        default      webhooks.retry_cap_seconds
+CARTBUS_WEBHOOK_FAILING_AFTER        16                          default      webhooks.failing_after
+CARTBUS_WEBHOOK_CONCURRENCY          16                          default      webhooks.concurrency
+CARTBUS_WEBHOOK_POLL_MS              250                         default      webhooks.poll_ms
+CARTBUS_WEBHOOK_ALLOW_NETWORKS       (unset)                     default      webhooks.allow_networks
 ";
+
+/// The key of the webhook secret below: base64 of 24 bytes.
+const WEBHOOK_KEY: &str = "czNjcmV0LXdlYmhvb2sta2V5LTEyMzQ1";
 
 /// Every secret of the table, and every URL that can carry a password or a key, set to
 /// a value that must not appear anywhere in what `cartbus config` prints.
@@ -103,14 +116,18 @@ fn cartbus_config_redacts_every_secret() {
         .filter(|s| s.secret())
         .map(|s| {
             let env = s.env.replace("<NAME>", "ACME");
-            let secret = format!("s3cret-{}", env.to_ascii_lowercase());
+            let secret = match env.as_str() {
+                // A Standard Webhooks secret (`whsec_` + base64) or it is refused.
+                "CARTBUS_WEBHOOK_SECRET" => format!("whsec_{WEBHOOK_KEY}"),
+                _ => format!("s3cret-{}", env.to_ascii_lowercase()),
+            };
             (env, secret)
         })
         .collect();
     assert_eq!(
         vars.len(),
-        4,
-        "admin, storefront, payment, partner: {vars:?}"
+        5,
+        "admin, storefront, payment, partner, webhook: {vars:?}"
     );
     vars.extend(
         [
@@ -126,6 +143,10 @@ fn cartbus_config_redacts_every_secret() {
                 "CARTBUS_PAYMENT_URL",
                 "https://pay.example/capture?key=pay-k3y",
             ),
+            (
+                "CARTBUS_WEBHOOK_URL",
+                "https://shop.example/hooks?key=hook-k3y",
+            ),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
@@ -133,7 +154,7 @@ fn cartbus_config_redacts_every_secret() {
     let output = cartbus_config(&[], &env);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let printed = text(&output.stdout) + &text(&output.stderr);
-    for leaked in ["s3cret", "pa55word", "pay-k3y"] {
+    for leaked in ["s3cret", "pa55word", "pay-k3y", WEBHOOK_KEY, "hook-k3y"] {
         assert!(!printed.contains(leaked), "{leaked} in:\n{printed}");
     }
     let value_of = |env: &str| {
@@ -143,7 +164,7 @@ fn cartbus_config_redacts_every_secret() {
             .and_then(|line| line.split_whitespace().nth(1))
             .map(str::to_string)
     };
-    for (env, _) in &vars[..4] {
+    for (env, _) in &vars[..5] {
         assert_eq!(value_of(env).as_deref(), Some("[redacted]"), "{env}");
     }
     assert_eq!(
@@ -157,6 +178,10 @@ fn cartbus_config_redacts_every_secret() {
     assert_eq!(
         value_of("CARTBUS_PAYMENT_URL").as_deref(),
         Some("https://pay.example/capture?[redacted]")
+    );
+    assert_eq!(
+        value_of("CARTBUS_WEBHOOK_URL").as_deref(),
+        Some("https://shop.example/hooks?[redacted]")
     );
     // The partner named by its secret alone still gets its default address.
     assert_eq!(

@@ -20,6 +20,7 @@ mod sources;
 mod stores;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,7 @@ pub use stores::{
     AmqpConfig, AmqpNode, ConsumerSettings, DatabaseKind, DatabaseSettings, ManagementConfig,
     ManagementNode, QueueConfig, QueueSettings, QueueType,
 };
+pub use webhooks::{ConfiguredEndpoint, WebhookSettings};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -52,6 +54,7 @@ pub struct Config {
     /// The hand-off to transport partners and their replies (DESIGN §7).
     pub fulfilment: FulfilmentSettings,
     pub payments: PaymentSettings,
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -106,6 +109,7 @@ impl Config {
             admin: AdminSettings::read(v)?,
             fulfilment: fulfilment::read(v, queue.address_prefix(), queue.public_broker())?,
             payments: PaymentSettings::read(v, &http)?,
+            webhooks: WebhookSettings::read(v)?,
             data_dir,
             http,
             queue,

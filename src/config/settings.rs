@@ -391,4 +391,44 @@ settings! {
     );
     /// sent as `Authorization: Bearer` to the payment endpoint (never logged)
     PAYMENT_TOKEN = secret("CARTBUS_PAYMENT_TOKEN", "payments.token");
+
+    // Webhooks: order events to the storefront (issue 20).
+    /// a receiver of every order event, beside those made with `/v1/admin/webhooks`
+    /// (`http`/`https`); unset = none from configuration (see
+    /// [Webhooks](http-api.md#webhooks))
+    WEBHOOK_URL = url("CARTBUS_WEBHOOK_URL", "webhooks.url", Unset);
+    /// its signing secret(s), `whsec_…` (Standard Webhooks); during a rotation the new and
+    /// the old comma-separated, each signs every call (never logged)
+    WEBHOOK_SECRET = secret("CARTBUS_WEBHOOK_SECRET", "webhooks.secret");
+    /// the event types it gets, comma-separated; unset = every type
+    WEBHOOK_EVENTS = text("CARTBUS_WEBHOOK_EVENTS", "webhooks.events", Unset);
+    /// longest wait for a receiver's answer; past it the call failed and is retried
+    WEBHOOK_TIMEOUT = millis(
+        "CARTBUS_WEBHOOK_TIMEOUT_MS", "webhooks.timeout_ms", 10_000, 100, 60_000,
+    );
+    /// first retry delay after a failed call; doubled per failure, with jitter
+    WEBHOOK_RETRY_BASE = millis(
+        "CARTBUS_WEBHOOK_RETRY_BASE_MS", "webhooks.retry_base_ms", 5_000, 10, 3_600_000,
+    );
+    /// longest delay between retries
+    WEBHOOK_RETRY_CAP = seconds(
+        "CARTBUS_WEBHOOK_RETRY_CAP_SECONDS", "webhooks.retry_cap_seconds", 3_600, 1, 86_400,
+    );
+    /// failed calls of one event after which its endpoint is marked `failing` (probed once
+    /// per retry cap until it answers; with the defaults, ~6 hours of retries)
+    WEBHOOK_FAILING_AFTER = count(
+        "CARTBUS_WEBHOOK_FAILING_AFTER", "webhooks.failing_after", 16, 1, 1_000,
+    );
+    /// calls in flight to one endpoint at once, from one instance (never two of one cart)
+    WEBHOOK_CONCURRENCY = count(
+        "CARTBUS_WEBHOOK_CONCURRENCY", "webhooks.concurrency", 16, 1, 256,
+    );
+    /// how often an idle deliverer looks for new events
+    WEBHOOK_POLL = millis("CARTBUS_WEBHOOK_POLL_MS", "webhooks.poll_ms", 250, 10, 60_000);
+    /// networks a receiver may be in although they are inside ones (comma-separated CIDRs,
+    /// e.g. `10.20.0.0/16`); unset = loopback, private, link-local and other inside
+    /// addresses are refused (server-side request forgery)
+    WEBHOOK_ALLOW_NETWORKS = text(
+        "CARTBUS_WEBHOOK_ALLOW_NETWORKS", "webhooks.allow_networks", Unset,
+    );
 }

@@ -345,7 +345,7 @@ fn every_secret_refuses_a_short_value_without_showing_it() {
         assert!(!err.contains("short-s3cret"), "{err}");
         secrets += 1;
     }
-    assert_eq!(secrets, 4, "admin, storefront, payment, partner");
+    assert_eq!(secrets, 5, "admin, storefront, payment, partner, webhook");
 }
 
 /// The flat TOML keys of earlier versions are the variables' names without `CARTBUS_`:
@@ -360,4 +360,52 @@ fn keys_and_variables_are_unique() {
             assert!(seen.insert(setting.flat_key()), "{}", setting.flat_key());
         }
     }
+}
+
+#[test]
+fn the_configured_webhook_needs_a_standard_webhooks_secret_and_shows_neither() {
+    const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let url = ("CARTBUS_WEBHOOK_URL", "https://shop.example/hooks?key=k3y");
+    let err = |vars: &[(&str, &str)]| {
+        Config::from_vars(vars.iter().copied())
+            .expect_err("refused")
+            .to_string()
+    };
+    assert!(err(&[url]).contains("CARTBUS_WEBHOOK_SECRET"));
+    assert!(err(&[("CARTBUS_WEBHOOK_SECRET", KEY)]).contains("without CARTBUS_WEBHOOK_URL"));
+    let not_whsec = err(&[url, ("CARTBUS_WEBHOOK_SECRET", "plain-s3cret-value-1234")]);
+    assert!(
+        not_whsec.contains("whsec_") && !not_whsec.contains("s3cret"),
+        "{not_whsec}"
+    );
+    let with_user = err(&[
+        ("CARTBUS_WEBHOOK_URL", "https://u:pa55@shop.example/"),
+        ("CARTBUS_WEBHOOK_SECRET", KEY),
+    ]);
+    assert!(!with_user.contains("pa55"), "{with_user}");
+    let events = err(&[
+        url,
+        ("CARTBUS_WEBHOOK_SECRET", KEY),
+        ("CARTBUS_WEBHOOK_EVENTS", "order.shipped"),
+    ]);
+    assert!(events.contains("order.shipped"), "{events}");
+    let networks = err(&[("CARTBUS_WEBHOOK_ALLOW_NETWORKS", "10.0.0.0/8,intranet")]);
+    assert!(networks.contains("`intranet`"), "{networks}");
+
+    let rotating = format!(
+        "{},{KEY}",
+        crate::domain::webhook::Secret::generate().expose()
+    );
+    let config = Config::from_vars([
+        url,
+        ("CARTBUS_WEBHOOK_SECRET", rotating.as_str()),
+        ("CARTBUS_WEBHOOK_EVENTS", "checkout.ordered"),
+        ("CARTBUS_WEBHOOK_ALLOW_NETWORKS", "10.20.0.0/16, 127.0.0.1"),
+    ])
+    .expect("valid");
+    let configured = config.webhooks.configured.expect("an endpoint");
+    assert_eq!(configured.secrets.len(), 2);
+    assert!(configured.events.wants("checkout.ordered"));
+    assert!(!configured.events.wants("checkout.rejected"));
+    assert_eq!(config.webhooks.allow_networks.len(), 2);
 }

@@ -14,6 +14,7 @@ pub mod partner;
 pub mod payment;
 mod reason;
 pub mod resubmit;
+pub mod webhook;
 
 pub use cart::{
     Address, Cart, CartId, CountryCode, CurrencyCode, Customer, Email, Line, MAX_LINES,

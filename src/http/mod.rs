@@ -15,6 +15,8 @@ pub mod problem;
 mod request;
 pub mod server;
 mod service_errors;
+mod webhook_doc;
+pub(crate) mod webhooks;
 
 use std::time::Instant;
 
@@ -37,6 +39,7 @@ use utoipa_axum::routes;
 use crate::metrics::HttpLabels;
 use crate::runtime::app::AppState;
 use problem::{PROBLEM_JSON, problem_response};
+use webhook_doc::Webhooks as WebhookDoc;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -47,7 +50,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         description = "Queue-buffered checkout: carts in, purchase orders out, without downtime during deploys.",
         license(name = "MIT OR Apache-2.0")
     ),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &WebhookDoc),
     components(schemas(
         crate::domain::event::CheckoutOrdered,
         crate::domain::event::CheckoutRejected,
@@ -59,6 +62,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "orders", description = "Purchase orders"),
         (name = "operations", description = "Health, metrics, this document"),
         (name = "admin", description = "The drain switch and payment resolution (bearer CARTBUS_ADMIN_TOKEN)"),
+        (name = "webhooks", description = "Receivers of order events, signed as Standard Webhooks (bearer CARTBUS_ADMIN_TOKEN)"),
     )
 )]
 struct ApiDoc;
@@ -135,6 +139,7 @@ impl Modify for RejectionResponses {
                 &mut item.get,
                 &mut item.post,
                 &mut item.put,
+                &mut item.patch,
                 &mut item.delete,
             ];
             for operation in operations.into_iter().flatten() {
@@ -233,6 +238,13 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(deadletters::resubmit_many))
         .routes(routes!(deadletters::resubmit_job))
         .routes(routes!(events::list))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::update))
+        .routes(routes!(webhooks::disable))
+        .routes(routes!(webhooks::enable))
+        .routes(routes!(webhooks::rotate))
+        .routes(routes!(webhooks::replay))
+        .routes(routes!(webhooks::deliveries))
         .routes(routes!(outbox::list))
         .routes(routes!(outbox::retry))
         .routes(routes!(payments::list))

@@ -15,8 +15,10 @@ use crate::domain::Reason;
 
 mod known;
 pub mod outcomes;
+mod webhooks;
 
 pub use known::KnownGauge;
+pub use webhooks::{EndpointLabel, WebhookMetrics};
 
 /// A figure read from the queue or the database when `/metrics` is scraped
 /// (`runtime::sample`); each has its own `cartbus_sample_stale{figure}`.
@@ -35,16 +37,20 @@ pub enum Figure {
     PaymentsUnknown,
     /// `cartbus_payments_captured_without_order`.
     PaymentsCapturedWithoutOrder,
+    /// `cartbus_webhook_endpoints`, `cartbus_webhook_pending`,
+    /// `cartbus_webhook_oldest_pending_seconds`.
+    Webhooks,
 }
 
 impl Figure {
-    pub const ALL: [Figure; 6] = [
+    pub const ALL: [Figure; 7] = [
         Figure::QueueDepth,
         Figure::DrainSwitch,
         Figure::OutboxRows,
         Figure::DeadLetters,
         Figure::PaymentsUnknown,
         Figure::PaymentsCapturedWithoutOrder,
+        Figure::Webhooks,
     ];
 
     /// The `figure` label: the name of the gauge it feeds, without `cartbus_`.
@@ -56,6 +62,7 @@ impl Figure {
             Figure::DeadLetters => "dead_letters",
             Figure::PaymentsUnknown => "payments_unknown",
             Figure::PaymentsCapturedWithoutOrder => "payments_captured_without_order",
+            Figure::Webhooks => "webhooks",
         }
     }
 }
@@ -164,6 +171,8 @@ pub struct Metrics {
     /// By [`Figure`]: 1 when its last read at scrape failed or timed out, so the gauges
     /// it feeds show an older value; 0 when fresh. Set through [`Metrics::sampled`].
     pub sample_stale: Family<FigureLabel, Gauge>,
+    /// Webhook calls, endpoints and what waits for them.
+    pub webhooks: WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -359,6 +368,7 @@ impl Metrics {
             "1 when a figure read at scrape was not had (its read failed or took over 1 s), so the gauges it feeds show an older value; 0 when fresh",
             sample_stale.clone(),
         );
+        let webhooks = WebhookMetrics::register(&mut registry);
         for figure in Figure::ALL {
             let _ = sample_stale.get_or_create(&FigureLabel {
                 figure: figure.as_str(),
@@ -377,6 +387,7 @@ impl Metrics {
             }
         }
         Metrics {
+            webhooks,
             sample_stale,
             dead_letters,
             dead_letter_reasons: Mutex::new(

@@ -77,3 +77,7 @@ pub static PAYMENT_CALLS: List = LazyLock::new(|| {
     list.push("late_after_resolution");
     list
 });
+
+/// `cartbus_webhook_calls_total`: what a call to a webhook receiver came to.
+pub static WEBHOOK_CALLS: List =
+    LazyLock::new(|| vec!["delivered", "refused", "timeout", "unreachable", "gone"]);

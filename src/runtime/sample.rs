@@ -26,6 +26,7 @@ pub async fn at_scrape(app: &App) {
         outbox(app),
         dead_letters(app),
         payments(app),
+        webhooks(app),
     );
     let metrics = &app.metrics;
     metrics.ready.set(i64::from(app.is_ready()));
@@ -172,4 +173,33 @@ async fn payments(app: &App) {
     if let Some(stuck) = stuck {
         app.metrics.payments_captured_without_order.set(stuck);
     }
+}
+
+async fn webhooks(app: &App) {
+    use crate::store::webhooks;
+    let read = async {
+        let (endpoints, pending) =
+            tokio::try_join!(webhooks::list(&app.db), webhooks::pending(&app.db))?;
+        Ok::<_, crate::store::StoreError>((endpoints, pending))
+    };
+    let Some((endpoints, pending)) = within(app, Figure::Webhooks, read).await else {
+        return;
+    };
+    let now = chrono::Utc::now();
+    let figures: Vec<(String, &str, i64, f64)> = endpoints
+        .iter()
+        .map(|e| {
+            let waiting = pending.iter().find(|p| p.endpoint_id == e.id);
+            let age = waiting.and_then(|p| p.oldest).map_or(0.0, |oldest| {
+                (now - oldest).num_milliseconds().max(0) as f64 / 1000.0
+            });
+            (
+                e.id.clone(),
+                e.state().as_str(),
+                waiting.map_or(0, |p| p.pending),
+                age,
+            )
+        })
+        .collect();
+    app.metrics.webhooks.set_endpoints(&figures);
 }

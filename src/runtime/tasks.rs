@@ -10,6 +10,8 @@ use crate::service::drain;
 use crate::service::hand_off::HandOff;
 use crate::service::relay::{self, Relay};
 use crate::service::replies::{self, ReplyStep};
+use crate::service::webhook_call::Caller;
+use crate::service::webhooks::{self, Deliverer};
 
 pub async fn drain_watch(app: AppState, stop: CancellationToken) {
     drain::watch(&app.db, &app.control, &app.health, stop).await;
@@ -79,4 +81,24 @@ pub async fn relay(app: AppState, stop: CancellationToken) {
         wake: &app.outbox_wake,
     };
     relay::run(relay, app.config.consumer.enabled, app.gate(), stop).await;
+}
+
+/// Webhook delivery to the storefront's receivers.
+pub async fn webhooks(app: AppState, stop: CancellationToken) {
+    let config = &app.config;
+    let caller = match Caller::new(&config.webhooks, &config.version) {
+        Ok(caller) => caller,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook delivery off: its HTTP client could not be built");
+            return;
+        }
+    };
+    let deliverer = Deliverer {
+        db: app.db.clone(),
+        metrics: app.metrics.clone(),
+        settings: std::sync::Arc::new(config.webhooks.clone()),
+        caller,
+        instance: config.instance.clone(),
+    };
+    webhooks::run(deliverer, config.consumer.enabled, app.gate(), stop).await;
 }

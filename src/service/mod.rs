@@ -16,4 +16,6 @@ pub mod relay;
 pub mod replies;
 pub mod resubmit;
 pub mod resubmit_jobs;
+pub mod webhook_call;
+pub mod webhooks;
 pub mod worker;

@@ -23,12 +23,14 @@ use crate::config::{Config, DatabaseKind};
 
 pub mod attempts;
 pub mod dead_letters;
+pub mod deliveries;
 pub mod events;
 pub mod order_reads;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
 pub mod switch;
+pub mod webhooks;
 
 pub static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 pub static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");

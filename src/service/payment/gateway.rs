@@ -120,7 +120,7 @@ impl Gateway {
         // Without the URL: its query string may hold a key.
         let connect = e.is_connect();
         let timeout = e.is_timeout();
-        let detail = error_chain(&e.without_url());
+        let detail = crate::telemetry::error_chain(&e.without_url());
         if connect {
             CallOutcome::NotSent {
                 detail: format!("could not connect to the payment endpoint: {detail}"),
@@ -140,16 +140,4 @@ impl Gateway {
             }
         }
     }
-}
-
-/// An error and its causes, joined by ": ".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

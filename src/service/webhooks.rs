@@ -1,0 +1,335 @@
+//! Webhook delivery (issue 20), on every instance whose drain switch lets it work, as
+//! the fulfilment relay is: a paused or fenced instance sends nothing.
+//!
+//! A session fans new events out to the endpoints (one delivery row per event and
+//! endpoint, in commit order: [`deliveries::fan_out`]) and runs one loop per endpoint, so
+//! a slow or dead receiver holds up only itself. Each loop leases a batch of deliveries —
+//! at most one per cart, the cart's earliest, so a cart's events arrive in order — calls
+//! them side by side, and marks each: delivered on a 2xx, else retried with doubling,
+//! jittered waits. An event failing `CARTBUS_WEBHOOK_FAILING_AFTER` times marks its
+//! endpoint `failing`: from then on one delivery is tried per retry cap, and the first 2xx
+//! enables it again. A 410 disables the endpoint. A delivery whose mark never came (the
+//! process died after the call) goes again when its lease lapses, with the same id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::drain::pause;
+use super::webhook_call::{self, CallResult, Caller};
+use super::worker::{self, Gate, MAX_BACKOFF, MIN_BACKOFF};
+use crate::backoff::Backoff;
+use crate::config::WebhookSettings;
+use crate::domain::webhook::{EndpointState, retry_delay};
+use crate::metrics::Metrics;
+use crate::store::deliveries::{self, Attempt};
+use crate::store::webhooks::{self, CONFIGURED, EndpointRow, NewEndpoint};
+use crate::store::{Db, StoreError};
+
+/// How long in-flight calls may finish once a session is told to stop (a pause, a
+/// shutdown) before they are dropped; a dropped call's event goes again after its lease.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// What delivering needs; cheap to clone into each endpoint's loop.
+#[derive(Clone)]
+pub struct Deliverer {
+    pub db: Db,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<WebhookSettings>,
+    pub caller: Caller,
+    /// `CARTBUS_INSTANCE`: the name on the leases.
+    pub instance: String,
+}
+
+/// Runs delivery until `stop`, where the drain switch lets this instance work.
+pub async fn run(
+    deliverer: Deliverer,
+    consumer_enabled: bool,
+    gate: Gate<'_>,
+    stop: CancellationToken,
+) {
+    if !consumer_enabled {
+        tracing::info!("webhook delivery off on this instance (CARTBUS_CONSUMER=off)");
+        return;
+    }
+    worker::run(gate, &stop, Session { deliverer }).await;
+}
+
+struct Session {
+    deliverer: Deliverer,
+}
+
+impl worker::Worker for Session {
+    fn name(&self) -> &'static str {
+        "webhooks"
+    }
+
+    async fn session(
+        &mut self,
+        stop: &CancellationToken,
+        reconnect: &mut Backoff,
+    ) -> Result<(), String> {
+        let d = &self.deliverer;
+        let mut loops = JoinSet::new();
+        let mut running: HashMap<String, CancellationToken> = HashMap::new();
+        let result = async {
+            d.configure().await?;
+            while !stop.is_cancelled() {
+                let read = deliveries::fan_out(&d.db, Utc::now()).await?;
+                let endpoints = webhooks::list(&d.db).await?;
+                reconnect.reset();
+                running.retain(|id, token| {
+                    let active = endpoints
+                        .iter()
+                        .any(|e| &e.id == id && e.state() != EndpointState::Disabled);
+                    if !active || token.is_cancelled() {
+                        token.cancel();
+                    }
+                    active && !token.is_cancelled()
+                });
+                for endpoint in endpoints {
+                    if endpoint.state() == EndpointState::Disabled
+                        || running.contains_key(&endpoint.id)
+                    {
+                        continue;
+                    }
+                    let token = stop.child_token();
+                    running.insert(endpoint.id.clone(), token.clone());
+                    loops.spawn(d.clone().endpoint_loop(endpoint.id, token));
+                }
+                while let Some(ended) = loops.try_join_next() {
+                    if let Ok(id) = ended {
+                        running.remove(&id);
+                    }
+                }
+                if (read as i64) < deliveries::FAN_OUT_BATCH {
+                    pause(stop, d.settings.poll).await;
+                }
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        for token in running.values() {
+            token.cancel();
+        }
+        if tokio::time::timeout(STOP_GRACE, async {
+            while loops.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            loops.shutdown().await;
+        }
+        result.map_err(|e| format!("webhook delivery failed: {e}"))
+    }
+}
+
+/// What one round of an endpoint's loop did.
+enum Round {
+    Worked,
+    Idle(Duration),
+    /// The endpoint was disabled or deleted: the loop ends.
+    Over,
+}
+
+impl Deliverer {
+    /// Makes the endpoint of `CARTBUS_WEBHOOK_URL`, or brings it in line.
+    async fn configure(&self) -> Result<(), StoreError> {
+        let Some(configured) = &self.settings.configured else {
+            return Ok(());
+        };
+        webhooks::upsert_configured(
+            &self.db,
+            &NewEndpoint {
+                id: CONFIGURED,
+                url: configured.url.as_str(),
+                description: "CARTBUS_WEBHOOK_URL",
+                events: &configured.events,
+                secrets: &configured.secrets,
+            },
+            Utc::now(),
+        )
+        .await
+    }
+
+    /// One endpoint's deliveries until `stop`; returns its id.
+    async fn endpoint_loop(self, id: String, stop: CancellationToken) -> String {
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+        while !stop.is_cancelled() {
+            match self.round(&id).await {
+                Ok(Round::Worked) => backoff.reset(),
+                Ok(Round::Idle(wait)) => {
+                    backoff.reset();
+                    pause(&stop, wait).await;
+                }
+                Ok(Round::Over) => break,
+                Err(e) => {
+                    let wait = backoff.next_wait();
+                    tracing::warn!(endpoint = %id, error = %e, retry_in = ?wait, "webhook delivery round failed");
+                    pause(&stop, wait).await;
+                }
+            }
+        }
+        id
+    }
+
+    async fn round(&self, id: &str) -> Result<Round, StoreError> {
+        let Some(endpoint) = webhooks::get(&self.db, id).await? else {
+            return Ok(Round::Over);
+        };
+        let now = Utc::now();
+        let settings = &self.settings;
+        let limit = match endpoint.state() {
+            EndpointState::Disabled => return Ok(Round::Over),
+            EndpointState::Failing => match endpoint.probe_at {
+                Some(at) if at > now => {
+                    let wait = (at - now).to_std().unwrap_or_default();
+                    return Ok(Round::Idle(wait.min(settings.poll * 4)));
+                }
+                _ => 1,
+            },
+            EndpointState::Enabled => settings.concurrency,
+        };
+        let lease = self.caller.timeout() * 2 + Duration::from_secs(2);
+        let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        let claimed = deliveries::claim(&self.db, id, &self.instance, now, until, limit).await?;
+        if claimed.is_empty() {
+            return Ok(Round::Idle(settings.poll));
+        }
+        let Ok(url) = url::Url::parse(&endpoint.url) else {
+            // Stored after a check; a row edited by hand is turned off, not called.
+            webhooks::set_state(
+                &self.db,
+                id,
+                &[EndpointState::Enabled, EndpointState::Failing],
+                EndpointState::Disabled,
+                Some("its URL does not parse"),
+                None,
+                now,
+            )
+            .await?;
+            return Ok(Round::Over);
+        };
+        let secrets = endpoint.signing_secrets(now);
+        let results = join_all(claimed.iter().map(|c| {
+            let body = webhook_call::body(&c.kind, c.created_at, &c.data);
+            self.caller.call(&url, &secrets, &c.event_id, body)
+        }))
+        .await;
+        // Test-only: die between the calls and their marks.
+        crate::fault::freeze_if_hit("webhook-before-mark").await;
+        let done = Utc::now();
+        let mut attempts = Vec::with_capacity(claimed.len());
+        let (mut gone, mut delivered, mut exhausted) = (false, false, None);
+        for (c, result) in claimed.iter().zip(&results) {
+            self.metrics.webhooks.call(result.outcome());
+            let failed = match result {
+                CallResult::Delivered(_) => {
+                    delivered = true;
+                    None
+                }
+                other => {
+                    let tries = u32::try_from(c.attempts).unwrap_or(0) + 1;
+                    gone |= *other == CallResult::Gone;
+                    let wait = retry_delay(
+                        tries,
+                        settings.retry_base,
+                        settings.retry_cap,
+                        rand::random(),
+                    );
+                    let error = other.error(self.caller.timeout()).unwrap_or_default();
+                    if tries >= settings.failing_after && exhausted.is_none() {
+                        exhausted = Some(format!(
+                            "event {} failed {tries} times; last: {error}",
+                            c.event_id
+                        ));
+                    }
+                    Some((
+                        error,
+                        done + chrono::Duration::from_std(wait).unwrap_or_default(),
+                    ))
+                }
+            };
+            attempts.push(Attempt {
+                id: c.id,
+                cart_id: c.cart_id,
+                status: result.status(),
+                failed,
+            });
+        }
+        deliveries::record(&self.db, id, &attempts, done).await?;
+        self.next_state(&endpoint, gone, delivered, exhausted, done)
+            .await?;
+        Ok(Round::Worked)
+    }
+
+    /// An endpoint's state after a round: 410 disables it, a 2xx ends `failing`, running
+    /// out of retries starts it; a failing endpoint's failed probe sets the next one.
+    async fn next_state(
+        &self,
+        endpoint: &EndpointRow,
+        gone: bool,
+        delivered: bool,
+        exhausted: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        use EndpointState::{Disabled, Enabled, Failing};
+        let id = endpoint.id.as_str();
+        let probe_at =
+            now + chrono::Duration::from_std(self.settings.retry_cap).unwrap_or_default();
+        let state = endpoint.state();
+        if gone {
+            let reason = "the receiver answered 410 Gone: enable it again once it takes events";
+            if webhooks::set_state(
+                &self.db,
+                id,
+                &[Enabled, Failing],
+                Disabled,
+                Some(reason),
+                None,
+                now,
+            )
+            .await?
+            {
+                tracing::warn!(
+                    endpoint = id,
+                    "webhook endpoint disabled: its receiver answered 410 Gone"
+                );
+            }
+        } else if state == Failing && delivered {
+            if webhooks::set_state(&self.db, id, &[Failing], Enabled, None, None, now).await? {
+                tracing::info!(endpoint = id, "webhook endpoint answers again: enabled");
+            }
+        } else if state == Failing {
+            webhooks::set_state(
+                &self.db,
+                id,
+                &[Failing],
+                Failing,
+                endpoint.state_reason.as_deref(),
+                Some(probe_at),
+                now,
+            )
+            .await?;
+        } else if let Some(reason) = exhausted
+            && webhooks::set_state(
+                &self.db,
+                id,
+                &[Enabled],
+                Failing,
+                Some(&reason),
+                Some(probe_at),
+                now,
+            )
+            .await?
+        {
+            tracing::warn!(endpoint = id, reason = %reason, "webhook endpoint failing: probed once per retry cap until it answers");
+        }
+        Ok(())
+    }
+}
