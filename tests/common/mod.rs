@@ -9,6 +9,7 @@ pub mod haproxy;
 pub mod load;
 pub mod partners;
 pub mod proxy;
+pub mod webhooks;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -63,7 +63,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         payload = self.body()
         headers = {k.lower(): v for k, v in self.headers.items()}
-        path = self.path
+        path = self.path.split("?")[0]
         with LOCK:
             secrets = list(SECRETS.get(path, []))
         verified, why = False, "no secret set for this path"
