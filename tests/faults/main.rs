@@ -379,6 +379,9 @@ struct Row {
     phantom: usize,
     /// Orders never handed off to their partner: must be 0.
     not_handed_off: usize,
+    /// Orders without their one `checkout.ordered` event, or handed off without an
+    /// `order.status_changed` one (issue 20): must be 0.
+    events_missing: usize,
     /// Why the phase could not run as planned.
     failure: Option<String>,
     /// How long the phase ran, faults and the clean finish.
@@ -393,6 +396,7 @@ impl Row {
             && self.wrong == 0
             && self.phantom == 0
             && self.not_handed_off == 0
+            && self.events_missing == 0
     }
 }
 
@@ -812,12 +816,15 @@ async fn terminate_connections(url: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Per order: cart, total, lines, Σ quantity × unit_price, and its hand-off status.
-type OrderRow = (Uuid, i64, i64, i64, Option<String>);
+/// Per order: cart, total, lines, Σ quantity × unit_price, its hand-off status, and its
+/// cart's `checkout.ordered` and `order.status_changed` events.
+type OrderRow = (Uuid, i64, i64, i64, Option<String>, i64, i64);
 
 const ORDERS_SQL: &str = "SELECT o.cart_id, o.total, COUNT(l.line_no),
         CAST(COALESCE(SUM(l.quantity * l.unit_price), 0) AS BIGINT),
-        (SELECT d.process_status FROM order_dispatch d WHERE d.order_id = o.id)
+        (SELECT d.process_status FROM order_dispatch d WHERE d.order_id = o.id),
+        (SELECT COUNT(*) FROM events e WHERE e.cart_id = o.cart_id AND e.type = 'checkout.ordered'),
+        (SELECT COUNT(*) FROM events e WHERE e.cart_id = o.cart_id AND e.type = 'order.status_changed')
      FROM orders o LEFT JOIN order_lines l ON l.order_id = o.id
      GROUP BY o.id, o.cart_id, o.total";
 
@@ -910,9 +917,19 @@ async fn check(rig: &Rig, entries: &[Entry], earlier: &HashSet<Uuid>, base: i64,
         }
     };
     let mut per_cart: HashMap<Uuid, usize> = HashMap::new();
-    for (cart_id, total, lines, sum, handoff) in &found {
+    for (cart_id, total, lines, sum, handoff, ordered_events, status_events) in &found {
         if earlier.contains(cart_id) {
             continue;
+        }
+        // Each order's event was written in its own transaction: one, never none; and a
+        // hand-off marked processed wrote its `sent_to_partner` with the mark.
+        let handed_off = handoff.as_deref() == Some("processed");
+        if *ordered_events != 1 || (handed_off && *status_events == 0) {
+            row.events_missing += 1;
+            eprintln!(
+                "FAULTS: cart {cart_id}: {ordered_events} checkout.ordered and \
+                 {status_events} order.status_changed events (hand-off {handoff:?})"
+            );
         }
         *per_cart.entry(*cart_id).or_default() += 1;
         if posted.contains_key(cart_id) && handoff.as_deref() != Some("processed") {
@@ -966,12 +983,12 @@ async fn disk_full(cycles: usize, binary: &Path) -> Row {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| fault | stack | cycles | time | accepted | lost | duplicated | wrong | not handed off | errors seen by clients | ordered, unconfirmed |"
+        "| fault | stack | cycles | time | accepted | lost | duplicated | wrong | not handed off | events missing | errors seen by clients | ordered, unconfirmed |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.fault,
             r.failure
                 .as_deref()
@@ -985,6 +1002,7 @@ fn print_table(rows: &[Row]) {
             r.duplicated,
             r.wrong + r.phantom,
             r.not_handed_off,
+            r.events_missing,
             r.errors,
             r.ordered_unconfirmed,
         );
