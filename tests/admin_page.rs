@@ -166,10 +166,25 @@ async fn an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browse
         &Settings::new(dir.path(), &Backend::Sqlite)
             .set("CARTBUS_ADMIN_TOKEN", TOKEN)
             // The conflicting cart below is to reach the consumer, not a 409 at intake.
-            .set("CARTBUS_CONFLICT_CHECK_MS", "0"),
+            .set("CARTBUS_CONFLICT_CHECK_MS", "0")
+            // A webhook receiver that is down: failing after its first refused call.
+            .set("CARTBUS_WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8")
+            .set("CARTBUS_WEBHOOK_FAILING_AFTER", "1")
+            .set("CARTBUS_WEBHOOK_POLL_MS", "50"),
     )
     .await;
     let config = &app.state.config;
+    let (status, created) = common::admin_call(
+        &app.client,
+        &app.base,
+        TOKEN,
+        reqwest::Method::POST,
+        "/v1/admin/webhooks",
+        Some(json!({"url": "http://127.0.0.1:9/down"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let webhook = created["endpoint"]["id"].as_str().expect("id").to_string();
 
     // A valid cart that failed on every attempt (say the orders database was down): a
     // resubmit now creates its order.
@@ -210,6 +225,11 @@ async fn an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browse
     })
     .await;
     assert_eq!(common::count_orders_for(&app.state, &cart_id).await, 0);
+    eventually("the webhook endpoint failing", || async {
+        let view = admin_get(&app, &format!("/v1/admin/webhooks/{webhook}")).await;
+        (view["state"] == "failing").then_some(())
+    })
+    .await;
 
     let artefacts = run_browser(
         "admin_page.mjs",
@@ -220,6 +240,7 @@ async fn an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browse
             ("CARTBUS_INSTANCE", config.instance.clone()),
             ("CARTBUS_DEAD_LETTER_ID", dead_letter_id.to_string()),
             ("CARTBUS_DEAD_LETTER_CART_ID", cart_id.clone()),
+            ("CARTBUS_FAILING_WEBHOOK", webhook.clone()),
         ],
     )
     .await;

@@ -244,8 +244,12 @@ impl Deliverer {
                     );
                     let error = other.error(self.caller.timeout()).unwrap_or_default();
                     if tries >= settings.failing_after && exhausted.is_none() {
+                        let times = match tries {
+                            1 => "once".to_string(),
+                            n => format!("{n} times"),
+                        };
                         exhausted = Some(format!(
-                            "event {} failed {tries} times; last: {error}",
+                            "event {} failed {times}; last: {error}",
                             c.event_id
                         ));
                     }

@@ -5,7 +5,8 @@
 //
 // Environment: CARTBUS_BASE_URL, CARTBUS_ADMIN_TOKEN, CARTBUS_INSTANCE,
 // CARTBUS_DEAD_LETTER_ID and CARTBUS_DEAD_LETTER_CART_ID (a dead letter whose resubmit
-// creates an order), CARTBUS_CHROMIUM (default /usr/bin/chromium), CARTBUS_ARTEFACTS (the
+// creates an order), CARTBUS_FAILING_WEBHOOK (a webhook endpoint marked failing),
+// CARTBUS_CHROMIUM (default /usr/bin/chromium), CARTBUS_ARTEFACTS (the
 // folder for screenshots, default target/artefacts).
 
 import { mkdir } from "node:fs/promises";
@@ -26,6 +27,7 @@ const token = setting("CARTBUS_ADMIN_TOKEN");
 const instance = setting("CARTBUS_INSTANCE");
 const deadLetterId = setting("CARTBUS_DEAD_LETTER_ID");
 const cartId = setting("CARTBUS_DEAD_LETTER_CART_ID");
+const failingWebhook = setting("CARTBUS_FAILING_WEBHOOK");
 const executablePath = setting("CARTBUS_CHROMIUM", "/usr/bin/chromium");
 const artefacts = setting("CARTBUS_ARTEFACTS", "target/artefacts");
 
@@ -141,6 +143,12 @@ async function main() {
     check((await text(page.locator("#backlog-eta"))).length > 0, "a catch-up estimate");
     await page.locator(`#dead-letters tr[data-dead-letter="${deadLetterId}"]`).waitFor({ timeout: STEP_MS });
     await page.locator('#dead-counts [data-reason="max-attempts"]').waitFor({ timeout: STEP_MS });
+
+    step("a failing webhook endpoint is listed with why and what waits for it");
+    const hook = page.locator(`#webhooks tr[data-endpoint="${failingWebhook}"][data-state=failing]`);
+    await hook.waitFor({ timeout: STEP_MS });
+    check(/refused|connect|error/i.test(await text(hook.locator("td.detail"))), "the reason it is failing");
+    check(/^[1-9]\d*$/.test((await text(hook.locator("td.num"))).trim()), "its pending events counted");
 
     step("pause asks for a reason and a confirmation, then the instances drain");
     await page.click("#pause");

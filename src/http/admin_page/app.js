@@ -273,8 +273,9 @@
         api("GET", `/v1/admin/dead-letters?limit=${DEAD_LETTER_PAGE}`).then((r) => renderDeadLetters(r.data)),
         api("GET", "/v1/admin/payments?state=unknown").then((r) => renderPayments(r.data.items || [])),
         api("GET", "/v1/admin/outbox?status=critical_error").then((r) => renderOutbox(r.data)),
+        api("GET", "/v1/admin/webhooks").then((r) => renderWebhooks(r.data.items || [])),
       ]);
-      const names = ["switch history", "dead letters", "payments", "outbox"];
+      const names = ["switch history", "dead letters", "payments", "outbox", "webhooks"];
       results.forEach((result, i) => {
         if (result.status === "rejected" && result.reason.status !== 401) {
           problems.push(`${names[i]}: ${result.reason.message}`);
@@ -574,6 +575,29 @@
       ),
       4,
       "None: every payment call has a known outcome.",
+    );
+  }
+
+  // Webhook endpoints that are not delivering, or whose events wait: failing or disabled
+  // ones, and any with events pending.
+  function renderWebhooks(items) {
+    const troubled = items.filter((e) => e.state !== "enabled" || e.pending > 0);
+    fillRows(
+      $("#webhooks"),
+      troubled.map((e) =>
+        el(
+          "tr",
+          { "data-endpoint": e.id, "data-state": e.state },
+          el("td", { class: "mono" }, e.id),
+          el("td", { class: "mono" }, e.url),
+          el("td", {}, el("span", { class: `chip ${e.state}` }, e.state)),
+          el("td", { class: "num" }, e.pending),
+          el("td", {}, when(e.oldest_pending_at)),
+          el("td", { class: "detail" }, e.state_reason || (e.next_probe_at ? `next probe ${when(e.next_probe_at)}` : "—")),
+        ),
+      ),
+      6,
+      `None: ${items.length} endpoint(s), every one delivering with nothing waiting.`,
     );
   }
 
