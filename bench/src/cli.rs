@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// see what it costs.
     #[arg(long = "no-hand-off", action = clap::ArgAction::SetFalse)]
     pub hand_off: bool,
+    /// Deliver every order event to a webhook receiver in this process (signatures
+    /// checked) while the phases run; `--no-webhooks` to see what delivery costs.
+    #[arg(long = "no-webhooks", action = clap::ArgAction::SetFalse)]
+    pub webhooks: bool,
     /// Seconds of each open-loop run of the sustained-capacity search (0 skips it).
     #[arg(long, default_value_t = 60)]
     pub sustain_seconds: u64,

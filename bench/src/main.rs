@@ -15,6 +15,7 @@ mod open_loop;
 mod phases;
 mod raw_amqp;
 mod raw_db;
+mod receiver;
 mod report;
 mod run;
 mod service;

@@ -17,6 +17,7 @@ use crate::databases::{count_orders, count_sent, unsend, wait_for_dispatched, wa
 use crate::load::{Load, cart_json, percentile};
 use crate::open_loop::sustain;
 use crate::raw_db::{raw_batched_insert, raw_single_inserts};
+use crate::receiver::Receiver;
 use crate::report::Table;
 use crate::service::{Service, admin};
 
@@ -37,7 +38,13 @@ pub async fn shared_phases(
     raw_intake_what: &str,
 ) -> anyhow::Result<f64> {
     let batch = args.batch.to_string();
-    let service = Service::start(binary, env, &[("CARTBUS_CONSUMER_BATCH", &batch)])?;
+    let receiver = match args.webhooks {
+        true => Some(Receiver::start().await?),
+        false => None,
+    };
+    let mut with_hooks = env.to_vec();
+    with_hooks.extend(receiver.iter().flat_map(Receiver::env));
+    let service = Service::start(binary, &with_hooks, &[("CARTBUS_CONSUMER_BATCH", &batch)])?;
     service.wait_ready().await?;
     let idle = service.rss_kib();
     let db = service.db(env)?;
@@ -99,6 +106,15 @@ pub async fn shared_phases(
     } else {
         None
     };
+    let delivered = match &receiver {
+        // Every order's checkout.ordered event, and its sent_to_partner with the hand-off.
+        Some(receiver) => {
+            let events = backlog as u64 * if args.hand_off { 2 } else { 1 };
+            Some(wait_for_events(receiver, events, Duration::from_secs(600)).await?)
+        }
+        None => None,
+    };
+    let last_event = started.elapsed();
     let drain_cpu = cpu.read();
     let raw_drain = on_service_core(raw_batched_insert(
         env,
@@ -150,6 +166,30 @@ pub async fn shared_phases(
             "",
         );
         relay_alone(&service, &db, backlog as usize, drain, table).await?;
+    }
+    if let (Some(events), Some(receiver)) = (delivered, &receiver) {
+        let (_, calls, refused) = receiver.counts();
+        table.add(
+            "webhooks: events delivered",
+            events as f64 / last_event.as_secs_f64(),
+            "evt/s",
+            None,
+            format!("{events} events, {calls} calls, {refused} refused; verified by the receiver"),
+        );
+        table.add(
+            "webhooks: every event delivered vs drain",
+            backlog as f64 / last_event.as_secs_f64(),
+            "ord/s",
+            Some(drain),
+            "same start; 1.00 = the last event delivered as the last order was written; target ≥ 1.0",
+        );
+        table.add(
+            "webhooks: lag after the last order",
+            (last_event - ordered).as_secs_f64() * 1000.0,
+            "ms",
+            None,
+            "",
+        );
     }
 
     // Mixed: a backlog and intake at once; the backlog must shrink.
@@ -506,4 +546,26 @@ fn cpu_row(table: &mut Table, phase: &str, cpu: &CpuUse) {
             crate::cpu::machine_cores() * 100
         ),
     );
+}
+
+/// Waits until `receiver` has taken `events` distinct events; how many it has.
+async fn wait_for_events(
+    receiver: &Receiver,
+    events: u64,
+    deadline: Duration,
+) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    loop {
+        let (taken, _, refused) = receiver.counts();
+        if refused > 0 {
+            anyhow::bail!("the webhook receiver refused {refused} calls: bad signatures");
+        }
+        if taken >= events {
+            return Ok(taken);
+        }
+        if started.elapsed() > deadline {
+            anyhow::bail!("only {taken} of {events} webhook events after {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
