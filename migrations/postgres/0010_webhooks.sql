@@ -4,9 +4,11 @@
 -- The transaction that wrote each event. `seq` is write order, not commit order: a
 -- transaction that commits late adds an event below a `seq` already read. Events are
 -- fanned out to receivers only once every transaction older than theirs has ended
--- (`pg_snapshot_xmin`), in (txid, seq) order, so none is skipped; a cart's later event
--- comes from a transaction that began after its earlier one committed, so it sorts later.
--- Events written before this migration keep NULL: they were never due to a receiver.
+-- (`pg_snapshot_xmin`), in (txid, seq) order, so none is skipped. That is not a cart's
+-- order (a reply batch can write a later event under an older transaction id than the
+-- relay's earlier one): deliveries go per cart by `seq`, which is (a cart's later event is
+-- written after its earlier one committed), and wait for a cart's earlier events still
+-- to be fanned out. Events written before this migration keep NULL: never due.
 ALTER TABLE events ADD COLUMN txid xid8;
 ALTER TABLE events ALTER COLUMN txid SET DEFAULT pg_current_xact_id();
 CREATE INDEX events_by_txid ON events (txid, seq);
@@ -31,7 +33,7 @@ CREATE TABLE webhook_endpoints (
 );
 
 CREATE TABLE webhook_deliveries (
-    id            BIGSERIAL   PRIMARY KEY,   -- fan-out order: per cart, the events' order
+    id            BIGSERIAL   PRIMARY KEY,
     endpoint_id   TEXT        NOT NULL REFERENCES webhook_endpoints (id),
     event_seq     BIGINT      NOT NULL REFERENCES events (seq),
     cart_id       UUID        NOT NULL,
@@ -51,9 +53,9 @@ CREATE TABLE webhook_deliveries (
 
 -- What a deliverer claims: an endpoint's pending rows, oldest due first; and whether an
 -- earlier row of the same cart is still pending (then a later one waits).
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_at)
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_at, id)
     WHERE state = 'pending';
-CREATE INDEX webhook_deliveries_by_cart ON webhook_deliveries (endpoint_id, cart_id, id)
+CREATE INDEX webhook_deliveries_by_cart ON webhook_deliveries (endpoint_id, cart_id, event_seq)
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_by_event ON webhook_deliveries (endpoint_id, event_seq);
 

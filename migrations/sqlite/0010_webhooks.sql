@@ -35,9 +35,9 @@ CREATE TABLE webhook_deliveries (
     created_at    TEXT    NOT NULL
 );
 
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_at)
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_at, id)
     WHERE state = 'pending';
-CREATE INDEX webhook_deliveries_by_cart ON webhook_deliveries (endpoint_id, cart_id, id)
+CREATE INDEX webhook_deliveries_by_cart ON webhook_deliveries (endpoint_id, cart_id, event_seq)
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_by_event ON webhook_deliveries (endpoint_id, event_seq);
 

@@ -53,6 +53,7 @@ impl std::fmt::Display for EventType {
 
 /// `checkout.ordered`: the cart became an order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = CheckoutOrderedEvent)]
 pub struct CheckoutOrdered {
     pub order_id: Uuid,
     pub cart_id: Uuid,
@@ -65,6 +66,7 @@ pub struct CheckoutOrdered {
 
 /// `checkout.rejected`: the cart will not become an order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = CheckoutRejectedEvent)]
 pub struct CheckoutRejected {
     pub cart_id: Uuid,
     /// `conflict`, `payment-declined` or `payment-failed`.
@@ -77,6 +79,7 @@ pub struct CheckoutRejected {
 /// `checkout.payment_unknown`: whether the payment went through is not known; a person
 /// checks with the payment service, and `checkout.ordered` or `checkout.rejected` follows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = CheckoutPaymentUnknownEvent)]
 pub struct CheckoutPaymentUnknown {
     pub cart_id: Uuid,
     pub detail: String,
@@ -85,6 +88,7 @@ pub struct CheckoutPaymentUnknown {
 /// `order.status_changed`: a fulfilment step (`sent_to_partner`, `received_by_partner`,
 /// `shipped`, `delivered`). Never sent for an order before its `checkout.ordered`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = OrderStatusChangedEvent)]
 pub struct OrderStatusChanged {
     pub order_id: Uuid,
     pub cart_id: Uuid,

@@ -237,7 +237,7 @@ pub fn forbidden_address(ip: IpAddr, allowed: &[ipnet::IpNet]) -> Option<&'stati
         return None;
     }
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => embedded_ipv4(v6).map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
     match ip {
@@ -255,6 +255,9 @@ pub fn forbidden_address(ip: IpAddr, allowed: &[ipnet::IpNet]) -> Option<&'stati
                 Some("unspecified")
             } else if v4.is_multicast() || v4.is_broadcast() || a >= 240 {
                 Some("multicast or reserved")
+            } else if (a == 198 && (b & 0xfe) == 18) || (a == 192 && b == 0 && v4.octets()[2] == 0)
+            {
+                Some("special-purpose (benchmarking or protocol assignments)")
             } else {
                 None
             }
@@ -267,14 +270,36 @@ pub fn forbidden_address(ip: IpAddr, allowed: &[ipnet::IpNet]) -> Option<&'stati
                 Some("unspecified")
             } else if first & 0xfe00 == 0xfc00 {
                 Some("unique-local (private)")
-            } else if first & 0xffc0 == 0xfe80 {
-                Some("link-local")
+            } else if first & 0xffc0 == 0xfe80 || first & 0xffc0 == 0xfec0 {
+                Some("link-local or site-local")
             } else if v6.is_multicast() {
                 Some("multicast or reserved")
             } else {
                 None
             }
         }
+    }
+}
+
+/// The IPv4 address inside an IPv6 one that carries it: IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) and 6to4 (`2002:ab:cd::`).
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let from = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        std::net::Ipv4Addr::new(a, b, c, d)
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    match v6.segments() {
+        // `::` and `::1` are IPv6's own unspecified and loopback.
+        [0, 0, 0, 0, 0, 0, hi, lo] if (hi, lo) != (0, 0) && (hi, lo) != (0, 1) => {
+            Some(from(hi, lo))
+        }
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(from(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(from(hi, lo)),
+        _ => None,
     }
 }
 
@@ -368,6 +393,12 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "fec0::1",
+            "198.18.0.1",
+            "192.0.0.8",
             "224.0.0.1",
         ] {
             assert!(forbidden_address(ip(inside), &[]).is_some(), "{inside}");
@@ -376,6 +407,7 @@ mod tests {
             "93.184.216.34",
             "2606:2800:220:1::1",
             "::ffff:93.184.216.34",
+            "64:ff9b::5db8:d822",
         ] {
             assert_eq!(forbidden_address(ip(outside), &[]), None, "{outside}");
         }

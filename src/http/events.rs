@@ -38,8 +38,8 @@ pub struct EventView {
     /// The order events happened in: for one cart, `checkout.ordered` always comes before
     /// its `order.status_changed`.
     pub seq: i64,
-    /// The payload of its type: `CheckoutOrdered`, `CheckoutRejected`,
-    /// `CheckoutPaymentUnknown` or `OrderStatusChanged`.
+    /// The payload of its type: `CheckoutOrderedEvent`, `CheckoutRejectedEvent`,
+    /// `CheckoutPaymentUnknownEvent` or `OrderStatusChangedEvent` (in `components`).
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }

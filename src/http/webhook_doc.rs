@@ -13,10 +13,10 @@ pub struct Webhooks;
 /// The payload schema of each type, as named in `components`.
 fn payload(kind: EventType) -> &'static str {
     match kind {
-        EventType::CheckoutOrdered => "CheckoutOrdered",
-        EventType::CheckoutRejected => "CheckoutRejected",
-        EventType::CheckoutPaymentUnknown => "CheckoutPaymentUnknown",
-        EventType::OrderStatusChanged => "OrderStatusChanged",
+        EventType::CheckoutOrdered => "CheckoutOrderedEvent",
+        EventType::CheckoutRejected => "CheckoutRejectedEvent",
+        EventType::CheckoutPaymentUnknown => "CheckoutPaymentUnknownEvent",
+        EventType::OrderStatusChanged => "OrderStatusChangedEvent",
     }
 }
 

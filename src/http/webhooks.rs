@@ -306,7 +306,7 @@ pub struct Rotated {
     responses(
         (status = 200, description = "Rotated", body = Rotated, example = json!(crate::http::webhooks::examples::rotated())),
         (status = 404, description = "No such endpoint, or admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::webhooks::examples::not_found())),
-        (status = 409, description = "The endpoint from configuration: rotate in CARTBUS_WEBHOOK_SECRET", body = Problem, content_type = "application/problem+json", example = json!(crate::http::webhooks::examples::from_configuration())),
+        (status = 409, description = "The endpoint from configuration (rotate in CARTBUS_WEBHOOK_SECRET), or another rotation at the same moment", body = Problem, content_type = "application/problem+json", example = json!(crate::http::webhooks::examples::from_configuration())),
         (status = 422, description = "A bad field, named", body = Problem, content_type = "application/problem+json", example = json!(crate::http::webhooks::examples::rotate_invalid())),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
     ))]
@@ -320,11 +320,19 @@ pub async fn rotate(
     not_configured(&id, "secret")?;
     let secret = Secret::generate();
     let until = Utc::now() + chrono::Duration::seconds(seconds);
-    if !store::rotate(&app.db, &id, &secret, until).await? {
-        return Err(ApiError::NotFound(format!(
-            "no webhook endpoint {}",
-            shown(&id)
-        )));
+    match store::rotate(&app.db, &id, &secret, until).await? {
+        store::Rotation::Done => {}
+        store::Rotation::NotFound => {
+            return Err(ApiError::NotFound(format!(
+                "no webhook endpoint {}",
+                shown(&id)
+            )));
+        }
+        store::Rotation::Raced => {
+            return Err(ApiError::Conflict(
+                "the secret was rotated by another call meanwhile: that rotation stands".into(),
+            ));
+        }
     }
     tracing::info!(endpoint = %shown(&id), actor = %auth.actor, "webhook secret rotated");
     Ok(Json(Rotated {
@@ -338,10 +346,15 @@ pub async fn rotate(
 pub struct Replayed {
     /// Events queued again (those the endpoint wants and not already waiting for it).
     pub queued: usize,
+    /// Stopped at 100,000 events: replay the rest with a later `since`.
+    pub truncated: bool,
 }
 
 /// Sends events to an endpoint again, with their ids unchanged (the receiver dedupes):
-/// by id, or every one recorded in a time range, in the order they happened.
+/// by id, or every one recorded in a time range, in the order they happened; each cart's
+/// replayed events go before its later ones still waiting. On a disabled endpoint they
+/// wait until it is enabled: replay what it missed before enabling it, and each cart's
+/// events still arrive in order.
 #[utoipa::path(post, path = "/v1/admin/webhooks/{id}/replay", tag = "webhooks",
     security(("admin_token" = [])),
     params(("id" = String, Path, description = "The endpoint")),
@@ -349,7 +362,6 @@ pub struct Replayed {
     responses(
         (status = 200, description = "Queued", body = Replayed, example = json!(crate::http::webhooks::examples::replayed())),
         (status = 404, description = "No such endpoint, or admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::webhooks::examples::not_found())),
-        (status = 409, description = "The endpoint is disabled: enable it first", body = Problem, content_type = "application/problem+json", example = json!(crate::http::webhooks::examples::disabled())),
         (status = 422, description = "A bad field, named", body = Problem, content_type = "application/problem+json", example = json!(crate::http::webhooks::examples::replay_invalid())),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
     ))]
@@ -363,12 +375,6 @@ pub async fn replay(
     let endpoint = store::get(&app.db, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no webhook endpoint {}", shown(&id))))?;
-    if endpoint.state() == EndpointState::Disabled {
-        return Err(ApiError::Conflict(format!(
-            "webhook endpoint {} is disabled: enable it first",
-            shown(&id)
-        )));
-    }
     let queued = match &which {
         Replay::Ids(ids) => {
             deliveries::replay(&app.db, &endpoint, deliveries::Replay::Ids(ids), Utc::now()).await?
@@ -378,8 +384,11 @@ pub async fn replay(
             deliveries::replay(&app.db, &endpoint, range, Utc::now()).await?
         }
     };
-    tracing::info!(endpoint = %shown(&id), actor = %auth.actor, queued, "webhook events replayed");
-    Ok(Json(Replayed { queued }))
+    tracing::info!(endpoint = %shown(&id), actor = %auth.actor, queued = queued.queued, "webhook events replayed");
+    Ok(Json(Replayed {
+        queued: queued.queued,
+        truncated: queued.truncated,
+    }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

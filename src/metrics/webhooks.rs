@@ -27,6 +27,8 @@ pub struct WebhookMetrics {
     pending: Family<EndpointLabel, Gauge>,
     /// Age of each endpoint's oldest pending delivery; 0 when none (sampled at scrape).
     oldest_pending: Family<EndpointLabel, Gauge<f64, AtomicU64>>,
+    /// Age of the oldest event not yet queued for the endpoints (sampled at scrape).
+    pub fan_out_lag: Gauge<f64, AtomicU64>,
 }
 
 impl WebhookMetrics {
@@ -63,7 +65,14 @@ impl WebhookMetrics {
             "Age of each endpoint's oldest undelivered event; 0 when none (sampled at scrape)",
             oldest_pending.clone(),
         );
+        let fan_out_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "webhook_fanout_lag_seconds",
+            "Age of the oldest order event not yet queued for the webhook endpoints; 0 when none. On PostgreSQL a long write transaction anywhere on the server holds it back (sampled at scrape)",
+            fan_out_lag.clone(),
+        );
         WebhookMetrics {
+            fan_out_lag,
             calls,
             endpoints,
             pending,

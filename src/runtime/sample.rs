@@ -177,15 +177,18 @@ async fn payments(app: &App) {
 
 async fn webhooks(app: &App) {
     use crate::store::webhooks;
+    let now = chrono::Utc::now();
     let read = async {
-        let (endpoints, pending) =
-            tokio::try_join!(webhooks::list(&app.db), webhooks::pending(&app.db))?;
-        Ok::<_, crate::store::StoreError>((endpoints, pending))
+        tokio::try_join!(
+            webhooks::list(&app.db),
+            webhooks::pending(&app.db),
+            crate::store::deliveries::fan_out_lag(&app.db, now)
+        )
     };
-    let Some((endpoints, pending)) = within(app, Figure::Webhooks, read).await else {
+    let Some((endpoints, pending, lag)) = within(app, Figure::Webhooks, read).await else {
         return;
     };
-    let now = chrono::Utc::now();
+    app.metrics.webhooks.fan_out_lag.set(lag);
     let figures: Vec<(String, &str, i64, f64)> = endpoints
         .iter()
         .map(|e| {

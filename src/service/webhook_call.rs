@@ -14,6 +14,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::config::WebhookSettings;
 use crate::domain::webhook::{self, Secret};
 
+/// The most of a receiver's answer that is read; the rest is dropped with its connection.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// What one call came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallResult {
@@ -192,11 +195,18 @@ impl Caller {
             .send()
             .await;
         match sent {
-            Ok(answer) => {
+            Ok(mut answer) => {
                 let status = answer.status().as_u16();
-                // Read (and drop) the answer so the connection can be reused, within the
-                // same timeout.
-                let _ = answer.bytes().await;
+                // Read (and drop) a short answer so the connection can be reused; a longer
+                // one is cut off (the connection is dropped with it): a receiver cannot keep
+                // a call busy by streaming.
+                let mut read = 0;
+                while let Ok(Some(chunk)) = answer.chunk().await {
+                    read += chunk.len();
+                    if read > MAX_ANSWER_BYTES {
+                        break;
+                    }
+                }
                 match status {
                     200..=299 => CallResult::Delivered(status),
                     410 => CallResult::Gone,

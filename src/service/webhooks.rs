@@ -76,45 +76,61 @@ impl worker::Worker for Session {
     ) -> Result<(), String> {
         let d = &self.deliverer;
         let mut loops = JoinSet::new();
-        let mut running: HashMap<String, CancellationToken> = HashMap::new();
-        let result = async {
-            d.configure().await?;
-            while !stop.is_cancelled() {
+        // Each endpoint's loop, by its task: a loop that ends (its endpoint disabled)
+        // while a new one runs for the same endpoint never takes the new one's place.
+        let mut running: HashMap<String, (tokio::task::Id, CancellationToken)> = HashMap::new();
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+        let mut configured = false;
+        while !stop.is_cancelled() {
+            // A database that fails for a moment costs a pause here, not the endpoints'
+            // loops and their calls in flight.
+            let round = async {
+                if !configured {
+                    d.configure().await?;
+                    configured = true;
+                }
                 let read = deliveries::fan_out(&d.db, Utc::now()).await?;
-                let endpoints = webhooks::list(&d.db).await?;
-                reconnect.reset();
-                running.retain(|id, token| {
-                    let active = endpoints
-                        .iter()
-                        .any(|e| &e.id == id && e.state() != EndpointState::Disabled);
-                    if !active || token.is_cancelled() {
-                        token.cancel();
-                    }
-                    active && !token.is_cancelled()
-                });
-                for endpoint in endpoints {
-                    if endpoint.state() == EndpointState::Disabled
-                        || running.contains_key(&endpoint.id)
-                    {
-                        continue;
-                    }
-                    let token = stop.child_token();
-                    running.insert(endpoint.id.clone(), token.clone());
-                    loops.spawn(d.clone().endpoint_loop(endpoint.id, token));
+                Ok::<_, StoreError>((read, webhooks::list(&d.db).await?))
+            };
+            let (read, endpoints) = match round.await {
+                Ok(round) => round,
+                Err(e) => {
+                    let wait = backoff.next_wait();
+                    tracing::warn!(error = %e, retry_in = ?wait, "webhook fan-out failed");
+                    pause(stop, wait).await;
+                    continue;
                 }
-                while let Some(ended) = loops.try_join_next() {
-                    if let Ok(id) = ended {
-                        running.remove(&id);
-                    }
-                }
-                if (read as i64) < deliveries::FAN_OUT_BATCH {
-                    pause(stop, d.settings.poll).await;
-                }
+            };
+            backoff.reset();
+            reconnect.reset();
+            while let Some(ended) = loops.try_join_next_with_id() {
+                let task = ended.as_ref().map_or_else(|e| e.id(), |(task, _)| *task);
+                running.retain(|_, (id, _)| *id != task);
             }
-            Ok::<_, StoreError>(())
+            running.retain(|id, (_, token)| {
+                let active = endpoints
+                    .iter()
+                    .any(|e| &e.id == id && e.state() != EndpointState::Disabled);
+                if !active {
+                    token.cancel();
+                }
+                active
+            });
+            for endpoint in endpoints {
+                if endpoint.state() == EndpointState::Disabled || running.contains_key(&endpoint.id)
+                {
+                    continue;
+                }
+                let token = stop.child_token();
+                let id = endpoint.id.clone();
+                let task = loops.spawn(d.clone().endpoint_loop(endpoint.id, token.clone()));
+                running.insert(id, (task.id(), token));
+            }
+            if (read as i64) < deliveries::FAN_OUT_BATCH {
+                pause(stop, d.settings.poll).await;
+            }
         }
-        .await;
-        for token in running.values() {
+        for (_, token) in running.values() {
             token.cancel();
         }
         if tokio::time::timeout(STOP_GRACE, async {
@@ -125,7 +141,7 @@ impl worker::Worker for Session {
         {
             loops.shutdown().await;
         }
-        result.map_err(|e| format!("webhook delivery failed: {e}"))
+        Ok(())
     }
 }
 
@@ -141,6 +157,22 @@ impl Deliverer {
     /// Makes the endpoint of `CARTBUS_WEBHOOK_URL`, or brings it in line.
     async fn configure(&self) -> Result<(), StoreError> {
         let Some(configured) = &self.settings.configured else {
+            // Set once and taken out of the configuration since: stop calling it.
+            let reason = webhooks::URL_UNSET;
+            let from = [EndpointState::Enabled, EndpointState::Failing];
+            if webhooks::set_state(
+                &self.db,
+                CONFIGURED,
+                &from,
+                EndpointState::Disabled,
+                Some(reason),
+                None,
+                Utc::now(),
+            )
+            .await?
+            {
+                tracing::warn!(endpoint = CONFIGURED, "webhook endpoint disabled: {reason}");
+            }
             return Ok(());
         };
         webhooks::upsert_configured(
@@ -262,11 +294,12 @@ impl Deliverer {
             attempts.push(Attempt {
                 id: c.id,
                 cart_id: c.cart_id,
+                event_seq: c.event_seq,
                 status: result.status(),
                 failed,
             });
         }
-        deliveries::record(&self.db, id, &attempts, done).await?;
+        deliveries::record(&self.db, id, &self.instance, &attempts, done).await?;
         self.next_state(&endpoint, gone, delivered, exhausted, done)
             .await?;
         Ok(Round::Worked)

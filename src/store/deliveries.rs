@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::webhooks::EndpointRow;
 use super::{Db, StoreError};
-use crate::domain::webhook::EndpointState;
+use crate::domain::webhook::EventFilter;
 use crate::on_db;
 
 /// Events read per fan-out transaction.
@@ -24,14 +24,13 @@ struct Fresh {
 }
 
 /// The delivery rows for `events` in their order: one per endpoint that wants each.
-fn rows_for(events: &[Fresh], endpoints: &[EndpointRow]) -> (Vec<String>, Vec<i64>, Vec<Uuid>) {
+fn rows_for(
+    events: &[Fresh],
+    endpoints: &[(String, EventFilter)],
+) -> (Vec<String>, Vec<i64>, Vec<Uuid>) {
     let mut rows = (Vec::new(), Vec::new(), Vec::new());
-    let filters: Vec<_> = endpoints
-        .iter()
-        .map(|e| (e.id.clone(), e.filter()))
-        .collect();
     for event in events {
-        for (id, filter) in &filters {
+        for (id, filter) in endpoints {
             if filter.wants(&event.kind) {
                 rows.0.push(id.clone());
                 rows.1.push(event.seq);
@@ -42,17 +41,36 @@ fn rows_for(events: &[Fresh], endpoints: &[EndpointRow]) -> (Vec<String>, Vec<i6
     rows
 }
 
+/// The endpoints events are queued for (all but disabled ones), read in the fan-out's
+/// transaction after its events: an endpoint made before those events committed is seen.
+const RECEIVING: &str =
+    "SELECT id, event_types FROM webhook_endpoints WHERE state <> 'disabled' ORDER BY id";
+
+fn filters(rows: Vec<(String, Option<String>)>) -> Vec<(String, EventFilter)> {
+    rows.into_iter()
+        .map(|(id, types)| (id, EventFilter::from_stored(types.as_deref())))
+        .collect()
+}
+
 /// Gives the events committed since the last fan-out a delivery row for every endpoint
 /// that is not disabled and wants them; returns how many events it read. One instance at
-/// a time (the cursor row is locked; another finds it taken and returns 0).
+/// a time (the cursor row is locked; another finds it taken and returns 0). A round with
+/// nothing new only reads: no lock, no write.
 pub async fn fan_out(db: &Db, now: DateTime<Utc>) -> Result<usize, StoreError> {
-    let endpoints: Vec<EndpointRow> = super::webhooks::list(db)
-        .await?
-        .into_iter()
-        .filter(|e| e.state() != EndpointState::Disabled)
-        .collect();
     match db {
         Db::Postgres(pool) => {
+            // Only events of transactions older than every one still running: those are
+            // all visible now, and no event can appear below them later.
+            let due: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events e, webhook_fanout f
+                                WHERE f.id = 1 AND (e.txid, e.seq) > (f.txid, f.seq)
+                                  AND e.txid < pg_snapshot_xmin(pg_current_snapshot()))",
+            )
+            .fetch_one(pool)
+            .await?;
+            if !due {
+                return Ok(0);
+            }
             let mut tx = pool.begin().await?;
             let cursor: Option<(String, i64)> = sqlx::query_as(
                 "SELECT txid::text, seq FROM webhook_fanout WHERE id = 1 FOR UPDATE SKIP LOCKED",
@@ -62,8 +80,6 @@ pub async fn fan_out(db: &Db, now: DateTime<Utc>) -> Result<usize, StoreError> {
             let Some((txid, seq)) = cursor else {
                 return Ok(0);
             };
-            // Only events of transactions older than every one still running: those are
-            // all visible now, and no event can appear below them later.
             let events: Vec<(i64, String, Uuid, String)> = sqlx::query_as(
                 "SELECT seq, type, cart_id, txid::text FROM events
                  WHERE (txid, seq) > ($1::text::xid8, $2)
@@ -82,6 +98,7 @@ pub async fn fan_out(db: &Db, now: DateTime<Utc>) -> Result<usize, StoreError> {
                 .into_iter()
                 .map(|(seq, kind, cart_id, _)| Fresh { seq, kind, cart_id })
                 .collect();
+            let endpoints = filters(sqlx::query_as(RECEIVING).fetch_all(&mut *tx).await?);
             let (endpoint_ids, seqs, carts) = rows_for(&fresh, &endpoints);
             if !seqs.is_empty() {
                 sqlx::query(
@@ -107,6 +124,15 @@ pub async fn fan_out(db: &Db, now: DateTime<Utc>) -> Result<usize, StoreError> {
             Ok(fresh.len())
         }
         Db::Sqlite(pool) => {
+            let due: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events e, webhook_fanout f
+                                WHERE f.id = 1 AND e.seq > f.seq)",
+            )
+            .fetch_one(pool)
+            .await?;
+            if !due {
+                return Ok(0);
+            }
             // One writer at a time: events commit in `seq` order.
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let seq: i64 = sqlx::query_scalar("SELECT seq FROM webhook_fanout WHERE id = 1")
@@ -122,6 +148,7 @@ pub async fn fan_out(db: &Db, now: DateTime<Utc>) -> Result<usize, StoreError> {
             let Some(last) = fresh.last().map(|e| e.seq) else {
                 return Ok(0);
             };
+            let endpoints = filters(sqlx::query_as(RECEIVING).fetch_all(&mut *tx).await?);
             let (endpoint_ids, seqs, carts) = rows_for(&fresh, &endpoints);
             for start in (0..seqs.len()).step_by(500) {
                 let end = (start + 500).min(seqs.len());
@@ -148,6 +175,32 @@ pub async fn fan_out(db: &Db, now: DateTime<Utc>) -> Result<usize, StoreError> {
     }
 }
 
+/// How long the oldest event not yet fanned out has waited (0 when none): on PostgreSQL a
+/// long write transaction anywhere on the server holds the fan-out back, and this shows it.
+pub async fn fan_out_lag(db: &Db, now: DateTime<Utc>) -> Result<f64, StoreError> {
+    let oldest: Option<DateTime<Utc>> = match db {
+        Db::Postgres(pool) => {
+            sqlx::query_scalar(
+                "SELECT MIN(e.created_at) FROM events e, webhook_fanout f
+                 WHERE f.id = 1 AND (e.txid, e.seq) > (f.txid, f.seq)",
+            )
+            .fetch_one(pool)
+            .await?
+        }
+        Db::Sqlite(pool) => {
+            sqlx::query_scalar(
+                "SELECT MIN(e.created_at) FROM events e, webhook_fanout f
+                 WHERE f.id = 1 AND e.seq > f.seq",
+            )
+            .fetch_one(pool)
+            .await?
+        }
+    };
+    Ok(oldest.map_or(0.0, |at| {
+        (now - at).num_milliseconds().max(0) as f64 / 1000.0
+    }))
+}
+
 /// A delivery a deliverer holds, with its event.
 #[derive(Clone, Debug, FromRow)]
 pub struct Claimed {
@@ -155,6 +208,7 @@ pub struct Claimed {
     /// Failed calls so far.
     pub attempts: i32,
     pub cart_id: Uuid,
+    pub event_seq: i64,
     pub event_id: String,
     #[sqlx(rename = "type")]
     pub kind: String,
@@ -173,16 +227,21 @@ pub async fn claim(
     limit: usize,
 ) -> Result<Vec<Claimed>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // A cart's events go in `seq` order (the order they happened in): a delivery waits
+    // while one of an earlier event of its cart is pending here, and (PostgreSQL) while an
+    // earlier event of its cart is not fanned out yet — a reply batch can commit a later
+    // event under an older transaction id than an earlier one's.
     macro_rules! due {
-        ($lock:literal) => {
+        ($earlier:literal, $lock:literal) => {
             concat!(
                 "SELECT d.id FROM webhook_deliveries d
                  WHERE d.endpoint_id = $1 AND d.state = 'pending' AND d.next_at <= $2
                    AND (d.leased_until IS NULL OR d.leased_until < $2)
                    AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
                                    WHERE e.endpoint_id = d.endpoint_id AND e.cart_id = d.cart_id
-                                     AND e.state = 'pending' AND e.id < d.id)
-                 ORDER BY d.next_at, d.id LIMIT $3 ",
+                                     AND e.state = 'pending' AND e.event_seq < d.event_seq) ",
+                $earlier,
+                " ORDER BY d.next_at, d.id LIMIT $3 ",
                 $lock
             )
         };
@@ -192,12 +251,17 @@ pub async fn claim(
     let sql = match db {
         Db::Postgres(_) => concat!(
             "UPDATE webhook_deliveries SET leased_by = $4, leased_until = $5 WHERE id IN (",
-            due!("FOR UPDATE SKIP LOCKED"),
+            due!(
+                "AND NOT EXISTS (SELECT 1 FROM events ev, webhook_fanout f
+                                 WHERE f.id = 1 AND ev.cart_id = d.cart_id
+                                   AND ev.seq < d.event_seq AND (ev.txid, ev.seq) > (f.txid, f.seq))",
+                "FOR UPDATE SKIP LOCKED"
+            ),
             ") RETURNING id"
         ),
         Db::Sqlite(_) => concat!(
             "UPDATE webhook_deliveries SET leased_by = $4, leased_until = $5 WHERE id IN (",
-            due!(""),
+            due!("", ""),
             ") RETURNING id"
         ),
     };
@@ -214,7 +278,8 @@ pub async fn claim(
     }
     let mut claimed = on_db!(db, |pool| {
         let mut select = sqlx::QueryBuilder::new(
-            "SELECT d.id, d.attempts, d.cart_id, e.id AS event_id, e.type, e.data, e.created_at
+            "SELECT d.id, d.attempts, d.cart_id, d.event_seq, e.id AS event_id, e.type, e.data,
+                    e.created_at
              FROM webhook_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id IN (",
         );
         let mut ids = select.separated(", ");
@@ -233,6 +298,7 @@ pub async fn claim(
 pub struct Attempt {
     pub id: i64,
     pub cart_id: Uuid,
+    pub event_seq: i64,
     /// The receiver's status, when it answered.
     pub status: Option<u16>,
     /// `None` = delivered; else why not, and when to try again.
@@ -245,6 +311,7 @@ pub struct Attempt {
 pub async fn record(
     db: &Db,
     endpoint: &str,
+    instance: &str,
     attempts: &[Attempt],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -262,11 +329,12 @@ pub async fn record(
                          SET state = 'delivered', attempts = attempts + 1, last_status = $2,
                              last_error = NULL, last_attempt_at = $3, delivered_at = $3,
                              leased_by = NULL, leased_until = NULL
-                         WHERE id = $1",
+                         WHERE id = $1 AND leased_by = $4",
                     )
                     .bind(attempt.id)
                     .bind(status)
                     .bind(now)
+                    .bind(instance)
                     .execute(&mut *c)
                     .await?;
                 }
@@ -276,23 +344,24 @@ pub async fn record(
                          SET attempts = attempts + 1, last_status = $2, last_error = $3,
                              last_attempt_at = $4, next_at = $5,
                              leased_by = NULL, leased_until = NULL
-                         WHERE id = $1",
+                         WHERE id = $1 AND leased_by = $6",
                     )
                     .bind(attempt.id)
                     .bind(status)
                     .bind(error)
                     .bind(now)
                     .bind(next_at)
+                    .bind(instance)
                     .execute(&mut *c)
                     .await?;
                     sqlx::query(
                         "UPDATE webhook_deliveries SET next_at = $4
                          WHERE endpoint_id = $1 AND cart_id = $2 AND state = 'pending'
-                           AND id > $3 AND next_at < $4",
+                           AND event_seq > $3 AND next_at < $4",
                     )
                     .bind(endpoint)
                     .bind(attempt.cart_id)
-                    .bind(attempt.id)
+                    .bind(attempt.event_seq)
                     .bind(next_at)
                     .execute(&mut *c)
                     .await?;
@@ -314,61 +383,74 @@ pub enum Replay<'a> {
 /// Most events one replay call queues.
 pub const MAX_REPLAY: i64 = 100_000;
 
-/// Queues the chosen events (those the endpoint wants) for `endpoint` again, at the end of
-/// its queue, in their order; an event still pending there is not queued twice. Returns
-/// how many were queued.
+/// What a replay queued.
+pub struct Replayed {
+    pub queued: usize,
+    /// It stopped at [`MAX_REPLAY`] events: replay the rest with a later `since`.
+    pub truncated: bool,
+}
+
+/// Queues the chosen events (those the endpoint wants) for `endpoint` again, in their
+/// order; an event still pending there is not queued twice. A cart's events still go in
+/// order: one replayed goes before that cart's later events still pending. At most
+/// [`MAX_REPLAY`] events, in one statement.
 pub async fn replay(
     db: &Db,
     endpoint: &EndpointRow,
     which: Replay<'_>,
     now: DateTime<Utc>,
-) -> Result<usize, StoreError> {
-    let found: Vec<Fresh> = match which {
-        Replay::Ids(ids) => on_db!(db, |pool| {
-            let mut select =
-                sqlx::QueryBuilder::new("SELECT seq, type, cart_id FROM events WHERE id IN (");
-            let mut list = select.separated(", ");
-            for id in ids {
-                list.push_bind(id.as_str());
+) -> Result<Replayed, StoreError> {
+    let types = endpoint.filter().names();
+    let queued = on_db!(db, |pool| {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_seq, cart_id, next_at, created_at)
+             SELECT ",
+        );
+        insert
+            .push_bind(endpoint.id.as_str())
+            .push(", e.seq, e.cart_id, ")
+            .push_bind(now)
+            .push(", ")
+            .push_bind(now)
+            .push(" FROM events e WHERE ");
+        match &which {
+            Replay::Ids(ids) => {
+                insert.push("e.id IN (");
+                let mut list = insert.separated(", ");
+                for id in ids.iter() {
+                    list.push_bind(id.as_str());
+                }
+                insert.push(")");
             }
-            select.push(") ORDER BY seq");
-            select.build_query_as().fetch_all(pool).await
-        })?,
-        Replay::Between(since, until) => on_db!(db, |pool| sqlx::query_as(
-            "SELECT seq, type, cart_id FROM events
-             WHERE created_at >= $1 AND created_at < $2 ORDER BY seq LIMIT $3"
-        )
-        .bind(since)
-        .bind(until)
-        .bind(MAX_REPLAY)
-        .fetch_all(pool)
-        .await)?,
-    };
-    let (_, seqs, carts) = rows_for(&found, std::slice::from_ref(endpoint));
-    let mut tx = db.begin().await?;
-    let mut queued = 0;
-    crate::on_tx!(&mut tx, |c| {
-        for (seq, cart) in seqs.iter().zip(&carts) {
-            queued += sqlx::query(
-                "INSERT INTO webhook_deliveries (endpoint_id, event_seq, cart_id, next_at,
-                                                 created_at)
-                 SELECT $1, $2, $3, $4, $4
-                 WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries
-                                   WHERE endpoint_id = $1 AND event_seq = $2
-                                     AND state = 'pending')",
-            )
-            .bind(&endpoint.id)
-            .bind(seq)
-            .bind(cart)
-            .bind(now)
-            .execute(&mut *c)
-            .await?
-            .rows_affected() as usize;
+            Replay::Between(since, until) => {
+                insert
+                    .push("e.created_at >= ")
+                    .push_bind(*since)
+                    .push(" AND e.created_at < ")
+                    .push_bind(*until);
+            }
         }
-        Ok::<_, sqlx::Error>(())
+        insert.push(" AND e.type IN (");
+        let mut list = insert.separated(", ");
+        for kind in &types {
+            list.push_bind(*kind);
+        }
+        insert
+            .push(") AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.endpoint_id = ")
+            .push_bind(endpoint.id.as_str())
+            .push(" AND p.event_seq = e.seq AND p.state = 'pending') ORDER BY e.seq LIMIT ")
+            .push_bind(MAX_REPLAY);
+        insert
+            .build()
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
     })?;
-    tx.commit().await?;
-    Ok(queued)
+    let queued = usize::try_from(queued).unwrap_or(usize::MAX);
+    Ok(Replayed {
+        queued,
+        truncated: queued as i64 >= MAX_REPLAY,
+    })
 }
 
 /// A delivery as the admin API lists it.

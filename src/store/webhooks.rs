@@ -9,9 +9,11 @@ use crate::on_db;
 
 /// The id of the endpoint `CARTBUS_WEBHOOK_URL` configures.
 pub const CONFIGURED: &str = "config";
+/// Why that endpoint is disabled when the setting is taken away.
+pub const URL_UNSET: &str = "CARTBUS_WEBHOOK_URL is no longer set";
 
-/// An endpoint as stored.
-#[derive(Clone, Debug, FromRow)]
+/// An endpoint as stored. No `Debug`: it holds its secrets.
+#[derive(Clone, FromRow)]
 pub struct EndpointRow {
     pub id: String,
     pub url: String,
@@ -37,9 +39,11 @@ impl EndpointRow {
     }
 
     /// The secrets that sign a call at `now`: the newest, and the older ones until their
-    /// overlap ends.
+    /// overlap ends; for the endpoint from configuration, every one listed there (the
+    /// operator rotates by listing the new and the old, then dropping the old).
     pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<Secret> {
-        let keep_old = self.old_secret_until.is_some_and(|until| now < until);
+        let keep_old =
+            self.id == CONFIGURED || self.old_secret_until.is_some_and(|until| now < until);
         self.secrets
             .split(',')
             .enumerate()
@@ -85,14 +89,19 @@ pub async fn upsert_configured(
     new: &NewEndpoint<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    const UPSERT: &str = concat!(
-        "INSERT INTO webhook_endpoints (id, url, description, event_types, secrets,
-                                        state, state_since, created_at)
-         VALUES ($1, $2, $3, $4, $5, 'enabled', $6, $6)",
-        " ON CONFLICT (id) DO UPDATE SET url = excluded.url, event_types = excluded.event_types,
+    // A `config` row disabled because the setting went away (`URL_UNSET`) is enabled
+    // again once it is set.
+    const UPSERT: &str = "INSERT INTO webhook_endpoints (id, url, description, event_types,
+                                        secrets, state, state_since, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'enabled', $6, $6)
+         ON CONFLICT (id) DO UPDATE SET url = excluded.url, event_types = excluded.event_types,
              secrets = excluded.secrets, old_secret_until = NULL,
-             description = excluded.description"
-    );
+             description = excluded.description,
+             state = CASE WHEN webhook_endpoints.state_reason = 'CARTBUS_WEBHOOK_URL is no longer set'
+                          THEN 'enabled' ELSE webhook_endpoints.state END,
+             state_reason = CASE WHEN webhook_endpoints.state_reason = 'CARTBUS_WEBHOOK_URL is no longer set'
+                          THEN NULL ELSE webhook_endpoints.state_reason END";
+    debug_assert!(UPSERT.contains(URL_UNSET));
     write(db, UPSERT, new, now).await
 }
 
@@ -160,15 +169,24 @@ pub async fn update(
     Ok(done > 0)
 }
 
+/// What a rotation came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rotation {
+    Done,
+    NotFound,
+    /// Another rotation changed the secrets meanwhile: theirs stands.
+    Raced,
+}
+
 /// A new secret first; the newest of the old ones keeps signing until `old_until`.
 pub async fn rotate(
     db: &Db,
     id: &str,
     new: &Secret,
     old_until: DateTime<Utc>,
-) -> Result<bool, StoreError> {
+) -> Result<Rotation, StoreError> {
     let Some(row) = get(db, id).await? else {
-        return Ok(false);
+        return Ok(Rotation::NotFound);
     };
     let newest_old = row.secrets.split(',').next().unwrap_or_default();
     let secrets = format!("{},{newest_old}", new.expose());
@@ -183,13 +201,11 @@ pub async fn rotate(
     .execute(pool)
     .await
     .map(|r| r.rows_affected()))?;
-    if done == 0 {
-        // Rotated by someone else meanwhile: theirs stands.
-        return Err(StoreError::invariant(
-            "webhook secret changed during a rotation; try again",
-        ));
-    }
-    Ok(true)
+    Ok(if done == 0 {
+        Rotation::Raced
+    } else {
+        Rotation::Done
+    })
 }
 
 /// Sets an endpoint's state, only from one of `from`. Enabling also makes its pending

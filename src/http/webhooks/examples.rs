@@ -86,7 +86,10 @@ pub fn rotated() -> Value {
 }
 
 pub fn replayed() -> Value {
-    value(Replayed { queued: 240 })
+    value(Replayed {
+        queued: 240,
+        truncated: false,
+    })
 }
 
 pub fn update_request() -> Value {
@@ -110,15 +113,6 @@ pub fn from_configuration() -> Value {
         ApiError::Conflict(
             "the `config` endpoint's secret is set by configuration (CARTBUS_WEBHOOK_URL, CARTBUS_WEBHOOK_SECRET, CARTBUS_WEBHOOK_EVENTS)".into(),
         )
-        .problem(),
-    )
-}
-
-pub fn disabled() -> Value {
-    value(
-        ApiError::Conflict(format!(
-            "webhook endpoint {ENDPOINT} is disabled: enable it first"
-        ))
         .problem(),
     )
 }
