@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
+use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +32,12 @@ use crate::store::webhooks::{self, CONFIGURED, EndpointRow, NewEndpoint};
 use crate::store::{Db, StoreError};
 
 /// How long in-flight calls may finish once a session is told to stop (a pause, a
-/// shutdown) before they are dropped; a dropped call's event goes again after its lease.
-const STOP_GRACE: Duration = Duration::from_secs(2);
+/// shutdown) before they are dropped; a dropped call's event goes again after its lease,
+/// with the same id. Short: a pause waits for it before this instance reports drained.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// Most deliveries one round of an endpoint claims and marks.
+const MAX_BATCH: usize = 512;
 
 /// What delivering needs; cheap to clone into each endpoint's loop.
 #[derive(Clone)]
@@ -192,8 +196,13 @@ impl Deliverer {
     /// One endpoint's deliveries until `stop`; returns its id.
     async fn endpoint_loop(self, id: String, stop: CancellationToken) -> String {
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+        // Deliveries per round: one round of calls at first, doubling while every call
+        // of a full round is delivered (a busy receiver that answers gets big rounds, one
+        // claim and one mark each), back to one round of calls on any failure (so that a
+        // round of slow calls stays well inside its lease).
+        let mut batch = self.settings.concurrency;
         while !stop.is_cancelled() {
-            match self.round(&id).await {
+            match self.round(&id, &mut batch).await {
                 Ok(Round::Worked) => backoff.reset(),
                 Ok(Round::Idle(wait)) => {
                     backoff.reset();
@@ -210,7 +219,7 @@ impl Deliverer {
         id
     }
 
-    async fn round(&self, id: &str) -> Result<Round, StoreError> {
+    async fn round(&self, id: &str, batch: &mut usize) -> Result<Round, StoreError> {
         let Some(endpoint) = webhooks::get(&self.db, id).await? else {
             return Ok(Round::Over);
         };
@@ -225,9 +234,12 @@ impl Deliverer {
                 }
                 _ => 1,
             },
-            EndpointState::Enabled => settings.concurrency,
+            EndpointState::Enabled => *batch,
         };
-        let lease = self.caller.timeout() * 2 + Duration::from_secs(2);
+        // Long enough for the round's calls, `concurrency` at a time, each up to the
+        // timeout, and the mark.
+        let waves = u32::try_from(limit.div_ceil(settings.concurrency)).unwrap_or(u32::MAX);
+        let lease = self.caller.timeout() * (waves + 1) + Duration::from_secs(2);
         let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
         let claimed = deliveries::claim(&self.db, id, &self.instance, now, until, limit).await?;
         if claimed.is_empty() {
@@ -248,11 +260,30 @@ impl Deliverer {
             return Ok(Round::Over);
         };
         let secrets = endpoint.signing_secrets(now);
-        let results = join_all(claimed.iter().map(|c| {
-            let body = webhook_call::body(&c.kind, c.created_at, &c.data);
-            self.caller.call(&url, &secrets, &c.event_id, body)
-        }))
-        .await;
+        // Up to `concurrency` calls at a time; each cart has one event in the round.
+        let calls: Vec<_> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let body = webhook_call::body(&c.kind, c.created_at, &c.data);
+                let call = self.caller.call(&url, &secrets, &c.event_id, body);
+                async move { (i, call.await) }
+            })
+            .collect();
+        let mut results: Vec<(usize, CallResult)> = futures::stream::iter(calls)
+            .buffer_unordered(settings.concurrency)
+            .collect()
+            .await;
+        results.sort_by_key(|(i, _)| *i);
+        let results: Vec<CallResult> = results.into_iter().map(|(_, r)| r).collect();
+        let all_delivered = results
+            .iter()
+            .all(|r| matches!(r, CallResult::Delivered(_)));
+        *batch = match (all_delivered, claimed.len() >= *batch) {
+            (true, true) => (*batch * 2).min(MAX_BATCH),
+            (true, false) => *batch,
+            (false, _) => settings.concurrency,
+        };
         // Test-only: die between the calls and their marks.
         crate::fault::freeze_if_hit("webhook-before-mark").await;
         let done = Utc::now();
