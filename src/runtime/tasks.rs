@@ -99,6 +99,8 @@ pub async fn webhooks(app: AppState, stop: CancellationToken) {
         settings: std::sync::Arc::new(config.webhooks.clone()),
         caller,
         instance: config.instance.clone(),
+        control: app.control.clone(),
+        consumer_batch: config.consumer.batch,
     };
     webhooks::run(deliverer, config.consumer.enabled, app.gate(), stop).await;
 }

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::drain::pause;
+use super::drain::{Control, pause};
 use super::webhook_call::{self, CallResult, Caller};
 use super::worker::{self, Gate, MAX_BACKOFF, MIN_BACKOFF};
 use crate::backoff::Backoff;
@@ -48,6 +48,11 @@ pub struct Deliverer {
     pub caller: Caller,
     /// `CARTBUS_INSTANCE`: the name on the leases.
     pub instance: String,
+    /// The drain switch's view of this instance's consumer: while it works full batches
+    /// (a backlog), deliveries give way to it.
+    pub control: Arc<Control>,
+    /// `CARTBUS_CONSUMER_BATCH`: what a full batch is.
+    pub consumer_batch: usize,
 }
 
 /// Runs delivery until `stop`, where the drain switch lets this instance work.
@@ -234,8 +239,13 @@ impl Deliverer {
                 }
                 _ => 1,
             },
+            // Orders first: while this instance's consumer works a full batch (a backlog
+            // after a pause, say), one wave of calls per poll, so that delivery does not
+            // take the database and the core from the drain; full rounds again after it.
+            EndpointState::Enabled if self.draining_backlog() => settings.concurrency,
             EndpointState::Enabled => *batch,
         };
+        let yielding = self.draining_backlog();
         // Long enough for the round's calls, `concurrency` at a time, each up to the
         // timeout, and the mark.
         let waves = u32::try_from(limit.div_ceil(settings.concurrency)).unwrap_or(u32::MAX);
@@ -333,7 +343,16 @@ impl Deliverer {
         deliveries::record(&self.db, id, &self.instance, &attempts, done).await?;
         self.next_state(&endpoint, gone, delivered, exhausted, done)
             .await?;
+        if yielding {
+            return Ok(Round::Idle(settings.poll));
+        }
         Ok(Round::Worked)
+    }
+
+    /// This instance's consumer holds at least half a batch: carts are waiting on the
+    /// queue (one that keeps up with intake takes small batches).
+    fn draining_backlog(&self) -> bool {
+        self.control.in_flight() >= self.consumer_batch.div_ceil(2)
     }
 
     /// An endpoint's state after a round: 410 disables it, a 2xx ends `failing`, running

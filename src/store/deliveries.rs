@@ -3,6 +3,8 @@
 //! order, and marked after each call. A lease that lapses (a deliverer that died between
 //! its call and its mark) frees the row: the event goes again with the same id.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
@@ -14,6 +16,11 @@ use crate::on_db;
 
 /// Events read per fan-out transaction.
 pub const FAN_OUT_BATCH: i64 = 1_000;
+
+/// Delivery rows this process has fanned out since it last analyzed the table.
+static UNANALYZED: AtomicUsize = AtomicUsize::new(0);
+/// How many make it analyze the table again (PostgreSQL).
+const ANALYZE_AFTER: usize = 20_000;
 
 #[derive(FromRow)]
 struct Fresh {
@@ -121,6 +128,17 @@ pub async fn fan_out(db: &Db, now: DateTime<Utc>) -> Result<usize, StoreError> {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
+            // The claim's plan depends on how many deliveries wait per cart; after a burst
+            // (a backlog drained), autovacuum's analyze comes up to a minute later, and
+            // until then PostgreSQL plans for the empty table it last saw: claims then
+            // take seconds. Analyze it once enough rows went in.
+            let since = UNANALYZED.fetch_add(seqs.len(), Ordering::Relaxed) + seqs.len();
+            if since >= ANALYZE_AFTER {
+                UNANALYZED.store(0, Ordering::Relaxed);
+                sqlx::query("ANALYZE webhook_deliveries")
+                    .execute(pool)
+                    .await?;
+            }
             Ok(fresh.len())
         }
         Db::Sqlite(pool) => {
