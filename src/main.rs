@@ -34,6 +34,9 @@ enum Command {
     Config,
     /// The drain switch of running instances: status, pause, resume (via the admin API).
     Consumer(cartbus::cli::ConsumerArgs),
+    /// A smoke checkout of one instance (its admin API): carts through its whole path,
+    /// nothing kept; exit 0 when all came out as expected, 2 when not.
+    Smoke(cartbus::cli::smoke::SmokeArgs),
     /// Work with the broker named by CARTBUS_QUEUE_URL.
     Broker {
         #[command(subcommand)]
@@ -66,6 +69,15 @@ fn main() -> ExitCode {
         // A client of a running service: it needs none of the service's settings.
         return match tokio::runtime::Runtime::new() {
             Ok(runtime) => runtime.block_on(cartbus::cli::consumer(args)),
+            Err(e) => {
+                eprintln!("cartbus: cannot start the async runtime: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::Smoke(args)) = cli.command {
+        return match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(cartbus::cli::smoke::smoke(args)),
             Err(e) => {
                 eprintln!("cartbus: cannot start the async runtime: {e}");
                 ExitCode::FAILURE

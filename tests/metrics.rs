@@ -262,7 +262,7 @@ async fn metrics_show_the_backlog_the_drain_switch_and_instances_as_they_change(
 }
 
 /// Each labelled counter, named as its samples are, with the outcomes it knows.
-fn counter_families() -> [(&'static str, &'static [&'static str]); 7] {
+fn counter_families() -> [(&'static str, &'static [&'static str]); 8] {
     use cartbus::metrics::outcomes;
     [
         ("cartbus_checkouts_total", outcomes::CHECKOUTS.as_slice()),
@@ -287,6 +287,7 @@ fn counter_families() -> [(&'static str, &'static [&'static str]); 7] {
             "cartbus_webhook_calls_total",
             outcomes::WEBHOOK_CALLS.as_slice(),
         ),
+        ("cartbus_smoke_runs_total", outcomes::SMOKE_RUNS.as_slice()),
     ]
 }
 

@@ -9,6 +9,7 @@
 //! [`broker`].
 
 pub mod broker;
+pub mod smoke;
 
 use std::path::Path;
 use std::process::ExitCode;

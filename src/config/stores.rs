@@ -207,7 +207,7 @@ impl QueueSettings {
     }
 
     /// Queue addresses look like `/queue/NAME` on RabbitMQ 3.x, `NAME` elsewhere.
-    pub(super) fn address_prefix(&self) -> &'static str {
+    pub fn address_prefix(&self) -> &'static str {
         address_prefix(&self.backend)
     }
 

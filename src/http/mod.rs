@@ -15,6 +15,7 @@ pub mod problem;
 mod request;
 pub mod server;
 mod service_errors;
+mod smoke;
 mod webhook_doc;
 pub(crate) mod webhooks;
 
@@ -238,6 +239,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(deadletters::resubmit_many))
         .routes(routes!(deadletters::resubmit_job))
         .routes(routes!(events::list))
+        .routes(routes!(smoke::smoke))
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(webhooks::get, webhooks::update))
         .routes(routes!(webhooks::disable))

@@ -173,6 +173,8 @@ pub struct Metrics {
     pub sample_stale: Family<FigureLabel, Gauge>,
     /// Webhook calls, endpoints and what waits for them.
     pub webhooks: WebhookMetrics,
+    /// Smoke checkouts, counted apart from real ones ([`outcomes::SMOKE_RUNS`]).
+    pub smoke_runs: Family<Outcome, Counter>,
 }
 
 impl Default for Metrics {
@@ -369,6 +371,12 @@ impl Metrics {
             sample_stale.clone(),
         );
         let webhooks = WebhookMetrics::register(&mut registry);
+        let smoke_runs = Family::<Outcome, Counter>::default();
+        registry.register(
+            "smoke_runs",
+            "Smoke checkouts run on this instance (nothing they do is kept), by outcome",
+            smoke_runs.clone(),
+        );
         for figure in Figure::ALL {
             let _ = sample_stale.get_or_create(&FigureLabel {
                 figure: figure.as_str(),
@@ -381,12 +389,14 @@ impl Metrics {
             (&partner_replies, &outcomes::PARTNER_REPLIES),
             (&dead_letter_resubmits, &outcomes::DEAD_LETTER_RESUBMITS),
             (&payment_calls, &outcomes::PAYMENT_CALLS),
+            (&smoke_runs, &outcomes::SMOKE_RUNS),
         ] {
             for &outcome in known.iter() {
                 let _ = family.get_or_create(&Outcome { outcome });
             }
         }
         Metrics {
+            smoke_runs,
             webhooks,
             sample_stale,
             dead_letters,
@@ -473,6 +483,17 @@ impl Metrics {
             &self.dead_letter_resubmits,
             &outcomes::DEAD_LETTER_RESUBMITS,
             "dead_letter_resubmits",
+            outcome,
+            1,
+        );
+    }
+
+    pub fn smoke_run(&self, passed: bool) {
+        let outcome = if passed { "passed" } else { "failed" };
+        count(
+            &self.smoke_runs,
+            &outcomes::SMOKE_RUNS,
+            "smoke_runs",
             outcome,
             1,
         );

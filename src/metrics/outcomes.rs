@@ -81,3 +81,7 @@ pub static PAYMENT_CALLS: List = LazyLock::new(|| {
 /// `cartbus_webhook_calls_total`: what a call to a webhook receiver came to.
 pub static WEBHOOK_CALLS: List =
     LazyLock::new(|| vec!["delivered", "refused", "timeout", "unreachable", "gone"]);
+
+/// `cartbus_smoke_runs_total`: smoke checkouts (`POST /v1/admin/smoke`), apart from real
+/// ones: `passed` (every step ran) or `failed`.
+pub static SMOKE_RUNS: List = LazyLock::new(|| vec!["passed", "failed"]);

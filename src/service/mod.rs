@@ -16,6 +16,7 @@ pub mod relay;
 pub mod replies;
 pub mod resubmit;
 pub mod resubmit_jobs;
+pub mod smoke;
 pub mod webhook_call;
 pub mod webhooks;
 pub mod worker;

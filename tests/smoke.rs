@@ -1,0 +1,248 @@
+//! Smoke checkouts (issue 21, first step): `POST /v1/admin/smoke` runs carts through the
+//! instance's whole path and reports each step, and leaves nothing behind: the orders,
+//! events, outbox rows, dead letters, rejections and queued messages are exactly what
+//! they were. A fenced instance reports the fence.
+
+mod common;
+
+use common::{Backend, Process, Settings, TestApp, admin_call, metric, metrics_text};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "smoke-test-admin-token";
+
+const COUNTS: &str = "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM events),
+        (SELECT count(*) FROM order_dispatch), (SELECT count(*) FROM dead_letters),
+        (SELECT count(*) FROM rejected_checkouts), (SELECT count(*) FROM order_status)";
+
+type Counts = (i64, i64, i64, i64, i64, i64);
+
+async fn counts(dir: &std::path::Path) -> Counts {
+    common::orders_db_rows::<Counts>(&Backend::Sqlite, dir, COUNTS)
+        .await
+        .pop()
+        .expect("one row")
+}
+
+async fn smoke(app: &TestApp, carts: Value) -> (u16, Value) {
+    admin_call(
+        &app.client,
+        &app.base,
+        TOKEN,
+        reqwest::Method::POST,
+        "/v1/admin/smoke",
+        Some(json!({ "carts": carts })),
+    )
+    .await
+}
+
+/// `cartbus smoke --url base` with the token in the environment: exit code and output.
+async fn cli(base: &str) -> (Option<i32>, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartbus"))
+        .args(["smoke", "--url", base])
+        .env("CARTBUS_ADMIN_TOKEN", TOKEN)
+        .output()
+        .await
+        .expect("run cartbus smoke");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), text)
+}
+
+#[tokio::test]
+async fn a_smoke_run_reports_each_step_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(
+        &Settings::new(dir.path(), &Backend::Sqlite)
+            .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+            .set("CARTBUS_ROUTES", "*=acme")
+            .set("CARTBUS_PARTNER_ACME_SECRET", "acme-secret-0000001")
+            .set("CARTBUS_AUDIT_THRESHOLD", "10000"),
+    )
+    .await;
+    // A live order, whose cart the smoke run sends again.
+    let live = common::cart();
+    assert_eq!(app.post_cart(&live).await.status(), 202);
+    let live_order = app
+        .wait_for_order(live["cart_id"].as_str().expect("id"))
+        .await;
+    let live_order_id = live_order["order_id"].clone();
+    let before = counts(dir.path()).await;
+    let queued_before = common::queued_messages(dir.path()).await;
+
+    let fresh = common::cart();
+    let mut other = fresh.clone();
+    other["lines"][0]["name"] = json!("Something else");
+    let mut large = common::cart();
+    for line in large["lines"].as_array_mut().expect("lines") {
+        line["quantity"] = json!(100);
+    }
+    let total: i64 = large["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| l["quantity"].as_i64().unwrap_or(0) * l["unit_price"].as_i64().unwrap_or(0))
+        .sum();
+    large["total"] = json!(total);
+    let broken = json!({"cart_id": "nope", "lines": []});
+    let (status, report) = smoke(&app, json!([fresh, fresh, other, broken, live, large])).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["fence"]["ok"], true, "{report}");
+    let outcomes: Vec<&str> = report["carts"]
+        .as_array()
+        .expect("carts")
+        .iter()
+        .map(|c| c["outcome"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "would-create-order",
+            "duplicate",
+            "conflict",
+            "invalid",
+            "duplicate",
+            "would-create-order"
+        ],
+        "{report}"
+    );
+    let carts = &report["carts"];
+    let steps: Vec<&str> = carts[0]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["step"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "validate",
+            "encode",
+            "queue round trip",
+            "decode",
+            "payment",
+            "convert",
+            "render"
+        ]
+    );
+    assert!(
+        carts[0]["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|s| s["ok"] == true)
+    );
+    assert_eq!(carts[0]["order"]["cart_id"], fresh["cart_id"], "{report}");
+    assert!(
+        carts[0]["hand_off"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("partner acme")
+    );
+    assert!(
+        carts[1]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("earlier in this run")
+    );
+    assert_eq!(
+        carts[2]["order_id"], carts[0]["order_id"],
+        "the conflict names the order in its way"
+    );
+    assert!(
+        carts[3]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/cart_id")
+    );
+    assert_eq!(
+        carts[4]["order_id"], live_order_id,
+        "a duplicate of the live order"
+    );
+    assert!(
+        carts[4]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exists live")
+    );
+    assert!(
+        carts[5]["hand_off"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("audit copy"),
+        "{report}"
+    );
+
+    // Nothing remains: the same rows, the same messages, no checkout for the smoke carts.
+    assert_eq!(counts(dir.path()).await, before);
+    assert_eq!(common::queued_messages(dir.path()).await, queued_before);
+    let (status, _) = app
+        .get_json(&format!(
+            "/v1/checkouts/{}",
+            fresh["cart_id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(status, 404);
+    let text = metrics_text(&app.client, &app.base).await;
+    assert_eq!(
+        metric(&text, "cartbus_smoke_runs_total{outcome=\"passed\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "cartbus_checkouts_total{outcome=\"queued\"}"),
+        1.0
+    );
+
+    // The command a deploy pipeline runs: the built-in set, as expected, exit 0; and
+    // again nothing remains.
+    let (code, out) = cli(&app.base).await;
+    assert_eq!(code, Some(0), "{out}");
+    for line in [
+        "a new cart",
+        "the same cart again",
+        "its id, another payload",
+        "a broken cart",
+        "a large order",
+    ] {
+        assert!(out.contains(line), "{line} in\n{out}");
+    }
+    assert!(!out.contains("UNEXPECTED"), "{out}");
+    common::note(&format!("cartbus smoke --url <instance>:\n{out}"));
+    assert_eq!(counts(dir.path()).await, before);
+
+    let (status, problem) = smoke(&app, json!([])).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/carts", "{problem}");
+    app.stop().await.expect("stops");
+}
+
+#[tokio::test]
+async fn a_fenced_instance_reports_the_fence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(dir.path(), &Backend::Sqlite).set("CARTBUS_ADMIN_TOKEN", TOKEN);
+    // A newer version migrates the database past what this build knows.
+    let mut newer = Process::start(&settings, &[("FAILPOINTS", "newer-schema=return")]);
+    newer.kill();
+    let app = TestApp::spawn(&settings).await;
+    let before = counts(dir.path()).await;
+    let (status, report) = smoke(&app, json!([common::cart()])).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["fence"]["ok"], false, "{report}");
+    let detail = report["fence"]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("fenced") && detail.contains("9000"),
+        "{detail}"
+    );
+    assert_eq!(report["carts"].as_array().map(Vec::len), Some(0));
+    assert_eq!(counts(dir.path()).await, before);
+    let text = metrics_text(&app.client, &app.base).await;
+    assert_eq!(
+        metric(&text, "cartbus_smoke_runs_total{outcome=\"failed\"}"),
+        1.0
+    );
+    let (code, out) = cli(&app.base).await;
+    assert_eq!(code, Some(2), "a fenced instance fails the pipeline: {out}");
+    assert!(out.contains("fenced"), "{out}");
+    app.stop().await.expect("stops");
+}
