@@ -17,7 +17,11 @@ const COUNTS: &str = "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FRO
 type Counts = (i64, i64, i64, i64, i64, i64);
 
 async fn counts(dir: &std::path::Path) -> Counts {
-    common::orders_db_rows::<Counts>(&Backend::Sqlite, dir, COUNTS)
+    counts_on(&Backend::Sqlite, dir).await
+}
+
+async fn counts_on(backend: &Backend, dir: &std::path::Path) -> Counts {
+    common::orders_db_rows::<Counts>(backend, dir, COUNTS)
         .await
         .pop()
         .expect("one row")
@@ -244,5 +248,71 @@ async fn a_fenced_instance_reports_the_fence() {
     let (code, out) = cli(&app.base).await;
     assert_eq!(code, Some(2), "a fenced instance fails the pipeline: {out}");
     assert!(out.contains("fenced"), "{out}");
+    app.stop().await.expect("stops");
+}
+
+#[tokio::test]
+async fn on_rabbitmq_and_postgresql_the_scratch_queue_is_deleted_and_nothing_kept() {
+    const TEST: &str = "on_rabbitmq_and_postgresql_the_scratch_queue_is_deleted_and_nothing_kept";
+    let Some(url) = common::broker::url(TEST) else {
+        return;
+    };
+    let Some(management) = common::broker::management_url(TEST) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = common::broker::orders_backend(TEST).await;
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let carts_queue = format!("cartbus-t-{tag}-carts");
+    let app = TestApp::spawn(
+        &common::broker::settings(dir.path(), &backend, &url, &carts_queue)
+            .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+            .set("CARTBUS_BROKER_MANAGEMENT_URL", management)
+            .set("CARTBUS_INSTANCE", format!("t-{tag}")),
+    )
+    .await;
+    common::broker::wait_connected(&app.state).await;
+    let live = common::cart();
+    assert_eq!(app.post_cart(&live).await.status(), 202);
+    let live_order = app
+        .wait_for_order(live["cart_id"].as_str().expect("id"))
+        .await;
+    let before = counts_on(&backend, dir.path()).await;
+
+    let (status, report) = smoke(&app, json!([common::cart(), live])).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    let carts = &report["carts"];
+    assert_eq!(carts[0]["outcome"], "would-create-order", "{report}");
+    assert_eq!(carts[1]["outcome"], "duplicate", "{report}");
+    assert_eq!(carts[1]["order_id"], live_order["order_id"], "{report}");
+    let trip = carts[0]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["step"] == "queue round trip")
+        .cloned()
+        .unwrap_or_default();
+    let detail = trip["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("/queue/cartbus-smoke-t-{tag}"))
+            && detail.contains("deleted after"),
+        "{trip}"
+    );
+    assert_eq!(
+        counts_on(&backend, dir.path()).await,
+        before,
+        "nothing kept"
+    );
+    assert_eq!(
+        common::broker::depth(&format!("cartbus-smoke-t-{tag}")),
+        None,
+        "the scratch queue is gone"
+    );
+    assert_eq!(
+        common::broker::depth(&carts_queue),
+        Some(0),
+        "the live queue untouched"
+    );
     app.stop().await.expect("stops");
 }

@@ -142,6 +142,13 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Closes connections cleanly at shutdown, once nothing sends any more.
     async fn shutdown(&self) {}
+
+    /// Deletes the queue at `address`, messages and all, where the backend can (a
+    /// broker through its management API); `Ok(false)` where it cannot. For scratch
+    /// addresses only (a smoke run's), never the live ones.
+    async fn remove(&self, _address: &str) -> Result<bool, QueueError> {
+        Ok(false)
+    }
 }
 
 #[async_trait]

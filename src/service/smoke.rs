@@ -203,7 +203,7 @@ impl Smoke<'_> {
 
         // The round trip, all of them at once, through the scratch address.
         let started = Instant::now();
-        let returned = match self.round_trip(&sent).await {
+        let (returned, left) = match self.round_trip(&sent).await {
             Ok(returned) => returned,
             Err(why) => {
                 for (i, _) in &sent {
@@ -239,7 +239,7 @@ impl Smoke<'_> {
                 step: "queue round trip",
                 ok: true,
                 ms: trip,
-                detail: format!("through {} and back, body unchanged", self.scratch),
+                detail: format!("through {} and back, body unchanged; {left}", self.scratch),
             });
             let started = Instant::now();
             let message = Message {
@@ -353,7 +353,10 @@ impl Smoke<'_> {
 
     /// Sends each message to the scratch address and takes them back (and anything an
     /// earlier run left there), in the order sent.
-    async fn round_trip(&self, sent: &[(usize, Message)]) -> Result<Vec<Message>, String> {
+    async fn round_trip(
+        &self,
+        sent: &[(usize, Message)],
+    ) -> Result<(Vec<Message>, &'static str), String> {
         let mut receiver = self
             .queue
             .receiver(&self.scratch)
@@ -418,7 +421,15 @@ impl Smoke<'_> {
         if let Err(e) = receiver.close().await {
             tracing::warn!(error = %e, "smoke run: closing the scratch receiver failed");
         }
-        result
+        let left = match self.queue.remove(&self.scratch).await {
+            Ok(true) => "deleted after",
+            Ok(false) => "emptied after",
+            Err(e) => {
+                tracing::warn!(error = %e, address = %self.scratch, "smoke run: the scratch queue could not be deleted; it is empty");
+                "emptied after (deleting it failed)"
+            }
+        };
+        result.map(|messages| (messages, left))
     }
 
     /// The hand-off the order would get: its partner and the new-order message, or why

@@ -198,6 +198,21 @@ impl Management {
         }
     }
 
+    /// Deletes `queue` (gone already is fine).
+    pub async fn delete(&self, queue: &str) -> Result<(), QueueError> {
+        let (status, text) = self
+            .call(Method::DELETE, &self.queue_path(queue), None, WRITE_TIMEOUT)
+            .await?;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(QueueError::Refused(format!(
+                "deleting {queue}: HTTP {status}: {}",
+                reason(&text)
+            )))
+        }
+    }
+
     /// Sets (or replaces) policy `name` on the queues matching `pattern`.
     pub async fn set_policy(
         &self,

@@ -204,6 +204,15 @@ impl Queue for AmqpQueue {
         Ok(Lookup::Unknown)
     }
 
+    /// Through RabbitMQ's management API where `CARTBUS_BROKER_MANAGEMENT_URL` is set:
+    /// AMQP 1.0 cannot delete a queue.
+    async fn remove(&self, address: &str) -> Result<bool, QueueError> {
+        match (&self.management, management::queue_name(address)) {
+            (Some(management), Some(queue)) => management.delete(queue).await.map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
     fn is_healthy(&self) -> bool {
         self.state.is_connected()
     }
