@@ -316,3 +316,164 @@ async fn on_rabbitmq_and_postgresql_the_scratch_queue_is_deleted_and_nothing_kep
     );
     app.stop().await.expect("stops");
 }
+
+/// The slot swap's step 2½ for real: v1 takes live load on PostgreSQL + RabbitMQ while
+/// v2, passive on the same database and queue, is smoked. Afterwards every count is what
+/// v1's load alone explains (the ledger of accepted carts), and v2's scratch queue is gone.
+#[tokio::test]
+async fn a_passive_new_version_is_smoked_while_the_live_one_takes_load() {
+    const TEST: &str = "a_passive_new_version_is_smoked_while_the_live_one_takes_load";
+    let Some(url) = common::broker::url(TEST) else {
+        return;
+    };
+    let Some(management) = common::broker::management_url(TEST) else {
+        return;
+    };
+    let backend = common::broker::orders_backend(TEST).await;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let (dir1, dir2) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let slot = |dir: &std::path::Path, version: &str| {
+        common::broker::fulfilment_settings(dir, &backend, &url, &tag)
+            .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+            .set("CARTBUS_BROKER_MANAGEMENT_URL", management.clone())
+            .set("CARTBUS_ROUTES", "*=acme")
+            .set("CARTBUS_PARTNER_ACME_SECRET", "acme-secret-0000001")
+            .set("CARTBUS_VERSION", version)
+            .set("CARTBUS_INSTANCE", format!("{version}-{tag}"))
+    };
+    let v1 = TestApp::spawn(&slot(dir1.path(), "1.0.0")).await;
+    let v2 = TestApp::spawn(&slot(dir2.path(), "2.0.0")).await;
+    common::broker::wait_connected(&v1.state).await;
+    common::broker::wait_connected(&v2.state).await;
+    let (status, resumed) = admin_call(
+        &v1.client,
+        &v1.base,
+        TOKEN,
+        reqwest::Method::POST,
+        "/v1/admin/consumer/resume",
+        Some(json!({"version": "1.0.0", "reason": "v1 live, v2 staged"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{resumed}");
+
+    // Live load on v1, and the smoke of v2 in the middle of it.
+    let load = {
+        let (client, base) = (v1.client.clone(), v1.base.clone());
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            for _ in 0..150 {
+                let cart = common::cart();
+                let response = common::post_cart(&client, &base, &cart).await;
+                if response.status().is_success() {
+                    accepted.push(cart["cart_id"].as_str().unwrap_or_default().to_string());
+                }
+            }
+            accepted
+        })
+    };
+    let (code, out) = cli(&v2.base).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("version 2.0.0"), "{out}");
+    let accepted = load.await.expect("load ran");
+    assert_eq!(accepted.len(), 150);
+
+    // The ledger: v1's load, and nothing else.
+    common::eventually("every accepted cart ordered and handed off", || async {
+        let (orders, _, dispatched, ..) = counts_on(&backend, dir1.path()).await;
+        (orders == 150 && dispatched == 150).then_some(())
+    })
+    .await;
+    let ordered: Vec<(String,)> = common::orders_db_rows(
+        &backend,
+        dir1.path(),
+        "SELECT CAST(cart_id AS TEXT) FROM orders",
+    )
+    .await;
+    let ordered: std::collections::HashSet<String> = ordered.into_iter().map(|(id,)| id).collect();
+    for id in &accepted {
+        assert!(ordered.contains(id), "accepted cart {id} has its order");
+    }
+    let (orders, _, dispatched, dead_letters, rejected, _) = counts_on(&backend, dir1.path()).await;
+    assert_eq!(
+        (orders, dispatched, dead_letters, rejected),
+        (150, 150, 0, 0)
+    );
+    let payments: Vec<(i64,)> =
+        common::orders_db_rows(&backend, dir1.path(), "SELECT count(*) FROM payment_steps").await;
+    assert_eq!(payments[0].0, 0, "no payment step");
+    assert_eq!(
+        common::broker::depth(&format!("cartbus-t-{tag}-carts")),
+        Some(0)
+    );
+    assert_eq!(
+        common::broker::depth(&format!("cartbus-smoke-2-0-0-{tag}")),
+        None,
+        "v2's scratch queue is gone"
+    );
+    common::note(&format!(
+        "smoke of v2 during v1's load: {} live carts accepted → {orders} orders, {dispatched} handed off, 0 dead letters, 0 rejections, 0 payment steps; scratch queue deleted\n{out}",
+        accepted.len()
+    ));
+    v2.stop().await.expect("stops");
+    v1.stop().await.expect("stops");
+}
+
+/// Killed (kill -9) with a smoke cart converted inside its transaction: nothing of it
+/// is kept, and the next smoke run on the restarted instance passes.
+#[tokio::test]
+async fn a_smoke_run_killed_midway_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(dir.path(), &Backend::Sqlite).set("CARTBUS_ADMIN_TOKEN", TOKEN);
+    let mut first = Process::start(&settings, &[("FAILPOINTS", "smoke-in-tx=return")]);
+    let http = common::client();
+    let live = common::cart();
+    assert_eq!(
+        common::post_cart(&http, &first.base, &live).await.status(),
+        202
+    );
+    common::wait_for_order(&http, &first.base, live["cart_id"].as_str().expect("id")).await;
+    let before = counts(dir.path()).await;
+    let queued = common::queued_messages(dir.path()).await;
+    let call = {
+        let (http, base) = (http.clone(), first.base.clone());
+        tokio::spawn(async move {
+            admin_call(
+                &http,
+                &base,
+                TOKEN,
+                reqwest::Method::POST,
+                "/v1/admin/smoke",
+                Some(json!({"carts": [common::cart()]})),
+            )
+            .await
+        })
+    };
+    common::eventually("the smoke run in its transaction", || async {
+        first.logs_contain("smoke-in-tx").then_some(())
+    })
+    .await;
+    first.kill();
+    call.abort();
+    assert_eq!(
+        counts(dir.path()).await,
+        before,
+        "nothing of the killed run kept"
+    );
+    assert_eq!(common::queued_messages(dir.path()).await, queued);
+
+    let second = Process::start(&settings, &[]);
+    let (status, report) = admin_call(
+        &http,
+        &second.base,
+        TOKEN,
+        reqwest::Method::POST,
+        "/v1/admin/smoke",
+        Some(json!({"carts": [common::cart()]})),
+    )
+    .await;
+    assert_eq!((status, &report["ok"]), (200, &json!(true)), "{report}");
+    assert_eq!(counts(dir.path()).await, before);
+}

@@ -276,6 +276,8 @@ impl Smoke<'_> {
                 None,
             )
             .await;
+            // Test-only: die with the conversion written and not yet rolled back.
+            crate::fault::freeze_if_hit("smoke-in-tx").await;
             let outcome = match placed.map(|mut o| o.pop()) {
                 Ok(Some(outcome)) => outcome,
                 Ok(None) => {
