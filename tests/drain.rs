@@ -491,6 +491,32 @@ async fn slot_swap_drill_loses_nothing_and_fails_no_request() {
         Some(9_000)
     );
 
+    // 2½. Smoke the new version before the swap: v2 passes; v1, fenced, says so. The
+    // ledger at the end (exactly one order per accepted cart) shows it kept nothing.
+    let smoke = |base: String| {
+        let http = http.clone();
+        async move {
+            let cart = common::cart();
+            let (status, report) =
+                admin_post(&http, &base, "/v1/admin/smoke", json!({ "carts": [cart] })).await;
+            assert_eq!(status, 200, "{report}");
+            report
+        }
+    };
+    let report = smoke(v2.base.clone()).await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(
+        report["carts"][0]["outcome"], "would-create-order",
+        "{report}"
+    );
+    let report = smoke(v1.base.clone()).await;
+    assert_eq!(report["ok"], false, "{report}");
+    let fence = report["fence"]["detail"].as_str().unwrap_or_default();
+    assert!(
+        fence.contains("fenced") && fence.contains("9000"),
+        "{report}"
+    );
+
     // 3. Swap: the load now goes to v2. 4. Resume on v2's version.
     *target.write().expect("target lock") = v2.base.clone();
     let (status, resumed) = admin_post(
