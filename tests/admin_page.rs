@@ -225,6 +225,17 @@ async fn an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browse
     })
     .await;
     assert_eq!(common::count_orders_for(&app.state, &cart_id).await, 0);
+    // A smoke run of this version, for the page's smoke panel.
+    let (status, report) = common::admin_call(
+        &app.client,
+        &app.base,
+        TOKEN,
+        reqwest::Method::POST,
+        "/v1/admin/smoke",
+        Some(json!({"carts": [common::cart()]})),
+    )
+    .await;
+    assert_eq!((status, &report["ok"]), (200, &json!(true)), "{report}");
     eventually("the webhook endpoint failing", || async {
         let view = admin_get(&app, &format!("/v1/admin/webhooks/{webhook}")).await;
         (view["state"] == "failing").then_some(())
@@ -241,6 +252,7 @@ async fn an_operator_pauses_resumes_and_resubmits_a_dead_letter_in_a_real_browse
             ("CARTBUS_DEAD_LETTER_ID", dead_letter_id.to_string()),
             ("CARTBUS_DEAD_LETTER_CART_ID", cart_id.clone()),
             ("CARTBUS_FAILING_WEBHOOK", webhook.clone()),
+            ("CARTBUS_SMOKED_VERSION", config.version.clone()),
         ],
     )
     .await;

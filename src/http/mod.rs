@@ -239,7 +239,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(deadletters::resubmit_many))
         .routes(routes!(deadletters::resubmit_job))
         .routes(routes!(events::list))
-        .routes(routes!(smoke::smoke))
+        .routes(routes!(smoke::smoke, smoke::runs))
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(webhooks::get, webhooks::update))
         .routes(routes!(webhooks::disable))

@@ -11,6 +11,7 @@ use super::problem::{ApiError, Problem};
 use super::request::{Fields, Findings, Sent};
 use crate::runtime::app::AppState;
 use crate::service::smoke::{MAX_CARTS, Smoke, SmokeReport};
+use crate::store::smoke_runs::{self, SmokeRun};
 
 /// Body of `POST /v1/admin/smoke`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -95,6 +96,18 @@ pub async fn smoke(
     };
     let report = smoke.run(&carts).await;
     app.metrics.smoke_run(report.ok);
+    // What the page shows; the run's result stands whether or not this is kept (an
+    // older, fenced version may not know the table).
+    let run = SmokeRun {
+        version: report.version.clone(),
+        instance: report.instance.clone(),
+        at: chrono::Utc::now(),
+        ok: report.ok,
+        summary: report.summary(),
+    };
+    if let Err(e) = smoke_runs::record(&app.db, &run).await {
+        tracing::warn!(error = %e, "smoke run not recorded for the page");
+    }
     tracing::info!(
         ok = report.ok,
         carts = report.carts.len(),
@@ -159,4 +172,31 @@ fn cart_example() -> serde_json::Value {
         "lines": [{"sku": "BOOK-001", "name": "Notes on the Engine", "quantity": 2, "unit_price": 1999}],
         "total": 3998
     })
+}
+
+/// The last smoke run of each version.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SmokeRuns {
+    pub items: Vec<SmokeRun>,
+}
+
+/// The last smoke run of each version, newest first: what the deploy-window page shows
+/// before a swap.
+#[utoipa::path(get, path = "/v1/admin/smoke", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The last run per version", body = SmokeRuns, example = json!(SmokeRuns { items: vec![SmokeRun {
+            version: "2.0.0".into(), instance: "cartbus-staging-1".into(),
+            at: "2026-12-07T02:04:00Z".parse().unwrap_or_default(), ok: true,
+            summary: "would-create-order ×2, duplicate, conflict, invalid".into() }] })),
+        (status = 404, description = "Admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::unavailable())),
+    ))]
+pub async fn runs(
+    State(app): State<AppState>,
+    _auth: AdminAuth,
+) -> Result<Json<SmokeRuns>, ApiError> {
+    Ok(Json(SmokeRuns {
+        items: smoke_runs::last_per_version(&app.db).await?,
+    }))
 }

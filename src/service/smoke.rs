@@ -85,6 +85,34 @@ pub struct SmokeReport {
     pub ms: f64,
 }
 
+impl SmokeReport {
+    /// One line for the page: the outcomes by count, or what failed.
+    pub fn summary(&self) -> String {
+        if !self.fence.ok {
+            return format!("fence: {}", self.fence.detail);
+        }
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for cart in &self.carts {
+            match counts.iter_mut().find(|(o, _)| *o == cart.outcome) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((&cart.outcome, 1)),
+            }
+        }
+        let mut line = counts
+            .iter()
+            .map(|(outcome, n)| match n {
+                1 => outcome.to_string(),
+                n => format!("{outcome} ×{n}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(failed) = self.carts.iter().find(|c| c.outcome == "failed") {
+            line.push_str(&format!("; first failure: {}", failed.detail));
+        }
+        line
+    }
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }

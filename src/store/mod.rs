@@ -29,6 +29,7 @@ pub mod order_reads;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
+pub mod smoke_runs;
 pub mod switch;
 pub mod webhooks;
 

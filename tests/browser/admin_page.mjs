@@ -28,6 +28,7 @@ const instance = setting("CARTBUS_INSTANCE");
 const deadLetterId = setting("CARTBUS_DEAD_LETTER_ID");
 const cartId = setting("CARTBUS_DEAD_LETTER_CART_ID");
 const failingWebhook = setting("CARTBUS_FAILING_WEBHOOK");
+const smokedVersion = setting("CARTBUS_SMOKED_VERSION");
 const executablePath = setting("CARTBUS_CHROMIUM", "/usr/bin/chromium");
 const artefacts = setting("CARTBUS_ARTEFACTS", "target/artefacts");
 
@@ -143,6 +144,11 @@ async function main() {
     check((await text(page.locator("#backlog-eta"))).length > 0, "a catch-up estimate");
     await page.locator(`#dead-letters tr[data-dead-letter="${deadLetterId}"]`).waitFor({ timeout: STEP_MS });
     await page.locator('#dead-counts [data-reason="max-attempts"]').waitFor({ timeout: STEP_MS });
+
+    step("the last smoke run of this version, passed");
+    const smoke = page.locator(`#smoke tr[data-version="${smokedVersion}"]`);
+    await smoke.locator("td", { hasText: "passed" }).waitFor({ timeout: STEP_MS });
+    check(/would-create-order/.test(await text(smoke.locator("td.detail"))), "its outcomes");
 
     step("a failing webhook endpoint is listed with why and what waits for it");
     const hook = page.locator(`#webhooks tr[data-endpoint="${failingWebhook}"][data-state=failing]`);

@@ -274,8 +274,9 @@
         api("GET", "/v1/admin/payments?state=unknown").then((r) => renderPayments(r.data.items || [])),
         api("GET", "/v1/admin/outbox?status=critical_error").then((r) => renderOutbox(r.data)),
         api("GET", "/v1/admin/webhooks").then((r) => renderWebhooks(r.data.items || [])),
+        api("GET", "/v1/admin/smoke").then((r) => renderSmoke(r.data.items || [])),
       ]);
-      const names = ["switch history", "dead letters", "payments", "outbox", "webhooks"];
+      const names = ["switch history", "dead letters", "payments", "outbox", "webhooks", "smoke runs"];
       results.forEach((result, i) => {
         if (result.status === "rejected" && result.reason.status !== 401) {
           problems.push(`${names[i]}: ${result.reason.message}`);
@@ -598,6 +599,26 @@
       ),
       6,
       `None: ${items.length} endpoint(s), every one delivering with nothing waiting.`,
+    );
+  }
+
+  // The last smoke run of each version: what to look at before swapping to it.
+  function renderSmoke(items) {
+    fillRows(
+      $("#smoke"),
+      items.map((run) =>
+        el(
+          "tr",
+          { "data-version": run.version },
+          el("td", { class: "mono" }, run.version),
+          el("td", {}, el("span", { class: `chip ${run.ok ? "enabled" : "failing"}` }, run.ok ? "passed" : "failed")),
+          el("td", {}, when(run.at)),
+          el("td", { class: "mono" }, run.instance),
+          el("td", { class: "detail" }, run.summary),
+        ),
+      ),
+      5,
+      "None yet: smoke a new version with cartbus smoke --url <its instance> before the swap.",
     );
   }
 
