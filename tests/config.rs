@@ -92,6 +92,7 @@ CARTBUS_RELAY_POLL_MS                500                         default      fu
 CARTBUS_PAYMENT_URL                  (unset)                     default      payments.url
 CARTBUS_PAYMENT_TIMEOUT_MS           5000                        default      payments.timeout_ms
 CARTBUS_PAYMENT_TOKEN                (unset)                     default      payments.token
+CARTBUS_PAYMENT_SMOKE_URL            (unset)                     default      payments.smoke_url
 CARTBUS_WEBHOOK_URL                  (unset)                     default      webhooks.url
 CARTBUS_WEBHOOK_SECRET               (unset)                     default      webhooks.secret
 CARTBUS_WEBHOOK_EVENTS               (unset)                     default      webhooks.events
@@ -147,6 +148,10 @@ fn cartbus_config_redacts_every_secret() {
                 "CARTBUS_WEBHOOK_URL",
                 "https://shop.example/hooks?key=hook-k3y",
             ),
+            (
+                "CARTBUS_PAYMENT_SMOKE_URL",
+                "https://sandbox.example/capture?key=sandbox-k3y",
+            ),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
@@ -154,7 +159,14 @@ fn cartbus_config_redacts_every_secret() {
     let output = cartbus_config(&[], &env);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let printed = text(&output.stdout) + &text(&output.stderr);
-    for leaked in ["s3cret", "pa55word", "pay-k3y", WEBHOOK_KEY, "hook-k3y"] {
+    for leaked in [
+        "s3cret",
+        "pa55word",
+        "pay-k3y",
+        WEBHOOK_KEY,
+        "hook-k3y",
+        "sandbox-k3y",
+    ] {
         assert!(!printed.contains(leaked), "{leaked} in:\n{printed}");
     }
     let value_of = |env: &str| {

@@ -477,3 +477,104 @@ async fn a_smoke_run_killed_midway_leaves_nothing_behind() {
     assert_eq!((status, &report["ok"]), (200, &json!(true)), "{report}");
     assert_eq!(counts(dir.path()).await, before);
 }
+
+/// A payment provider on this machine for the smoke tests: declines the cart ids it is
+/// told to, captures the rest, and counts the calls it got.
+async fn payment_provider(
+    decline: Vec<String>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let router = axum::Router::new().route(
+        "/capture",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let (calls, decline) = (counted.clone(), decline.clone());
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let cart = body["cart_id"].as_str().unwrap_or_default().to_string();
+                if decline.contains(&cart) {
+                    (
+                        axum::http::StatusCode::PAYMENT_REQUIRED,
+                        axum::Json(json!({"error": "card_declined"})),
+                    )
+                } else {
+                    (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({"payment_id": "pay_sandbox_1"})),
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the payment provider");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{address}/capture"), calls)
+}
+
+/// With `CARTBUS_PAYMENT_SMOKE_URL`, the payment step calls the provider's sandbox
+/// (a declined card makes the cart `payment-declined`), and the live endpoint never.
+#[tokio::test]
+async fn the_payment_step_calls_the_sandbox_never_the_live_endpoint() {
+    use std::sync::atomic::Ordering;
+    let declined = common::cart();
+    let declined_id = declined["cart_id"].as_str().expect("id").to_string();
+    let (live_url, live_calls) = payment_provider(Vec::new()).await;
+    let (sandbox_url, sandbox_calls) = payment_provider(vec![declined_id]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(
+        &Settings::new(dir.path(), &Backend::Sqlite)
+            .set("CARTBUS_ADMIN_TOKEN", TOKEN)
+            .set("CARTBUS_PAYMENT_URL", live_url)
+            .set("CARTBUS_PAYMENT_SMOKE_URL", sandbox_url),
+    )
+    .await;
+    let before = counts(dir.path()).await;
+    let (status, report) = smoke(&app, json!([common::cart(), declined])).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    let outcomes: Vec<&str> = report["carts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["outcome"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["would-create-order", "payment-declined"],
+        "{report}"
+    );
+    let payment = report["carts"][0]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["step"] == "payment")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        payment["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("captured by"),
+        "{payment}"
+    );
+    assert_eq!(sandbox_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        live_calls.load(Ordering::SeqCst),
+        0,
+        "the live endpoint is never called"
+    );
+    assert_eq!(counts(dir.path()).await, before);
+    let steps: Vec<(i64,)> = common::orders_db_rows(
+        &Backend::Sqlite,
+        dir.path(),
+        "SELECT count(*) FROM payment_steps",
+    )
+    .await;
+    assert_eq!(steps[0].0, 0, "no payment step recorded");
+    app.stop().await.expect("stops");
+}

@@ -16,13 +16,19 @@ pub struct PaymentSettings {
     pub timeout: Duration,
     /// Sent as `Authorization: Bearer` to the payment endpoint.
     pub token: Option<SecretString>,
+    /// The sandbox capture endpoint smoke runs call; never the live one.
+    pub smoke_url: Option<PaymentUrl>,
 }
 
 impl PaymentSettings {
     pub(super) fn read(v: &Values, http: &HttpSettings) -> Result<PaymentSettings, ConfigError> {
         let url = v
             .given(&s::PAYMENT_URL)?
-            .map(PaymentUrl::parse)
+            .map(|raw| PaymentUrl::parse(&s::PAYMENT_URL, raw))
+            .transpose()?;
+        let smoke_url = v
+            .given(&s::PAYMENT_SMOKE_URL)?
+            .map(|raw| PaymentUrl::parse(&s::PAYMENT_SMOKE_URL, raw))
             .transpose()?;
         let timeout = v.duration(&s::PAYMENT_TIMEOUT)?;
         // A direct write's payment call must end well inside its request, so that the
@@ -42,6 +48,7 @@ impl PaymentSettings {
             url,
             timeout,
             token: v.secret(&s::PAYMENT_TOKEN)?,
+            smoke_url,
         })
     }
 }
@@ -52,8 +59,7 @@ impl PaymentSettings {
 pub struct PaymentUrl(url::Url);
 
 impl PaymentUrl {
-    fn parse(raw: String) -> Result<PaymentUrl, ConfigError> {
-        let setting = &s::PAYMENT_URL;
+    fn parse(setting: &s::Setting, raw: String) -> Result<PaymentUrl, ConfigError> {
         let url = url::Url::parse(&raw).map_err(|e| {
             invalid(
                 setting,

@@ -391,6 +391,10 @@ settings! {
     );
     /// sent as `Authorization: Bearer` to the payment endpoint (never logged)
     PAYMENT_TOKEN = secret("CARTBUS_PAYMENT_TOKEN", "payments.token");
+    /// the payment provider's test (sandbox) capture endpoint that smoke runs call
+    /// (`POST /v1/admin/smoke`, `cartbus smoke`); unset = a smoke run skips the payment
+    /// step and says so. The live endpoint is never called by a smoke run
+    PAYMENT_SMOKE_URL = url("CARTBUS_PAYMENT_SMOKE_URL", "payments.smoke_url", Unset);
 
     // Webhooks: order events to the storefront (issue 20).
     /// a receiver of every order event, beside those made with `/v1/admin/webhooks`

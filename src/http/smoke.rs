@@ -85,7 +85,10 @@ pub async fn smoke(
         })
         .take(100)
         .collect();
+    let payments = crate::service::payment::Gateway::for_smoke(config)
+        .map_err(|e| ApiError::unavailable(format!("the smoke payment endpoint's client: {e}")))?;
     let smoke = Smoke {
+        payments: payments.as_ref(),
         db: &app.db,
         queue: app.queue.as_ref(),
         fulfilment: &config.fulfilment,

@@ -13,13 +13,14 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::payment::Verdict;
+use super::payment::{Gateway, Verdict};
 use super::place::{self, Outcome};
 use crate::config::fulfilment::FulfilmentSettings;
 use crate::domain::cart_message::{self, Decoded};
 use crate::domain::message::Message;
 use crate::domain::order::{OrderView, Source};
 use crate::domain::partner;
+use crate::domain::payment::CallOutcome;
 use crate::domain::{Cart, Reason};
 use crate::queue::{Queue, Settlement};
 use crate::store::{Db, StoreError};
@@ -40,6 +41,8 @@ pub struct Smoke<'a> {
     pub known_schema: i64,
     pub version: &'a str,
     pub instance: &'a str,
+    /// `CARTBUS_PAYMENT_SMOKE_URL`'s gateway, where it is set: the provider's sandbox.
+    pub payments: Option<&'a Gateway>,
 }
 
 /// One step of one cart.
@@ -288,22 +291,12 @@ impl Smoke<'_> {
             report
                 .steps
                 .push(step("decode", started, true, "schema known"));
-            report.steps.push(step(
-                "payment",
-                Instant::now(),
-                true,
-                "skipped: a smoke run never calls the payment endpoint",
-            ));
+            let Some(verdict) = self.pay(&cart, report).await else {
+                continue;
+            };
             let started = Instant::now();
             let at = place::timestamp_now();
-            let placed = place::place(
-                &mut tx,
-                &[(&cart, &Verdict::Proceed)],
-                Source::Queue,
-                at,
-                None,
-            )
-            .await;
+            let placed = place::place(&mut tx, &[(&cart, &verdict)], Source::Queue, at, None).await;
             // Test-only: die with the conversion written and not yet rolled back.
             crate::fault::freeze_if_hit("smoke-in-tx").await;
             let outcome = match placed.map(|mut o| o.pop()) {
@@ -379,6 +372,55 @@ impl Smoke<'_> {
             tracing::warn!(error = %e, "smoke run: rollback failed; the transaction is dropped");
         }
         reports
+    }
+
+    /// The payment step against the smoke endpoint, where there is one: `None` when it
+    /// failed (the report says why).
+    async fn pay(&self, cart: &Cart, report: &mut CartReport) -> Option<Verdict> {
+        let started = Instant::now();
+        let Some(gateway) = self.payments else {
+            report.steps.push(step(
+                "payment",
+                started,
+                true,
+                "skipped: CARTBUS_PAYMENT_SMOKE_URL is not set (a smoke run never calls the live endpoint)",
+            ));
+            return Some(Verdict::Proceed);
+        };
+        let at = gateway.endpoint().to_string();
+        match gateway.capture(cart).await {
+            CallOutcome::Captured { payment_id } => {
+                let id = payment_id.map(|id| format!(" as {id}")).unwrap_or_default();
+                report.steps.push(step(
+                    "payment",
+                    started,
+                    true,
+                    format!("captured by {at}{id}"),
+                ));
+                Some(Verdict::Proceed)
+            }
+            CallOutcome::Declined { detail } => {
+                report.steps.push(step(
+                    "payment",
+                    started,
+                    true,
+                    format!("declined by {at}: {detail}"),
+                ));
+                Some(Verdict::Refused {
+                    reason: Reason::PaymentDeclined,
+                    detail,
+                })
+            }
+            CallOutcome::NotSent { detail } | CallOutcome::Unknown { detail } => {
+                let why = format!("{at}: {detail}");
+                report
+                    .steps
+                    .push(step("payment", started, false, why.clone()));
+                report.outcome = "failed".into();
+                report.detail = why;
+                None
+            }
+        }
     }
 
     /// Sends each message to the scratch address and takes them back (and anything an

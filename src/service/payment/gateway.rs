@@ -39,7 +39,17 @@ impl Gateway {
 
     /// The gateway `config` asks for; `None` when no payment endpoint is configured.
     pub fn from_config(config: &Config) -> Result<Option<Gateway>, reqwest::Error> {
-        let Some(url) = &config.payments.url else {
+        Gateway::at(config, config.payments.url.as_ref())
+    }
+
+    /// The gateway of smoke runs: `CARTBUS_PAYMENT_SMOKE_URL` (the provider's sandbox),
+    /// with the same timeout and token; `None` when it is not set.
+    pub fn for_smoke(config: &Config) -> Result<Option<Gateway>, reqwest::Error> {
+        Gateway::at(config, config.payments.smoke_url.as_ref())
+    }
+
+    fn at(config: &Config, url: Option<&PaymentUrl>) -> Result<Option<Gateway>, reqwest::Error> {
+        let Some(url) = url else {
             return Ok(None);
         };
         let client = reqwest::Client::builder()
