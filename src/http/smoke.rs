@@ -85,6 +85,13 @@ pub async fn smoke(
         })
         .take(100)
         .collect();
+    let scratch = format!("{}cartbus-smoke-{instance}", config.queue.address_prefix());
+    if scratch == config.queue.cart_address {
+        // Never the live cart queue, whatever it was named.
+        return Err(ApiError::Conflict(format!(
+            "the scratch address {scratch} is the live cart address: rename CARTBUS_INSTANCE"
+        )));
+    }
     let payments = crate::service::payment::Gateway::for_smoke(config)
         .map_err(|e| ApiError::unavailable(format!("the smoke payment endpoint's client: {e}")))?;
     let smoke = Smoke {
@@ -92,7 +99,7 @@ pub async fn smoke(
         db: &app.db,
         queue: app.queue.as_ref(),
         fulfilment: &config.fulfilment,
-        scratch: format!("{}cartbus-smoke-{instance}", config.queue.address_prefix()),
+        scratch,
         known_schema: crate::store::known_schema_version(&config.database.kind),
         version: &config.version,
         instance: &config.instance,
