@@ -131,6 +131,7 @@ impl Application {
             payments,
             admin_failures,
             resubmitter,
+            smoke_running: Arc::new(tokio::sync::Mutex::new(())),
         });
         if let Some(gateway) = &app.payments {
             tracing::info!(endpoint = %gateway.endpoint(), timeout = ?app.config.payments.timeout, "payment capture on: carts are captured before they become orders");

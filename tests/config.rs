@@ -93,6 +93,7 @@ CARTBUS_PAYMENT_URL                  (unset)                     default      pa
 CARTBUS_PAYMENT_TIMEOUT_MS           5000                        default      payments.timeout_ms
 CARTBUS_PAYMENT_TOKEN                (unset)                     default      payments.token
 CARTBUS_PAYMENT_SMOKE_URL            (unset)                     default      payments.smoke_url
+CARTBUS_PAYMENT_SMOKE_TOKEN          (unset)                     default      payments.smoke_token
 CARTBUS_WEBHOOK_URL                  (unset)                     default      webhooks.url
 CARTBUS_WEBHOOK_SECRET               (unset)                     default      webhooks.secret
 CARTBUS_WEBHOOK_EVENTS               (unset)                     default      webhooks.events
@@ -127,8 +128,8 @@ fn cartbus_config_redacts_every_secret() {
         .collect();
     assert_eq!(
         vars.len(),
-        5,
-        "admin, storefront, payment, partner, webhook: {vars:?}"
+        6,
+        "admin, storefront, payment, payment smoke, partner, webhook: {vars:?}"
     );
     vars.extend(
         [
@@ -176,7 +177,7 @@ fn cartbus_config_redacts_every_secret() {
             .and_then(|line| line.split_whitespace().nth(1))
             .map(str::to_string)
     };
-    for (env, _) in &vars[..5] {
+    for (env, _) in &vars[..6] {
         assert_eq!(value_of(env).as_deref(), Some("[redacted]"), "{env}");
     }
     assert_eq!(

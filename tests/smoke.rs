@@ -70,6 +70,15 @@ async fn a_smoke_run_reports_each_step_and_leaves_nothing_behind() {
         .wait_for_order(live["cart_id"].as_str().expect("id"))
         .await;
     let live_order_id = live_order["order_id"].clone();
+    // Sampled once the live cart is all done: its message accepted (gone from the queue)
+    // and its order handed to the partner (the new-order waiting on the partner's queue).
+    let path = format!("/v1/orders/{}", live_order_id.as_str().expect("order id"));
+    common::eventually("the live order handed off and its cart settled", || async {
+        let (_, order) = app.get_json(&path).await;
+        (order["status"] == "sent_to_partner" && common::queued_messages(dir.path()).await == 1)
+            .then_some(())
+    })
+    .await;
     let before = counts(dir.path()).await;
     let queued_before = common::queued_messages(dir.path()).await;
 
@@ -435,6 +444,10 @@ async fn a_smoke_run_killed_midway_leaves_nothing_behind() {
         202
     );
     common::wait_for_order(&http, &first.base, live["cart_id"].as_str().expect("id")).await;
+    common::eventually("the live cart's message settled", || async {
+        (common::queued_messages(dir.path()).await == 0).then_some(())
+    })
+    .await;
     let before = counts(dir.path()).await;
     let queued = common::queued_messages(dir.path()).await;
     let call = {

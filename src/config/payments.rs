@@ -18,6 +18,8 @@ pub struct PaymentSettings {
     pub token: Option<SecretString>,
     /// The sandbox capture endpoint smoke runs call; never the live one.
     pub smoke_url: Option<PaymentUrl>,
+    /// Its token: the live one is never sent there.
+    pub smoke_token: Option<SecretString>,
 }
 
 impl PaymentSettings {
@@ -49,6 +51,7 @@ impl PaymentSettings {
             timeout,
             token: v.secret(&s::PAYMENT_TOKEN)?,
             smoke_url,
+            smoke_token: v.secret(&s::PAYMENT_SMOKE_TOKEN)?,
         })
     }
 }

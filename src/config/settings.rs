@@ -395,6 +395,9 @@ settings! {
     /// (`POST /v1/admin/smoke`, `cartbus smoke`); unset = a smoke run skips the payment
     /// step and says so. The live endpoint is never called by a smoke run
     PAYMENT_SMOKE_URL = url("CARTBUS_PAYMENT_SMOKE_URL", "payments.smoke_url", Unset);
+    /// sent as `Authorization: Bearer` to the smoke endpoint (never the live token, which
+    /// a smoke run never sends anywhere; never logged)
+    PAYMENT_SMOKE_TOKEN = secret("CARTBUS_PAYMENT_SMOKE_TOKEN", "payments.smoke_token");
 
     // Webhooks: order events to the storefront (issue 20).
     /// a receiver of every order event, beside those made with `/v1/admin/webhooks`

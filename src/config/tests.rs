@@ -345,7 +345,10 @@ fn every_secret_refuses_a_short_value_without_showing_it() {
         assert!(!err.contains("short-s3cret"), "{err}");
         secrets += 1;
     }
-    assert_eq!(secrets, 5, "admin, storefront, payment, partner, webhook");
+    assert_eq!(
+        secrets, 6,
+        "admin, storefront, payment, payment smoke, partner, webhook"
+    );
 }
 
 /// The flat TOML keys of earlier versions are the variables' names without `CARTBUS_`:

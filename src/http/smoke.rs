@@ -64,6 +64,8 @@ fn carts(body: Fields<SmokeRequest>) -> Result<Vec<serde_json::Value>, ApiError>
     responses(
         (status = 200, description = "The report: `ok` when every step ran, each cart's outcome and steps", body = SmokeReport, example = json!(report_example())),
         (status = 404, description = "Admin API off", body = Problem, content_type = "application/problem+json", example = json!(crate::http::examples::admin_off())),
+        (status = 409, description = "A smoke run is in progress on this instance; or its scratch address is the live cart queue (rename CARTBUS_INSTANCE)", body = Problem, content_type = "application/problem+json", example = json!(ApiError::Conflict("a smoke run is in progress on this instance: try again when it is done".into()).problem())),
+        (status = 503, description = "The smoke payment endpoint's client could not be made", body = Problem, content_type = "application/problem+json", example = json!(ApiError::unavailable("the smoke payment endpoint's client: builder error").problem())),
         (status = 422, description = "A bad field, named", body = Problem, content_type = "application/problem+json", example = json!(ApiError::field("/carts", format!("must be an array of 1 to {MAX_CARTS} carts")).problem())),
     ))]
 pub async fn smoke(
@@ -72,6 +74,12 @@ pub async fn smoke(
     JsonBody(body): JsonBody,
 ) -> Result<Json<SmokeReport>, ApiError> {
     let carts = carts(Fields::<SmokeRequest>::read(body)?)?;
+    // One run at a time on an instance: two would share its scratch address.
+    let Ok(running) = app.smoke_running.clone().try_lock_owned() else {
+        return Err(ApiError::Conflict(
+            "a smoke run is in progress on this instance: try again when it is done".into(),
+        ));
+    };
     let config = &app.config;
     let instance: String = config
         .instance
@@ -85,45 +93,64 @@ pub async fn smoke(
         })
         .take(100)
         .collect();
-    let scratch = format!("{}cartbus-smoke-{instance}", config.queue.address_prefix());
-    if scratch == config.queue.cart_address {
+    // `/amq/queue/` (quorum queues, declared by `cartbus broker setup`) declares nothing:
+    // the scratch queue is a plain `/queue/` one, made by attaching to it.
+    let prefix = match config.queue.address_prefix() {
+        "/amq/queue/" => "/queue/",
+        other => other,
+    };
+    let scratch = format!("{prefix}cartbus-smoke-{instance}");
+    if crate::queue::amqp::management::queue_name(&scratch).unwrap_or(&scratch)
+        == crate::queue::amqp::management::queue_name(&config.queue.cart_address)
+            .unwrap_or(&config.queue.cart_address)
+    {
         // Never the live cart queue, whatever it was named.
         return Err(ApiError::Conflict(format!(
-            "the scratch address {scratch} is the live cart address: rename CARTBUS_INSTANCE"
+            "the scratch address {scratch} is the live cart queue: rename CARTBUS_INSTANCE"
         )));
     }
     let payments = crate::service::payment::Gateway::for_smoke(config)
         .map_err(|e| ApiError::unavailable(format!("the smoke payment endpoint's client: {e}")))?;
-    let smoke = Smoke {
-        payments: payments.as_ref(),
-        db: &app.db,
-        queue: app.queue.as_ref(),
-        fulfilment: &config.fulfilment,
-        scratch,
-        known_schema: crate::store::known_schema_version(&config.database.kind),
-        version: &config.version,
-        instance: &config.instance,
-    };
-    let report = smoke.run(&carts).await;
-    app.metrics.smoke_run(report.ok);
-    // What the page shows; the run's result stands whether or not this is kept (an
-    // older, fenced version may not know the table).
-    let run = SmokeRun {
-        version: report.version.clone(),
-        instance: report.instance.clone(),
-        at: chrono::Utc::now(),
-        ok: report.ok,
-        summary: report.summary(),
-    };
-    if let Err(e) = smoke_runs::record(&app.db, &run).await {
-        tracing::warn!(error = %e, "smoke run not recorded for the page");
-    }
-    tracing::info!(
-        ok = report.ok,
-        carts = report.carts.len(),
-        ms = report.ms,
-        "smoke run"
-    );
+    // In a task of its own: a client that hangs up mid-run does not cut the run short
+    // before its scratch queue is cleared and its transaction rolled back.
+    let task = tokio::spawn(async move {
+        let _running = running;
+        let config = &app.config;
+        let smoke = Smoke {
+            payments: payments.as_ref(),
+            db: &app.db,
+            queue: app.queue.as_ref(),
+            fulfilment: &config.fulfilment,
+            scratch,
+            known_schema: crate::store::known_schema_version(&config.database.kind),
+            version: &config.version,
+            instance: &config.instance,
+        };
+        let report = smoke.run(&carts).await;
+        app.metrics.smoke_run(report.ok);
+        // What the page shows; the run's result stands whether or not this is kept (an
+        // older, fenced version may not know the table).
+        let run = SmokeRun {
+            version: report.version.clone(),
+            instance: report.instance.clone(),
+            at: chrono::Utc::now(),
+            ok: report.ok,
+            summary: report.summary(),
+        };
+        if let Err(e) = smoke_runs::record(&app.db, &run).await {
+            tracing::warn!(error = %e, "smoke run not recorded for the page");
+        }
+        tracing::info!(
+            ok = report.ok,
+            carts = report.carts.len(),
+            ms = report.ms,
+            "smoke run"
+        );
+        report
+    });
+    let report = task
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the smoke run failed: {e}")))?;
     Ok(Json(report))
 }
 

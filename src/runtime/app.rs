@@ -38,6 +38,9 @@ pub struct App {
     pub admin_failures: crate::runtime::auth_failures::AuthFailures,
     /// Resubmitting dead letters, one or in bulk.
     pub resubmitter: Resubmitter,
+    /// Held while a smoke run goes on here: one at a time, as they share the scratch
+    /// address.
+    pub smoke_running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl App {

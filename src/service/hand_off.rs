@@ -223,7 +223,7 @@ impl HandOff<'_> {
 /// The audit threshold in `currency`'s minor units. `CARTBUS_AUDIT_THRESHOLD` is in the
 /// minor units of a two-decimal currency (1000000 = 10,000.00), so it means the same
 /// amount in yen (no decimals: ¥10,000) or dinars (three: 10,000.000).
-fn audit_threshold(threshold: i64, currency: &str) -> i64 {
+pub fn audit_threshold(threshold: i64, currency: &str) -> i64 {
     let exponent = iso_currency::Currency::from_code(currency)
         .and_then(|c| c.exponent())
         .unwrap_or(2);

@@ -39,16 +39,30 @@ impl Gateway {
 
     /// The gateway `config` asks for; `None` when no payment endpoint is configured.
     pub fn from_config(config: &Config) -> Result<Option<Gateway>, reqwest::Error> {
-        Gateway::at(config, config.payments.url.as_ref())
+        Gateway::at(
+            config,
+            config.payments.url.as_ref(),
+            config.payments.token.as_ref(),
+        )
     }
 
-    /// The gateway of smoke runs: `CARTBUS_PAYMENT_SMOKE_URL` (the provider's sandbox),
-    /// with the same timeout and token; `None` when it is not set.
+    /// The gateway of smoke runs: `CARTBUS_PAYMENT_SMOKE_URL` (the provider's sandbox)
+    /// with `CARTBUS_PAYMENT_SMOKE_TOKEN` — never the live token — and the same timeout;
+    /// `None` when it is not set.
     pub fn for_smoke(config: &Config) -> Result<Option<Gateway>, reqwest::Error> {
-        Gateway::at(config, config.payments.smoke_url.as_ref())
+        let payments = &config.payments;
+        Gateway::at(
+            config,
+            payments.smoke_url.as_ref(),
+            payments.smoke_token.as_ref(),
+        )
     }
 
-    fn at(config: &Config, url: Option<&PaymentUrl>) -> Result<Option<Gateway>, reqwest::Error> {
+    fn at(
+        config: &Config,
+        url: Option<&PaymentUrl>,
+        token: Option<&SecretString>,
+    ) -> Result<Option<Gateway>, reqwest::Error> {
         let Some(url) = url else {
             return Ok(None);
         };
@@ -66,7 +80,7 @@ impl Gateway {
         Ok(Some(Gateway {
             client,
             url: url.clone(),
-            token: config.payments.token.clone(),
+            token: token.cloned(),
             timeout: config.payments.timeout,
         }))
     }
