@@ -230,6 +230,10 @@ impl Deliverer {
         };
         let now = Utc::now();
         let settings = &self.settings;
+        // Orders first: while this instance's consumer holds half a batch or more (a
+        // backlog, after a pause say), one wave of calls per poll, so that delivery does
+        // not take the database and the core from the drain; full rounds again after it.
+        let yielding = endpoint.state() == EndpointState::Enabled && self.draining_backlog();
         let limit = match endpoint.state() {
             EndpointState::Disabled => return Ok(Round::Over),
             EndpointState::Failing => match endpoint.probe_at {
@@ -239,13 +243,9 @@ impl Deliverer {
                 }
                 _ => 1,
             },
-            // Orders first: while this instance's consumer works a full batch (a backlog
-            // after a pause, say), one wave of calls per poll, so that delivery does not
-            // take the database and the core from the drain; full rounds again after it.
-            EndpointState::Enabled if self.draining_backlog() => settings.concurrency,
+            EndpointState::Enabled if yielding => settings.concurrency,
             EndpointState::Enabled => *batch,
         };
-        let yielding = self.draining_backlog();
         // Long enough for the round's calls, `concurrency` at a time, each up to the
         // timeout, and the mark.
         let waves = u32::try_from(limit.div_ceil(settings.concurrency)).unwrap_or(u32::MAX);
