@@ -96,10 +96,7 @@ impl reqwest::dns::Resolve for Guard {
                     .first()
                     .and_then(|a| webhook::forbidden_address(a.ip(), &allowed))
                     .unwrap_or("no address");
-                return Err(format!(
-                    "`{host}` resolves only to inside addresses ({why}); refused (CARTBUS_WEBHOOK_ALLOW_NETWORKS lets a network through)"
-                )
-                .into());
+                return Err(name_refused(&host, why).into());
             }
             Ok(Box::new(outside.into_iter()) as reqwest::dns::Addrs)
         })
@@ -114,19 +111,36 @@ pub async fn refused_address(url: &url::Url, allowed: &[ipnet::IpNet]) -> Option
         .host_str()?
         .trim_start_matches('[')
         .trim_end_matches(']');
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return webhook::forbidden_address(ip, allowed).map(|why| {
-            format!("{ip} is a {why} address; refused (CARTBUS_WEBHOOK_ALLOW_NETWORKS lets a network through)")
-        });
+    if host.parse::<IpAddr>().is_ok() {
+        return literal_refused(url, allowed);
     }
     let found: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await.ok()?.collect();
     let why = found
         .iter()
         .map(|a| webhook::forbidden_address(a.ip(), allowed))
         .collect::<Option<Vec<_>>>()?;
-    why.first().map(|why| {
-        format!("`{host}` resolves only to inside addresses ({why}); refused (CARTBUS_WEBHOOK_ALLOW_NETWORKS lets a network through)")
+    why.first().map(|why| name_refused(host, why))
+}
+
+/// Why `url` may not be called when its host is a literal inside address: such a host
+/// never reaches the resolver, so it is checked by itself.
+fn literal_refused(url: &url::Url, allowed: &[ipnet::IpNet]) -> Option<String> {
+    let ip = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .ok()?;
+    webhook::forbidden_address(ip, allowed).map(|why| {
+        format!("{ip} is a {why} address; refused (CARTBUS_WEBHOOK_ALLOW_NETWORKS lets a network through)")
     })
+}
+
+/// Why a name whose every address is inside may not be called.
+fn name_refused(host: &str, why: &str) -> String {
+    format!(
+        "`{host}` resolves only to inside addresses ({why}); refused (CARTBUS_WEBHOOK_ALLOW_NETWORKS lets a network through)"
+    )
 }
 
 /// Calls receivers.
@@ -169,17 +183,8 @@ impl Caller {
         event_id: &str,
         body: String,
     ) -> CallResult {
-        // A literal address never reaches the resolver: check it here.
-        if let Some(host) = url.host_str()
-            && let Ok(ip) = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-            && let Some(why) = webhook::forbidden_address(ip, &self.allowed)
-        {
-            return CallResult::Unreachable(format!(
-                "{ip} is a {why} address; refused (CARTBUS_WEBHOOK_ALLOW_NETWORKS lets a network through)"
-            ));
+        if let Some(refused) = literal_refused(url, &self.allowed) {
+            return CallResult::Unreachable(refused);
         }
         let timestamp = Utc::now().timestamp();
         let signature = webhook::signature_header(secrets, event_id, timestamp, body.as_bytes());
